@@ -1,0 +1,87 @@
+"""The narrow interfaces shared by the core: per-task signals and the task-weighting rule protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from mtgrpo_core import _validate as v
+
+
+@dataclass(frozen=True)
+class TaskSignals:
+    """What one training step observed, per task (arrays of length K).
+
+    present: bool, True where the task had rollouts this step. Entries of the other arrays at absent tasks
+        are ignored by every rule (they may be NaN); at present tasks they must be finite.
+    reward: J_k, mean reward of ALL rollouts of task k this step, before any zero-gradient filtering.
+    improvement: I_k (Eq. 8), surrogate after minus before the update; None if the caller has none.
+    mean_abs_advantage: mean |A| over task k's samples (the SEC bandit's reward); None if not computed.
+    """
+
+    present: NDArray[np.bool_]
+    reward: NDArray[np.float64]
+    improvement: NDArray[np.float64] | None = None
+    mean_abs_advantage: NDArray[np.float64] | None = None
+
+    @staticmethod
+    def build(
+        reward: ArrayLike,
+        present: ArrayLike | None = None,
+        improvement: ArrayLike | None = None,
+        mean_abs_advantage: ArrayLike | None = None,
+    ) -> TaskSignals:
+        """Validate and build; `present` defaults to the tasks whose reward is not NaN."""
+        r = v.as_float_array("reward", reward, ndim=1)
+        if present is None:
+            mask = ~np.isnan(r)
+        else:
+            mask = np.asarray(present)
+            if mask.dtype != np.bool_ or mask.shape != r.shape:
+                raise ValueError(f"present must be a bool array of shape {r.shape}, got {mask.dtype} {mask.shape}")
+
+        def checked(name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
+            if value is None:
+                return None
+            arr = v.as_float_array(name, value, ndim=1)
+            if arr.shape != r.shape:
+                raise ValueError(f"{name} must have shape {r.shape} (one per task), got {arr.shape}")
+            v.finite_array(f"{name} at present tasks", arr[mask])
+            return arr
+
+        checked("reward", r)
+        return TaskSignals(
+            present=mask,
+            reward=r,
+            improvement=checked("improvement", improvement),
+            mean_abs_advantage=checked("mean_abs_advantage", mean_abs_advantage),
+        )
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.reward.shape[0])
+
+
+@runtime_checkable
+class WeightingRule(Protocol):
+    """A task-weighting rule: weights z on the simplex, updated from per-task signals, with explicit state."""
+
+    @property
+    def num_tasks(self) -> int: ...
+
+    @property
+    def weights(self) -> NDArray[np.float64]:
+        """Current task weights z: shape (K,), finite, >= 0, summing to 1. A copy."""
+        ...
+
+    def update(self, signals: TaskSignals) -> NDArray[np.float64]:
+        """Take one step from this step's signals and return the new weights."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...

@@ -39,7 +39,7 @@ def finite_array(name: str, value: ArrayLike, ndim: int | None = None) -> NDArra
         idx = np.argwhere(bad)[0]
         where = tuple(int(i) for i in idx)
         raise ValueError(
-            f"{name} must be finite, got {arr[tuple(idx)]!r} at index {where if len(where) > 1 else where[0]}"
+            f"{name} must be finite, got {float(arr[tuple(idx)])!r} at index {where if len(where) > 1 else where[0]}"
         )
     return arr
 

@@ -1,0 +1,224 @@
+"""Per-task filter-rate (acceptance) estimators and the posterior request planner.
+
+rho_k is the fraction of task-k groups the zero-gradient filter drops. Algorithm 2 inflates each task's request by
+m_k = min(1 / (1 - rho_k), M_acc). Two estimators share one interface (`filter_rate`, `update`, state):
+- `EMAFilterRate`: the paper's running estimate, an exponential moving average of each step's observed rate.
+- `BetaFilterRate`: a Beta-Bernoulli posterior on the acceptance probability with exponential forgetting, which
+  also knows how uncertain it is; `plan_requests` uses that to size requests (beyond the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import betaln
+
+from mtgrpo_core import _validate as v
+
+
+class FilterRateEstimator(Protocol):
+    """Tracks rho_k, the per-task fraction of groups filtered as zero-gradient."""
+
+    @property
+    def num_tasks(self) -> int: ...
+
+    @property
+    def filter_rate(self) -> NDArray[np.float64]:
+        """Current estimate of rho_k in [0, 1], shape (K,)."""
+        ...
+
+    def update(self, generated: ArrayLike, accepted: ArrayLike) -> None:
+        """Fold in one step's per-task counts of generated and accepted (informative) groups."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def _counts(num_tasks: int, generated: ArrayLike, accepted: ArrayLike) -> tuple[NDArray[np.int64], ...]:
+    gen = v.int_array("generated", generated, ndim=1)
+    acc = v.int_array("accepted", accepted, ndim=1)
+    for name, arr in (("generated", gen), ("accepted", acc)):
+        if arr.shape[0] != num_tasks:
+            raise ValueError(f"{name} must have {num_tasks} entries (one per task), got {arr.shape[0]}")
+        if (arr < 0).any():
+            raise ValueError(f"{name} must be >= 0, got {arr.tolist()}")
+    if (acc > gen).any():
+        k = int(np.argmax(acc > gen))
+        raise ValueError(f"accepted must not exceed generated, got {acc[k]} > {gen[k]} for task {k}")
+    return gen, acc
+
+
+class EMAFilterRate:
+    """The paper's running estimate: rho_k <- (1 - alpha) rho_k + alpha * filtered_k / generated_k.
+
+    Tasks with nothing generated this step keep their estimate. `initial` is rho before any observation.
+    """
+
+    def __init__(self, num_tasks: int, alpha: float = 0.5, initial: float = 0.0) -> None:
+        self._k = v.positive_int("num_tasks", num_tasks)
+        self.alpha = v.real_in_range("alpha", alpha, 0.0, 1.0, low_open=True)
+        v.real_in_range("initial", initial, 0.0, 1.0)
+        self._rho = np.full(self._k, float(initial))
+
+    @property
+    def num_tasks(self) -> int:
+        return self._k
+
+    @property
+    def filter_rate(self) -> NDArray[np.float64]:
+        return self._rho.copy()
+
+    def update(self, generated: ArrayLike, accepted: ArrayLike) -> None:
+        gen, acc = _counts(self._k, generated, accepted)
+        seen = gen > 0
+        observed = 1.0 - acc[seen] / gen[seen]
+        self._rho[seen] = (1.0 - self.alpha) * self._rho[seen] + self.alpha * observed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "ema_filter_rate", "num_tasks": self._k, "alpha": self.alpha, "rho": self._rho.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, "ema_filter_rate", self._k)
+        self.alpha = float(state["alpha"])
+        self._rho = np.array(state["rho"], dtype=np.float64)
+
+
+class BetaFilterRate:
+    """Beta-Bernoulli posterior on each task's acceptance probability a_k = 1 - rho_k.
+
+    Counts decay by `forgetting` per update (1.0 = never forget) because acceptance drifts as the policy learns.
+    Posterior: a_k ~ Beta(prior_accept + A_k, prior_filter + F_k) with A, F the discounted counts.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        prior_accept: float = 1.0,
+        prior_filter: float = 1.0,
+        forgetting: float = 0.5,
+    ) -> None:
+        self._k = v.positive_int("num_tasks", num_tasks)
+        self.prior_accept = v.real_in_range("prior_accept", prior_accept, 0.0, None, low_open=True)
+        self.prior_filter = v.real_in_range("prior_filter", prior_filter, 0.0, None, low_open=True)
+        self.forgetting = v.real_in_range("forgetting", forgetting, 0.0, 1.0)
+        self._accepted = np.zeros(self._k)
+        self._filtered = np.zeros(self._k)
+
+    @property
+    def num_tasks(self) -> int:
+        return self._k
+
+    @property
+    def alpha(self) -> NDArray[np.float64]:
+        """Posterior Beta parameter for acceptance (prior + discounted accepted groups)."""
+        return self.prior_accept + self._accepted
+
+    @property
+    def beta(self) -> NDArray[np.float64]:
+        """Posterior Beta parameter for filtering (prior + discounted filtered groups)."""
+        return self.prior_filter + self._filtered
+
+    @property
+    def filter_rate(self) -> NDArray[np.float64]:
+        """Posterior mean of rho_k."""
+        return self.beta / (self.alpha + self.beta)
+
+    def update(self, generated: ArrayLike, accepted: ArrayLike) -> None:
+        gen, acc = _counts(self._k, generated, accepted)
+        seen = gen > 0
+        self._accepted[seen] = self.forgetting * self._accepted[seen] + acc[seen]
+        self._filtered[seen] = self.forgetting * self._filtered[seen] + (gen - acc)[seen]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "beta_filter_rate",
+            "num_tasks": self._k,
+            "prior_accept": self.prior_accept,
+            "prior_filter": self.prior_filter,
+            "forgetting": self.forgetting,
+            "accepted": self._accepted.copy(),
+            "filtered": self._filtered.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, "beta_filter_rate", self._k)
+        self.prior_accept = float(state["prior_accept"])
+        self.prior_filter = float(state["prior_filter"])
+        self.forgetting = float(state["forgetting"])
+        self._accepted = np.array(state["accepted"], dtype=np.float64)
+        self._filtered = np.array(state["filtered"], dtype=np.float64)
+
+
+def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray[np.float64]:
+    """Acceptance-aware inflation m_k = min(1 / (1 - rho_k), M_acc) (Algorithm 2, step 2); rho_k = 1 gives M_acc."""
+    accept = 1.0 - filter_rate
+    with np.errstate(divide="ignore"):
+        m = np.where(accept > 0, 1.0 / np.where(accept > 0, accept, 1.0), np.inf)
+    return np.minimum(m, max_inflation)
+
+
+def plan_requests(
+    deficit: NDArray[np.int64],
+    alpha: NDArray[np.float64],
+    beta: NDArray[np.float64],
+    confidence: float,
+    max_per_task: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Smallest request r_k with P(accepted_k >= deficit_k) >= confidence under the Beta posterior (beyond the paper).
+
+    The number of failures before the deficit_k-th acceptance follows a beta-negative-binomial law with the
+    posterior's (alpha_k, beta_k); r_k is deficit_k plus its `confidence` quantile, capped at max_per_task[k]
+    (a task whose quantile lies past its cap gets the cap). Tasks with no deficit get 0.
+    """
+    r = np.zeros_like(deficit)
+    need = np.flatnonzero(deficit > 0)
+    span = np.maximum(max_per_task[need] - deficit[need], 0)
+    bucket = np.ceil(np.log2(span + 1.0)).astype(np.int64)  # tasks with similar spans share one grid
+    for b in np.unique(bucket):
+        tasks = need[bucket == b]
+        width = int(2**b)
+        d = deficit[tasks].astype(np.float64)[:, None]
+        a = alpha[tasks][:, None]
+        c = beta[tasks][:, None]
+        f = np.arange(width, dtype=np.float64)[None, :]
+        # pmf(0) = B(a + d, c) / B(a, c); pmf(f + 1) / pmf(f) = (d + f)(c + f) / ((f + 1)(a + d + c + f))
+        log_ratio = np.log((d + f) * (c + f) / ((f + 1.0) * (a + d + c + f)))
+        log_pmf0 = betaln(a + d, c) - betaln(a, c)
+        log_pmf = log_pmf0 + np.concatenate((np.zeros_like(d), np.cumsum(log_ratio, axis=1)), axis=1)
+        reached = np.cumsum(np.exp(log_pmf), axis=1) >= confidence
+        failures = np.where(reached.any(axis=1), reached.argmax(axis=1), width)
+        r[tasks] = np.minimum(deficit[tasks] + failures, max_per_task[tasks])
+    return r
+
+
+class KnownFilterRate:
+    """Filter rates known in advance (e.g. from a calibration run); `update` leaves them unchanged."""
+
+    def __init__(self, filter_rate: ArrayLike) -> None:
+        rho = v.finite_array("filter_rate", filter_rate, ndim=1)
+        if rho.size == 0 or (rho < 0).any() or (rho > 1).any():
+            raise ValueError(f"filter_rate must be a non-empty vector in [0, 1], got {rho.tolist()}")
+        self._rho = rho
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self._rho.shape[0])
+
+    @property
+    def filter_rate(self) -> NDArray[np.float64]:
+        return self._rho.copy()
+
+    def update(self, generated: ArrayLike, accepted: ArrayLike) -> None:
+        _counts(self.num_tasks, generated, accepted)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "known_filter_rate", "num_tasks": self.num_tasks, "rho": self._rho.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, "known_filter_rate", self.num_tasks)
+        self._rho = np.array(state["rho"], dtype=np.float64)

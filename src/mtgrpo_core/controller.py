@@ -1,0 +1,115 @@
+"""Algorithm 1 without the policy: the controller holds a weighting rule, the sampler and its estimates.
+
+Per step: `begin_step()` hands out the batch conversation built from the current weights; after the caller's
+policy update, `end_step(signals)` takes the per-task rewards J_k (and improvements I_k) and makes the next weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mtgrpo_core import _validate as v
+from mtgrpo_core.methods import parse_method
+from mtgrpo_core.protocols import TaskSignals, WeightingRule
+from mtgrpo_core.sampler import BatchBuilder, RatioPreservingSampler
+from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.weighting_rules import IWURule, SECRule
+
+
+class Controller:
+    """Runs MT-GRPO's decisions (or a baseline's) for a trainer that owns generation and gradients."""
+
+    def __init__(self, rule: WeightingRule, sampler: RatioPreservingSampler, method: str = "custom") -> None:
+        if not isinstance(rule, WeightingRule):
+            raise TypeError(f"rule must satisfy the WeightingRule protocol, got {type(rule).__name__}")
+        if rule.num_tasks != sampler.num_tasks:
+            raise ValueError(f"rule has {rule.num_tasks} tasks but the sampler has {sampler.num_tasks}")
+        self.rule = rule
+        self.sampler = sampler
+        self.method = method
+        self.step = 0
+        self._check_weights(rule.weights, "initial weights")
+
+    @classmethod
+    def from_method(
+        cls,
+        method: str,
+        num_tasks: int,
+        batch_size: int,
+        group_size: int,
+        seed: int = 0,
+        rule_kwargs: Mapping[str, Any] | None = None,
+        **sampler_overrides: Any,
+    ) -> Controller:
+        """Build a named configuration ("mt-grpo:0.2", "dapo", ...; see mtgrpo_core.methods).
+
+        rule_kwargs go to the rule's constructor (e.g. lr, improvement_clip); sampler_overrides to SamplerConfig.
+        """
+        spec = parse_method(method)
+        num_tasks = v.positive_int("num_tasks", num_tasks)
+        settings = {**spec.sampler_settings, **sampler_overrides}
+        config = SamplerConfig(batch_size=batch_size, group_size=group_size, **settings)
+        rule = spec.build_rule(num_tasks, **dict(rule_kwargs or {}))
+        return cls(rule, RatioPreservingSampler(num_tasks, config, seed=seed), method=spec.name)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.rule.num_tasks
+
+    @property
+    def weights(self) -> NDArray[np.float64]:
+        """Task weights z used for the next batch."""
+        return self.rule.weights
+
+    @property
+    def needs_improvement(self) -> bool:
+        """Whether end_step needs signals.improvement (the IWU rule)."""
+        return isinstance(self.rule, IWURule)
+
+    @property
+    def needs_advantage(self) -> bool:
+        """Whether end_step needs signals.mean_abs_advantage (the SEC bandit)."""
+        return isinstance(self.rule, SECRule)
+
+    def begin_step(self) -> BatchBuilder:
+        """Algorithm 1, line 1: the RP-SAMPLER conversation for this step's batch."""
+        return self.sampler.begin(self.weights, self.step)
+
+    def end_step(self, signals: TaskSignals) -> NDArray[np.float64]:
+        """Algorithm 1, line 4: next weights from this step's signals; advances the step counter."""
+        if not isinstance(signals, TaskSignals):
+            raise TypeError(f"signals must be a TaskSignals, got {type(signals).__name__}")
+        if signals.num_tasks != self.num_tasks:
+            raise ValueError(f"signals cover {signals.num_tasks} tasks, expected {self.num_tasks}")
+        weights = self.rule.update(signals)
+        self._check_weights(weights, f"weights after step {self.step}")
+        self.step += 1
+        return weights
+
+    def _check_weights(self, weights: Any, what: str) -> None:
+        try:
+            v.simplex("weights", weights, self.num_tasks)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"rule {type(self.rule).__name__} returned invalid {what}: {err}") from err
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "controller",
+            "num_tasks": self.num_tasks,
+            "method": self.method,
+            "step": self.step,
+            "rule": self.rule.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, "controller", self.num_tasks)
+        if state.get("method") != self.method:
+            raise ValueError(f"state['method'] is {state.get('method')!r}, expected {self.method!r}")
+        self.rule.load_state_dict(state["rule"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])

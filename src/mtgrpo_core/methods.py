@@ -1,0 +1,84 @@
+"""The paper's methods and baselines as named configurations: one string builds a controller.
+
+"grpo"                uniform weights, no filtering
+"dapo"                uniform weights, dynamic sampling without the ratio constraint (first B informative)
+"sec-grpo"            SEC bandit weights, no filtering
+"sec-dapo"            SEC bandit weights, DAPO dynamic sampling
+"iwu-only[:lam]"      IWU weights, DAPO dynamic sampling (ablation: IWU without RPS)
+"rps-only"            uniform weights, RP-SAMPLER (ablation: RPS with fixed uniform z)
+"mt-grpo[:lam]"       IWU weights + RP-SAMPLER (the paper's method; lam defaults to 0.2)
+"mt-grpo-noinfl[:lam]" IWU + RP-SAMPLER without acceptance-aware inflation (ablation)
+"minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
+"minimax-reg[:eta]"   regularised reward-only weights (Subroutine 2) + RP-SAMPLER (eta defaults to 0.01)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtgrpo_core import _validate as v
+from mtgrpo_core.protocols import WeightingRule
+from mtgrpo_core.weighting_rules import IWURule, MinimaxRule, SECRule, UniformRule
+
+_DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
+_GRPO = {"filtering": "none"}
+_RPS: dict[str, Any] = {"filtering": "lenient", "ratio_constraint": True, "acceptance_aware": True}
+
+# name -> (rule, name of its numeric argument or None, default of that argument, sampler settings)
+_TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
+    "grpo": ("uniform", None, None, _GRPO),
+    "dapo": ("uniform", None, None, _DAPO),
+    "sec-grpo": ("sec", None, None, _GRPO),
+    "sec-dapo": ("sec", None, None, _DAPO),
+    "iwu-only": ("iwu", "lam", 0.2, _DAPO),
+    "rps-only": ("uniform", None, None, _RPS),
+    "mt-grpo": ("iwu", "lam", 0.2, _RPS),
+    "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_RPS, "acceptance_aware": False}),
+    "minimax": ("minimax", None, None, _RPS),
+    "minimax-reg": ("minimax", "eta", 0.01, _RPS),
+}
+METHOD_NAMES: tuple[str, ...] = tuple(_TABLE)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method string: which rule with which arguments, and the sampler settings it implies."""
+
+    name: str
+    rule: str
+    rule_kwargs: dict[str, float] = field(default_factory=dict)
+    sampler_settings: dict[str, Any] = field(default_factory=dict)
+
+    def build_rule(self, num_tasks: int, **overrides: Any) -> WeightingRule:
+        """Construct the weighting rule for K tasks; `overrides` go to the rule's constructor."""
+        kwargs = {**self.rule_kwargs, **overrides}
+        if self.rule == "iwu":
+            return IWURule(num_tasks, **kwargs)
+        if self.rule == "minimax":
+            return MinimaxRule(num_tasks, **kwargs)
+        if self.rule == "sec":
+            return SECRule(num_tasks, **kwargs)
+        return UniformRule(num_tasks, **kwargs)
+
+
+def parse_method(text: str) -> MethodSpec:
+    """Parse "name" or "name:value" (e.g. "mt-grpo:0.2", "minimax-reg:0.01") into a MethodSpec."""
+    if not isinstance(text, str):
+        raise TypeError(f"method must be a string such as 'mt-grpo:0.2', got {text!r}")
+    name, _, arg = text.strip().lower().partition(":")
+    if name not in _TABLE:
+        raise ValueError(f"method must be one of {list(METHOD_NAMES)} (optionally ':value'), got {text!r}")
+    rule, arg_name, default, settings = _TABLE[name]
+    kwargs: dict[str, float] = {}
+    if arg_name is None:
+        if arg:
+            raise ValueError(f"method {name!r} takes no ':value' argument, got {text!r}")
+    else:
+        try:
+            value = float(arg) if arg else default
+        except ValueError as err:
+            raise ValueError(f"method {text!r}: {arg_name} must be a number, got {arg!r}") from err
+        assert value is not None
+        kwargs[arg_name] = v.real_in_range(f"{arg_name} of method {text!r}", value, 0.0, None)
+    return MethodSpec(name=text.strip().lower(), rule=rule, rule_kwargs=kwargs, sampler_settings=dict(settings))

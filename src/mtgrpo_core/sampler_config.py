@@ -1,0 +1,70 @@
+"""Configuration of the ratio-preserving sampler (paper defaults) and its ablation switches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from mtgrpo_core import _validate as v
+
+FILTERS: tuple[str, ...] = ("lenient", "strict", "none")
+PLANNERS: tuple[str, ...] = ("paper", "posterior")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Settings of RP-SAMPLER (Algorithm 2). Defaults follow the paper except where noted.
+
+    batch_size: B, prompts (groups) in the batch that reaches the optimizer.
+    group_size: N, rollouts per prompt.
+    oversample: M_os, a round requests M_os * B prompts (paper planner).
+    max_rounds: N_rs, resampling rounds after the first request (10 for 3 tasks, 2 for 9 in the paper).
+    max_inflation: M_acc, cap of the acceptance-aware inflation m_k.
+    filtering: "lenient" (drop groups with all-equal rewards), "strict" (drop all-correct / all-wrong by accuracy)
+        or "none" (plain GRPO: one request of exactly the target counts, nothing dropped).
+    ratio_constraint: True keeps the per-task target counts (RP-SAMPLER); False is plain DAPO dynamic sampling
+        (first B informative groups in report order).
+    acceptance_aware: inflate requests by m_k (False is the paper's "without inflation" ablation).
+    targets: "multinomial" (the paper's draw) or "apportion" (unbiased systematic rounding, beyond the paper) for
+        target and request counts.
+    planner: "paper" (Multinomial(M_os B, zhat) rounds, EMA filter rates) or "posterior" (requests sized so that
+        P(accepted_k >= deficit_k) >= confidence under a Beta posterior, beyond the paper).
+    confidence: per-task probability target of the posterior planner.
+    correct_reward: reward that counts as correct for the strict filter.
+    """
+
+    batch_size: int
+    group_size: int
+    oversample: float = 3.0
+    max_rounds: int = 10
+    max_inflation: float = 5.0
+    filtering: Literal["lenient", "strict", "none"] = "lenient"
+    ratio_constraint: bool = True
+    acceptance_aware: bool = True
+    targets: Literal["multinomial", "apportion"] = "apportion"
+    planner: Literal["paper", "posterior"] = "paper"
+    confidence: float = 0.9
+    correct_reward: float = 1.0
+
+    def __post_init__(self) -> None:
+        v.positive_int("batch_size", self.batch_size)
+        v.positive_int("group_size", self.group_size)
+        v.real_in_range("oversample", self.oversample, 1.0, None)
+        v.positive_int("max_rounds", self.max_rounds, minimum=0)
+        v.real_in_range("max_inflation", self.max_inflation, 1.0, None)
+        v.choice("filtering", self.filtering, FILTERS)
+        v.choice("targets", self.targets, ("multinomial", "apportion"))
+        v.choice("planner", self.planner, PLANNERS)
+        v.real_in_range("confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
+        v.real_in_range("correct_reward", self.correct_reward)
+        for name in ("ratio_constraint", "acceptance_aware"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.filtering != "none" and self.group_size < 2:
+            raise ValueError(
+                f"group_size must be >= 2 when filtering={self.filtering!r} (a group of one is always "
+                f"zero-gradient), got {self.group_size}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

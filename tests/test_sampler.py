@@ -86,7 +86,7 @@ def test_rewards_are_filtered_by_the_sampler() -> None:
             rewards=np.tile([0.0, 0.0, 0.1], (req.total, 1)),
         )
     batch = b.finish()
-    assert batch.keys == [0]
+    assert batch.keys.tolist() == [0]
     assert batch.report.mean_reward[0] == pytest.approx(
         (rewards.sum() + 0.1 * (batch.report.generated[0] - n)) / (3 * batch.report.generated[0])
     )

@@ -29,6 +29,7 @@ from mtgrpo_core.acceptance import (
     plan_requests,
 )
 from mtgrpo_core.advantages import zero_gradient_mask
+from mtgrpo_core.report_keys import KeyLedger
 from mtgrpo_core.sampler_config import SamplerConfig
 from mtgrpo_core.targets import draw_counts
 
@@ -92,7 +93,7 @@ class Batch:
     """The groups that form the training batch, in report order, and the conversation's report."""
 
     tasks: NDArray[np.int64]
-    keys: list[Hashable]
+    keys: NDArray[Any]
     rewards: NDArray[np.float64] | None
     report: BatchReport
     _informative: NDArray[np.bool_] = field(repr=False)
@@ -142,8 +143,7 @@ class BatchBuilder:
         self._reward_sum = np.zeros(self._k)
         self._reward_n = np.zeros(self._k, dtype=np.int64)
         self._tasks: list[NDArray[np.int64]] = []
-        self._keys: list[Hashable] = []
-        self._seen: set[Hashable] = set()
+        self._keys = KeyLedger()
         self._rewards: list[NDArray[np.float64] | None] = []
         self._informative: list[NDArray[np.bool_]] = []
 
@@ -259,9 +259,9 @@ class BatchBuilder:
         if self._finished:
             raise ValueError("report called after finish(); begin a new batch")
         t = v.task_ids("tasks", tasks, self._k)
-        key_list: list[Hashable] = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)  # type: ignore[arg-type]
-        if len(key_list) != t.shape[0]:
-            raise ValueError(f"tasks and keys must have the same length, got {t.shape[0]} and {len(key_list)}")
+        key_arr = self._keys.add(keys)  # type: ignore[arg-type]
+        if key_arr.shape[0] != t.shape[0]:
+            raise ValueError(f"tasks and keys must have the same length, got {t.shape[0]} and {key_arr.shape[0]}")
         if (rewards is None) == (informative is None):
             raise ValueError("pass exactly one of rewards (n, N) or informative (n,)")
         r: NDArray[np.float64] | None = None
@@ -286,15 +286,10 @@ class BatchBuilder:
                 f"task {k}: {int(per_task[k])} groups reported but only {int(self._pending[k])} requested and not yet "
                 "reported (a group never requested, or reported twice)"
             )
-        fresh = set(key_list)
-        if len(fresh) != len(key_list) or not fresh.isdisjoint(self._seen):
-            dup = next(k for i, k in enumerate(key_list) if k in self._seen or k in key_list[:i])
-            raise ValueError(f"group key {dup!r} reported twice in this batch; keys must be unique per batch")
         accepted = info if self.config.filtering != "none" else np.ones_like(info)
         self._pending -= per_task
-        self._seen |= fresh
         self._tasks.append(t)
-        self._keys.extend(key_list)
+        self._keys.commit(key_arr)
         self._rewards.append(r)
         self._informative.append(info)
         self._accepted_count += np.bincount(t[accepted], minlength=self._k)
@@ -349,7 +344,7 @@ class BatchBuilder:
             rewards = np.concatenate([r for r in self._rewards if r is not None])[idx]
         return Batch(
             tasks=tasks[idx],
-            keys=[self._keys[i] for i in idx],
+            keys=self._keys.take(idx),
             rewards=rewards,
             report=report,
             _informative=info[idx],
@@ -359,17 +354,16 @@ class BatchBuilder:
         """Keep a uniform random subset of at most n_k accepted groups per task, then fill up to exactly B with a
         uniform random subset of the remaining accepted groups (Algorithm 2, step 6)."""
         t = tasks[idx]
-        priority = self._rng.random(idx.shape[0])
-        order = np.lexsort(np.stack((priority, t.astype(np.float64))))  # by task, random within task
+        order = np.argsort(t + self._rng.random(idx.shape[0]), kind="stable")  # by task, random within a task
         sorted_t = t[order]
-        starts = np.searchsorted(sorted_t, sorted_t, side="left")
-        rank = np.arange(sorted_t.shape[0]) - starts
+        starts = np.concatenate(([0], np.cumsum(np.bincount(sorted_t, minlength=self._k))[:-1]))
+        rank = np.arange(sorted_t.shape[0]) - starts[sorted_t]
         keep = np.zeros(idx.shape[0], dtype=np.bool_)
         keep[order] = rank < self.targets[sorted_t]
         rest = np.flatnonzero(~keep)
         fill = self.config.batch_size - int(keep.sum())
-        if fill > 0:
-            keep[self._rng.choice(rest, size=fill, replace=False)] = True
+        if fill > 0:  # a uniform random subset of the rest: the `fill` smallest of fresh uniform priorities
+            keep[rest[np.argpartition(self._rng.random(rest.shape[0]), fill - 1)[:fill]]] = True
         return idx[keep]
 
 

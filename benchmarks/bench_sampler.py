@@ -35,18 +35,18 @@ def run(weights: np.ndarray, rates: np.ndarray, batch: int, variant: dict, known
     for step in range(batches):
         t0 = time.perf_counter()
         builder = sampler.begin(weights, step)
-        while True:
-            req = builder.next_request()
-            if req is None:
-                break
-            t1 = time.perf_counter()
+        req = builder.next_request()
+        core += time.perf_counter() - t0
+        while req is not None:
             tasks = rng.permutation(np.repeat(np.arange(k), req.counts))  # prompts arrive in shuffled order
             keys = np.arange(next_key, next_key + tasks.shape[0])
             next_key += tasks.shape[0]
             info = rng.random(tasks.shape[0]) >= rates[tasks]
-            t2 = time.perf_counter()
+            t0 = time.perf_counter()
             builder.report_arrays(tasks, keys, informative=info)
-            t0 -= t2 - t1  # exclude the simulated generation
+            req = builder.next_request()
+            core += time.perf_counter() - t0
+        t0 = time.perf_counter()
         result = builder.finish()
         core += time.perf_counter() - t0
         rep = result.report

@@ -122,3 +122,13 @@ def test_task_registry_epochs_and_errors() -> None:
     twin = TaskRegistry({"a": 4})
     twin.load_state_dict(recycling.state_dict())
     assert np.array_equal(twin.draw([3], np.random.default_rng(5))[0], recycling.draw([3], np.random.default_rng(5))[0])
+
+
+def test_signals_nan_improvement_marks_untrained_tasks() -> None:
+    s = TaskSignals.build(reward=[0.5, 0.2, np.nan], improvement=[0.01, np.nan, np.nan])
+    assert s.untrained == (1,) and s.improvement is not None and s.improvement[1] == 0.0
+    assert not s.present[2]
+    with pytest.raises(ValueError, match="improvement must be finite or NaN"):
+        TaskSignals.build(reward=[0.5, 0.2], improvement=[0.01, np.inf])
+    with pytest.raises(ValueError, match="reward at present tasks must be finite"):
+        TaskSignals.build(reward=[0.5, np.nan], present=np.array([True, True]))

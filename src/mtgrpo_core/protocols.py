@@ -21,12 +21,17 @@ class TaskSignals:
     reward: J_k, mean reward of ALL rollouts of task k this step, before any zero-gradient filtering.
     improvement: I_k (Eq. 8), surrogate after minus before the update; None if the caller has none.
     mean_abs_advantage: mean |A| over task k's samples (the SEC bandit's reward); None if not computed.
+
+    A present task can have rollouts but no sample in the training batch (all its groups filtered, or a target
+    of zero): then I_k and mean |A| are undefined and may be passed as NaN. `build` records them as 0 (no update
+    touched the task; SEC's reference code also gives unsampled tasks 0) and lists them in `untrained`.
     """
 
     present: NDArray[np.bool_]
     reward: NDArray[np.float64]
     improvement: NDArray[np.float64] | None = None
     mean_abs_advantage: NDArray[np.float64] | None = None
+    untrained: tuple[int, ...] = ()
 
     @staticmethod
     def build(
@@ -44,21 +49,33 @@ class TaskSignals:
             if mask.dtype != np.bool_ or mask.shape != r.shape:
                 raise ValueError(f"present must be a bool array of shape {r.shape}, got {mask.dtype} {mask.shape}")
 
-        def checked(name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
+        v.finite_array("reward at present tasks", r[mask])
+        untrained: set[int] = set()
+
+        def per_sample(name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
             if value is None:
                 return None
-            arr = v.as_float_array(name, value, ndim=1)
+            arr = v.as_float_array(name, value, ndim=1).copy()
             if arr.shape != r.shape:
                 raise ValueError(f"{name} must have shape {r.shape} (one per task), got {arr.shape}")
-            v.finite_array(f"{name} at present tasks", arr[mask])
+            if np.isinf(arr[mask]).any():
+                k = int(np.flatnonzero(mask & np.isinf(arr))[0])
+                raise ValueError(
+                    f"{name} must be finite or NaN (task had no sample in the batch), got {arr[k]} at task {k}"
+                )
+            missing = mask & np.isnan(arr)
+            untrained.update(int(k) for k in np.flatnonzero(missing))
+            arr[missing] = 0.0
             return arr
 
-        checked("reward", r)
+        improvement_arr = per_sample("improvement", improvement)
+        advantage_arr = per_sample("mean_abs_advantage", mean_abs_advantage)
         return TaskSignals(
             present=mask,
             reward=r,
-            improvement=checked("improvement", improvement),
-            mean_abs_advantage=checked("mean_abs_advantage", mean_abs_advantage),
+            improvement=improvement_arr,
+            mean_abs_advantage=advantage_arr,
+            untrained=tuple(sorted(untrained)),
         )
 
     @property

@@ -58,9 +58,12 @@ def test_improvement_is_per_task_mean_of_after_minus_before():
     before = np.array([0.0, 0.2, 0.1, 0.5, -0.3])
     after = np.array([0.3, 0.2, 0.0, 0.4, 0.9])
     ids = np.array([0, 0, 1, 1, 3])
-    got = task_improvement(before, after, ids, 4)
+    got = task_improvement(before, after, ids, 4, reduce="mean")
     np.testing.assert_allclose(got, [0.15, -0.1, np.nan, 1.2])
-    np.testing.assert_allclose(task_improvement(before, after, ids, 4, clip=0.2), [0.15, -0.1, np.nan, 0.2])
+    np.testing.assert_allclose(
+        task_improvement(before, after, ids, 4, clip=0.2, reduce="mean"), [0.15, -0.1, np.nan, 0.2]
+    )
+    np.testing.assert_allclose(task_improvement(before, after, ids, 4), [0.3, -0.2, np.nan, 1.2])  # sum (default)
     # Relation to the reference code: -(sum of losses after - sum of losses before) = n_k * I_k.
     loss_before, loss_after = -before, -after
     reference = -(

@@ -1,0 +1,204 @@
+"""A simulated multi-task policy that learns from the batches the real controller builds.
+
+Model (all randomness from numpy Generators seeded explicitly):
+- Task k has a skill logit s_k and a population of prompts of heterogeneous difficulty: a fraction u_k of prompts
+  is unsolvable (p = 0: the accuracy ceiling is 1 - u_k); a solvable prompt has a logit offset o ~ Normal(0,
+  spread_k) and success probability p = sigmoid(s_k + o). Training prompts are fresh draws from the population
+  (the skill is shared by all prompts of a task, nothing is memorised per prompt).
+- A rollout is correct with probability p; a wrong rollout is in the right format with probability
+  f_k = sigmoid(phi_k). Rewards follow the paper: 1.0 correct, 0.1 wrong but formatted, 0 otherwise. A group of N
+  rollouts is zero-gradient under the strict filter with probability p^N + (1-p)^N.
+- Training step: GRPO advantages A on the batch's groups, then one gradient step of the batch-mean policy-gradient
+  objective on the policy's own parameters. With the log-probabilities of this model the gradient wrt the
+  correctness logit of a prompt is sum_j A_j (c_j - p) and wrt the format logit sum_j A_j (1 - c_j)(m_j - f)
+  (c: correct, m: formatted). Only groups that reached the batch contribute; a zero-gradient group has A = 0.
+  Per-task gradients are spread by a transfer matrix T (T_kk = 1; T_kj > 0 positive, < 0 negative transfer from
+  training task j to task k) and scaled by the task's learning speed eta_k:
+  ds_k = eta_k sum_j T_kj g_j;  dphi_k = eta_k h_k with h_k the task's own format gradient.
+- Held-out accuracy: the EXPECTED accuracy over a fixed held-out set of prompts drawn once per seed (no rollout
+  sampling noise; the finite set keeps the prompt-sampling noise of a real test set).
+- Surrogate improvement I_k (Eq. 8): the PPO clipped surrogate sum_j min(r_j A_j, clip(r_j, 1-e_lo, 1+e_hi) A_j)
+  over every rollout of the batch's task-k groups, evaluated with the updated policy minus with the old policy
+  (r_j = pi_new(y_j) / pi_old(y_j) under this model). It is summed over rollouts, as the reference code sums per-
+  sample losses per task. Before the update r = 1, so the old value is sum_j A_j. A task with no group in the batch
+  has I_k = 0 (its part of the surrogate is empty before and after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit, logit
+
+from mtgrpo_core import _validate as v
+from mtgrpo_core.advantages import group_advantages
+
+CORRECT_REWARD = 1.0
+FORMAT_REWARD = 0.1
+CLIP_LOW = 0.2
+CLIP_HIGH = 0.28  # DAPO's clip-higher, as in the paper's runs
+
+
+@dataclass(frozen=True)
+class TaskModel:
+    """Parameters of one simulated task (see the module docstring for their meaning)."""
+
+    name: str
+    skill: float
+    spread: float
+    unsolvable: float
+    format_rate: float
+    speed: float
+
+    def __post_init__(self) -> None:
+        v.real_in_range(f"task {self.name!r} skill", self.skill)
+        v.real_in_range(f"task {self.name!r} spread", self.spread, 0.0)
+        v.real_in_range(f"task {self.name!r} unsolvable", self.unsolvable, 0.0, 1.0, high_open=True)
+        v.real_in_range(f"task {self.name!r} format_rate", self.format_rate, 0.0, 1.0, low_open=True, high_open=True)
+        v.real_in_range(f"task {self.name!r} speed", self.speed, 0.0)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Generated prompt groups: task (n,), solvable (n,), offset (n,), prob (n,) at generation, correct and
+    formatted (n, N) bool."""
+
+    task: NDArray[np.int64]
+    solvable: NDArray[np.bool_]
+    offset: NDArray[np.float64]
+    prob: NDArray[np.float64]
+    correct: NDArray[np.bool_]
+    formatted: NDArray[np.bool_]
+
+    @property
+    def rewards(self) -> NDArray[np.float64]:
+        """The paper's reward protocol, shape (n, N)."""
+        return np.where(self.correct, CORRECT_REWARD, np.where(self.formatted, FORMAT_REWARD, 0.0))
+
+    def __len__(self) -> int:
+        return int(self.task.shape[0])
+
+    def take(self, index: ArrayLike) -> Groups:
+        i = np.asarray(index, dtype=np.int64)
+        return Groups(self.task[i], self.solvable[i], self.offset[i], self.prob[i], self.correct[i], self.formatted[i])
+
+    @staticmethod
+    def concat(parts: list[Groups]) -> Groups:
+        return Groups(*(np.concatenate([getattr(p, f) for p in parts]) for f in _GROUP_FIELDS))
+
+
+_GROUP_FIELDS = ("task", "solvable", "offset", "prob", "correct", "formatted")
+
+
+def zero_gradient_probability(
+    prob: ArrayLike, group_size: int, format_rate: ArrayLike = 1.0, filter: str = "strict"
+) -> NDArray[np.float64]:
+    """P(a group of N rollouts has zero gradient) for prompts of success probability p.
+
+    strict (by accuracy): p^N + (1-p)^N. lenient (all rewards equal): p^N + ((1-p) f)^N + ((1-p)(1-f))^N.
+    """
+    p = np.asarray(prob, dtype=np.float64)
+    n = v.positive_int("group_size", group_size)
+    v.choice("filter", filter, ("strict", "lenient"))
+    if filter == "strict":
+        return np.asarray(p**n + (1 - p) ** n)
+    f = np.asarray(format_rate, dtype=np.float64)
+    return np.asarray(p**n + ((1 - p) * f) ** n + ((1 - p) * (1 - f)) ** n)
+
+
+class SimulatedPolicy:
+    """K simulated tasks with skills that respond to GRPO steps on the batches they are given."""
+
+    def __init__(
+        self,
+        tasks: list[TaskModel],
+        transfer: ArrayLike | None = None,
+        group_size: int = 8,
+        heldout_size: int = 200,
+        seed: int = 0,
+    ) -> None:
+        if not tasks or not all(isinstance(t, TaskModel) for t in tasks):
+            raise TypeError(f"tasks must be a non-empty list of TaskModel, got {tasks!r}")
+        self.tasks = list(tasks)
+        k = len(tasks)
+        self.group_size = v.positive_int("group_size", group_size, minimum=2)
+        t = np.eye(k) if transfer is None else v.finite_array("transfer", transfer, ndim=2)
+        if t.shape != (k, k) or not np.allclose(np.diag(t), 1.0):
+            raise ValueError(f"transfer must be a ({k}, {k}) matrix with ones on the diagonal, got {t.tolist()}")
+        self.transfer = t
+        self._speed = np.array([x.speed for x in tasks])
+        self._spread = np.array([x.spread for x in tasks])
+        self._unsolvable = np.array([x.unsolvable for x in tasks])
+        self.skill = np.array([x.skill for x in tasks])
+        self.format_logit = logit(np.array([x.format_rate for x in tasks]))
+        seeds = np.random.SeedSequence(v.positive_int("seed", seed, minimum=0)).spawn(2)
+        heldout = np.random.default_rng(seeds[0])
+        h = v.positive_int("heldout_size", heldout_size)
+        self._heldout_offset = heldout.standard_normal((k, h)) * self._spread[:, None]
+        self._heldout_solvable = heldout.random((k, h)) >= self._unsolvable[:, None]
+        self._rng = np.random.default_rng(seeds[1])
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def format_rate(self) -> NDArray[np.float64]:
+        return np.asarray(expit(self.format_logit))
+
+    def heldout_accuracy(self) -> NDArray[np.float64]:
+        """Expected accuracy per task over the fixed held-out prompt set, shape (K,)."""
+        p = expit(self.skill[:, None] + self._heldout_offset) * self._heldout_solvable
+        return np.asarray(p.mean(axis=1))
+
+    def generate(self, counts: ArrayLike) -> Groups:
+        """Draw counts[k] fresh prompts of task k and N rollouts of each, in random order (like a shuffled
+        generation batch: DAPO's truncation keeps the first informative groups in report order)."""
+        c = v.int_array("counts", counts, ndim=1)
+        if c.shape[0] != self.num_tasks or (c < 0).any():
+            raise ValueError(f"counts must be {self.num_tasks} non-negative ints, got {c.tolist()}")
+        rng = self._rng
+        task = rng.permutation(np.repeat(np.arange(self.num_tasks), c))
+        n = task.shape[0]
+        solvable = rng.random(n) >= self._unsolvable[task]
+        offset = rng.standard_normal(n) * self._spread[task]
+        prob = expit(self.skill[task] + offset) * solvable
+        draws = rng.random((2, n, self.group_size))
+        correct = draws[0] < prob[:, None]
+        formatted = ~correct & (draws[1] < self.format_rate[task][:, None])
+        return Groups(task, solvable, offset, prob, correct, formatted)
+
+    def train_step(self, batch: Groups) -> NDArray[np.float64]:
+        """One GRPO step on the batch's groups; returns the surrogate improvement I_k per task, shape (K,)."""
+        k = self.num_tasks
+        if len(batch) == 0:
+            return np.zeros(k)
+        adv = group_advantages(batch.rewards, method="grpo")
+        f_old = self.format_rate[batch.task]
+        grad_s = (adv * (batch.correct - batch.prob[:, None])).sum(axis=1)
+        grad_phi = (adv * ~batch.correct * (batch.formatted - f_old[:, None])).sum(axis=1)
+        rows = len(batch) * self.group_size  # the loss is the mean over the batch's rollouts
+        g_s = np.bincount(batch.task, weights=grad_s, minlength=k) / rows
+        g_phi = np.bincount(batch.task, weights=grad_phi, minlength=k) / rows
+        self.skill = self.skill + self._speed * (self.transfer @ g_s)
+        self.format_logit = self.format_logit + self._speed * g_phi
+        ratio = self._ratio(batch, f_old)
+        low, high = 1.0 - CLIP_LOW, 1.0 + CLIP_HIGH
+        surrogate = np.minimum(ratio * adv, np.clip(ratio, low, high) * adv)
+        gain = (surrogate - adv).sum(axis=1)
+        return np.bincount(batch.task, weights=gain, minlength=k).astype(np.float64)
+
+    def _ratio(self, batch: Groups, f_old: NDArray[np.float64]) -> NDArray[np.float64]:
+        """pi_new(y) / pi_old(y) for every rollout of the batch, shape (n, N). Branches for outcomes of probability
+        0 (a wrong answer at p = 1, a correct one at an unsolvable prompt) are never selected."""
+        p_old = batch.prob[:, None]
+        p_new = (expit(self.skill[batch.task] + batch.offset) * batch.solvable)[:, None]
+        f_new = self.format_rate[batch.task][:, None]
+        f_o = f_old[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            correct = np.where(p_old > 0, p_new / p_old, 1.0)
+            wrong = (1 - p_new) / (1 - p_old)
+            fmt = np.where(batch.formatted, f_new / f_o, (1 - f_new) / (1 - f_o))
+        return np.asarray(np.where(batch.correct, correct, wrong * fmt))

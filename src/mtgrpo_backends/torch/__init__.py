@@ -1,0 +1,45 @@
+"""Plain PyTorch backend: tensor ops, a character-level task suite, a small GPT, warm-up and the reference loop."""
+
+from mtgrpo_backends.torch.loop import TrainConfig, TrainState, evaluate, load_checkpoint, save_checkpoint, train
+from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, check_vocab, completion_logprobs, sample
+from mtgrpo_backends.torch.ops import (
+    all_reduce_sum,
+    clipped_surrogate_loss,
+    group_advantages,
+    sequence_surrogate,
+    task_means,
+    task_sums,
+)
+from mtgrpo_backends.torch.tasks import SUITE_TASKS, TASKS, CharTokenizer, Problem, RewardError, Suite, Task, get_suite
+from mtgrpo_backends.torch.warmup import WarmStart, warm_started_model, warm_up
+
+__all__ = [
+    "SUITE_TASKS",
+    "TASKS",
+    "CharGPT",
+    "CharGPTConfig",
+    "CharTokenizer",
+    "Problem",
+    "RewardError",
+    "Suite",
+    "Task",
+    "TrainConfig",
+    "TrainState",
+    "WarmStart",
+    "all_reduce_sum",
+    "check_vocab",
+    "clipped_surrogate_loss",
+    "completion_logprobs",
+    "evaluate",
+    "get_suite",
+    "group_advantages",
+    "load_checkpoint",
+    "sample",
+    "save_checkpoint",
+    "sequence_surrogate",
+    "task_means",
+    "task_sums",
+    "train",
+    "warm_started_model",
+    "warm_up",
+]

@@ -1,0 +1,167 @@
+"""Tensor versions of the core's per-step arithmetic: group advantages, the clipped surrogate, per-task statistics.
+
+Everything stays on the tensors' device (no `.item()`, no host copies), so the same calls run on CUDA. Group
+advantages give the same numbers as `mtgrpo_core.group_advantages` (float64 in, float64 out). Shapes: R rows
+(sequences), T completion tokens, P prompts (groups) of N rollouts, K tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from mtgrpo_core import _validate as v
+
+Aggregation = Literal["token-mean", "seq-mean"]
+AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean")
+ADVANTAGE_METHODS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
+
+
+def group_advantages(
+    rewards: torch.Tensor, method: str = "grpo", *, std: str = "unbiased", eps: float = 1e-6
+) -> torch.Tensor:
+    """Advantages of dense groups, rewards (P, N) -> (P, N); same numbers as the numpy core's estimators.
+
+    "grpo": (r - mean_g) / (std_g + eps), std "unbiased" (Bessel; a group of one has std 0) or "biased".
+    "dr_grpo": r - mean_g.  "rloo": r - mean of the other rollouts = N / (N - 1) * (r - mean_g), needs N >= 2.
+    """
+    v.choice("method", method, ADVANTAGE_METHODS)
+    if rewards.dim() != 2 or rewards.shape[0] == 0 or rewards.shape[1] == 0:
+        raise ValueError(f"rewards must have shape (P, N) with P, N >= 1, got {tuple(rewards.shape)}")
+    n = rewards.shape[1]
+    dev = rewards - rewards.mean(dim=1, keepdim=True)
+    if method == "dr_grpo":
+        return dev
+    if method == "rloo":
+        if n < 2:
+            raise ValueError(f"method 'rloo' needs at least 2 rollouts in every group, got groups of {n}")
+        return dev * (n / (n - 1.0))
+    v.choice("std", std, ("biased", "unbiased"))
+    v.real_in_range("eps", eps, 0.0, low_open=True)
+    var = (dev * dev).mean(dim=1, keepdim=True)
+    if std == "unbiased":
+        var = var * (n / max(n - 1.0, 1.0))
+    return dev / (var.sqrt() + eps)
+
+
+def _token_objective(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> torch.Tensor:
+    """min(ratio A, clip(ratio, 1 - clip_low, 1 + clip_high) A) per token, (R, T); A per sequence (R,)."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    return torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv)
+
+
+def _aggregate(x: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """token-mean: over all real tokens of the batch; seq-mean: over tokens of each sequence, then sequences."""
+    if aggregation == "token-mean":
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return sequence_mean(x, mask).mean()
+
+
+def sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x (R, T) over each row's real tokens -> (R,); a row without tokens gives 0."""
+    return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+@dataclass
+class SurrogateLoss:
+    """The loss to minimise and detached diagnostics (0-d tensors)."""
+
+    loss: torch.Tensor
+    clip_fraction: torch.Tensor
+    kl: torch.Tensor
+
+
+def clipped_surrogate_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    aggregation: str = "token-mean",
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> SurrogateLoss:
+    """PPO/GRPO clipped surrogate with clip-higher (DAPO; the paper uses 0.2 / 0.28), negated for minimising.
+
+    logp, old_logp, mask: (R, T) token log-probs under the current and the behaviour policy, 1 = real token.
+    advantages: (R,) one per sequence. With ref_logp and kl_coef > 0 adds kl_coef * KL(pi || pi_ref) by the k3
+    estimator exp(ref - logp) - (ref - logp) - 1, aggregated like the surrogate.
+    """
+    v.real_in_range("clip_low", clip_low, 0.0, 1.0, high_open=True)
+    v.real_in_range("clip_high", clip_high, 0.0)
+    v.choice("aggregation", aggregation, AGGREGATIONS)
+    v.real_in_range("kl_coef", kl_coef, 0.0)
+    if not (logp.shape == old_logp.shape == mask.shape) or advantages.shape != logp.shape[:1]:
+        raise ValueError(
+            f"logp, old_logp, mask must share a shape (R, T) and advantages be (R,), got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(mask.shape)}, {tuple(advantages.shape)}"
+        )
+    mask = mask.to(logp.dtype)
+    objective = _token_objective(logp, old_logp, advantages, clip_low, clip_high)
+    loss = -_aggregate(objective, mask, aggregation)
+    ratio = torch.exp(logp.detach() - old_logp)
+    clipped = ((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).to(logp.dtype)
+    clip_fraction = (clipped * mask).sum() / mask.sum().clamp(min=1.0)
+    kl = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if ref_logp is not None and kl_coef > 0:
+        if ref_logp.shape != logp.shape:
+            raise ValueError(f"ref_logp must have shape {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
+        diff = ref_logp - logp
+        kl = _aggregate(torch.exp(diff) - diff - 1.0, mask, aggregation)
+        loss = loss + kl_coef * kl
+    return SurrogateLoss(loss=loss, clip_fraction=clip_fraction.detach(), kl=kl.detach())
+
+
+def sequence_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+) -> torch.Tensor:
+    """Per-sequence clipped surrogate objective (R,), the sample values of J_GRPO for the improvement I_k (Eq. 8).
+
+    Evaluate with the policy before the update (logp = old_logp: the value is A) and after it; I_k is the task
+    mean of after - before (see `task_means` and `mtgrpo_core.task_improvement`).
+    """
+    mask = mask.to(logp.dtype)
+    return sequence_mean(_token_objective(logp, old_logp, advantages, clip_low, clip_high), mask)
+
+
+def task_sums(values: torch.Tensor, task_ids: torch.Tensor, num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task sums of values (R,) and per-task counts, both (K,) in values' dtype, on values' device."""
+    v.positive_int("num_tasks", num_tasks)
+    if values.dim() != 1 or task_ids.shape != values.shape:
+        raise ValueError(
+            f"values and task_ids must be 1-D of one length, got {tuple(values.shape)}, {tuple(task_ids.shape)}"
+        )
+    sums = torch.zeros(num_tasks, dtype=values.dtype, device=values.device).index_add_(0, task_ids, values)
+    counts = torch.zeros(num_tasks, dtype=values.dtype, device=values.device).index_add_(
+        0, task_ids, torch.ones_like(values)
+    )
+    return sums, counts
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum tensors in place over all ranks when torch.distributed is initialised; a no-op otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def task_means(values: torch.Tensor, task_ids: torch.Tensor, num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task means over every rank's rows (NaN where a task has none) and counts, both (K,)."""
+    sums, counts = task_sums(values, task_ids, num_tasks)
+    all_reduce_sum(sums, counts)
+    nan = torch.full_like(sums, float("nan"))
+    return torch.where(counts > 0, sums / counts.clamp(min=1.0), nan), counts

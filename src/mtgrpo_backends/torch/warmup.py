@@ -1,0 +1,183 @@
+"""Short supervised warm-up: the starting policy of RL gets partial competence on every task.
+
+The paper starts RL from a pretrained base model; here a CharGPT is trained from scratch by teacher forcing on
+`[answer]<eos>` for a number of steps fixed by the suite's design. The result can be cached on disk: the cache
+key holds every setting that changes the weights, so a cached file is exactly what a fresh run would produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs
+from mtgrpo_backends.torch.tasks import CORRECT, CharTokenizer, Problem, Suite, left_pad
+from mtgrpo_core import _validate as v
+
+CACHE_ENV = "MTGRPO_CACHE_DIR"
+WARMUP_BATCH = 64
+WARMUP_LR = 2e-3
+PROBE_SIZE = 64  # prompts per task of the warm-up's stopping check
+PROBE_SAMPLES = 4  # completions per probe prompt
+PROBE_EVERY = 25  # steps between checks
+
+
+def default_cache_dir() -> Path:
+    """$MTGRPO_CACHE_DIR, else ~/.cache/mtgrpo."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mtgrpo")
+
+
+def noisy_answer(answer: str, noise: float, rng: np.random.Generator) -> str:
+    """The answer with each digit replaced, with probability `noise`, by a uniformly random digit."""
+    if noise == 0:
+        return answer
+    flip = rng.random(len(answer)) < noise
+    digits = rng.integers(0, 10, size=len(answer))
+    return "".join(str(d) if f else c for c, f, d in zip(answer, flip, digits, strict=True))
+
+
+def supervised_batch(
+    suite: Suite, tokenizer: CharTokenizer, batch_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Teacher-forcing batch over tasks drawn uniformly: ids, mask (R, P + C) and the completion start P.
+
+    Demonstrations carry the suite's `warmup_noise` (an imperfect corpus, like a base model's).
+    """
+    tasks = rng.integers(0, suite.num_tasks, size=batch_size)
+    problems = [suite.sample(int(k), 1, rng)[0] for k in tasks]
+    p_ids, p_mask = left_pad([tokenizer.encode(p.prompt) for p in problems], tokenizer.pad_id)
+    answers = [
+        [*tokenizer.encode(f"[{noisy_answer(p.answer, suite.warmup_noise, rng)}]"), tokenizer.eos_id] for p in problems
+    ]
+    width = max(len(a) for a in answers)
+    c_ids = np.full((batch_size, width), tokenizer.pad_id, dtype=np.int64)
+    c_mask = np.zeros((batch_size, width), dtype=np.int64)
+    for i, a in enumerate(answers):
+        c_ids[i, : len(a)] = a
+        c_mask[i, : len(a)] = 1
+    ids = torch.from_numpy(np.concatenate([p_ids, c_ids], axis=1))
+    mask = torch.from_numpy(np.concatenate([p_mask, c_mask], axis=1))
+    return ids, mask, p_ids.shape[1]
+
+
+@dataclass
+class WarmStart:
+    """A warmed-up policy, the warm-up steps it took and its last probe accuracies (temperature 1)."""
+
+    model: CharGPT
+    steps: int
+    probe_accuracy: list[float] | None
+
+
+def probe_accuracy(
+    model: torch.nn.Module, suite: Suite, tokenizer: CharTokenizer, problems: list[list[Problem]]
+) -> list[float]:
+    """Temperature-1 accuracy per task on fixed training-distribution prompts, PROBE_SAMPLES completions each."""
+    from mtgrpo_backends.torch.loop import generate_groups  # the loop's sampler and scorer
+
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+    flat = [(k, p) for k, ps in enumerate(problems) for p in ps]
+    groups, _ = generate_groups(model, suite, tokenizer, flat, PROBE_SAMPLES, 1.0, generator)
+    acc = np.zeros(suite.num_tasks)
+    for g in groups:
+        acc[g.task] += float((g.rewards == CORRECT).mean()) / len(problems[g.task])
+    return acc.tolist()
+
+
+def warm_up(
+    model: torch.nn.Module,
+    suite: Suite,
+    tokenizer: CharTokenizer,
+    steps: int,
+    *,
+    target: float = 0.0,
+    batch_size: int = WARMUP_BATCH,
+    lr: float = WARMUP_LR,
+    seed: int = 0,
+) -> tuple[int, list[float] | None]:
+    """Teacher-forced cross-entropy on completion tokens, AdamW, at most `steps` steps.
+
+    With target > 0, every PROBE_EVERY steps the temperature-1 accuracy of each task is measured on PROBE_SIZE
+    fixed training prompts; the warm-up stops at the first check where every task reaches `target`.
+    Returns the steps taken and the last probe accuracies (None if never probed).
+    """
+    v.positive_int("steps", steps, minimum=0)
+    v.positive_int("batch_size", batch_size)
+    v.real_in_range("lr", lr, 0.0, low_open=True)
+    v.real_in_range("target", target, 0.0, 1.0)
+    device = next(model.parameters()).device
+    rng = np.random.default_rng([seed, 1])
+    probes = [suite.sample(k, PROBE_SIZE, np.random.default_rng([seed, 3, k])) for k in range(suite.num_tasks)]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    probe = None
+    for step in range(1, steps + 1):
+        model.train()
+        ids, mask, start = supervised_batch(suite, tokenizer, batch_size, rng)
+        ids, mask = ids.to(device), mask.to(device)
+        tok_mask = mask[:, start:].float()
+        loss = -(completion_logprobs(model, ids, mask, start) * tok_mask).sum() / tok_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if target > 0 and step % PROBE_EVERY == 0:
+            probe = probe_accuracy(model, suite, tokenizer, probes)
+            if min(probe) >= target:
+                return step, probe
+    return steps, probe
+
+
+def warm_started_model(
+    suite: Suite,
+    tokenizer: CharTokenizer,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    config: CharGPTConfig | None = None,
+    cache_dir: Path | str | None = None,
+    use_cache: bool = True,
+) -> WarmStart:
+    """A CharGPT warmed up on `suite` (default: at most the suite's warm-up steps, stopping at its target),
+    loaded from the cache when an identical warm-up was done before."""
+    steps = suite.warmup_steps if steps is None else steps
+    config = config or CharGPTConfig(vocab_size=tokenizer.vocab_size)
+    key = json.dumps(
+        {
+            "suite": suite.name,
+            "tasks": suite.task_names,
+            "steps": steps,
+            "target": suite.warmup_target,
+            "noise": suite.warmup_noise,
+            "seed": seed,
+            "model": asdict(config),
+            "batch_size": WARMUP_BATCH,
+            "lr": WARMUP_LR,
+            "probe": [PROBE_SIZE, PROBE_SAMPLES, PROBE_EVERY],
+            "alphabet": tokenizer.alphabet,
+            "torch": torch.__version__,
+            "version": 2,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / f"warmup-{suite.name}-{digest}.pt"
+    model = CharGPT(config, seed=seed)
+    if use_cache and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["weights"])
+        return WarmStart(model.eval(), int(saved["steps"]), saved["probe_accuracy"])
+    taken, probe = warm_up(model, suite, tokenizer, steps, target=suite.warmup_target, seed=seed)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"weights": model.state_dict(), "steps": taken, "probe_accuracy": probe}, tmp)
+        tmp.replace(path)
+    return WarmStart(model.eval(), taken, probe)

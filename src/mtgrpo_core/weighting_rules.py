@@ -64,7 +64,28 @@ def _check_config(state: Mapping[str, Any], config: dict[str, Any]) -> None:
         raise ValueError(f"state['config'] is {got!r}, expected {config!r}: build the rule with these settings")
 
 
-class IWURule:
+class _LogitRule:
+    """Shared read-only views of a rule that keeps logits xi and weights z = softmax(xi)."""
+
+    _k: int
+    _logits: NDArray[np.float64]
+    _z: NDArray[np.float64]
+
+    @property
+    def num_tasks(self) -> int:
+        return self._k
+
+    @property
+    def weights(self) -> NDArray[np.float64]:
+        return self._z.copy()
+
+    @property
+    def logits(self) -> NDArray[np.float64]:
+        """Current logits xi (a copy)."""
+        return self._logits.copy()
+
+
+class IWURule(_LogitRule):
     """Improvement-aware weight update, the MT-GRPO rule (Subroutine 1).
 
     s_k = clip(I_k, -c, c) + lam J_k;  g_k = z_k (s_k - sum_j z_j s_j);  a step on xi;  z = softmax(xi).
@@ -100,19 +121,6 @@ class IWURule:
         self._logits = np.zeros(self._k)
         self._adam = wf.AdamWState.zeros(self._k)
         self._z = wf.stable_softmax(self._logits)
-
-    @property
-    def num_tasks(self) -> int:
-        return self._k
-
-    @property
-    def weights(self) -> NDArray[np.float64]:
-        return self._z.copy()
-
-    @property
-    def logits(self) -> NDArray[np.float64]:
-        """Current logits xi (a copy)."""
-        return self._logits.copy()
 
     def update(self, signals: TaskSignals) -> NDArray[np.float64]:
         s = _checked_signals(signals, self._k)
@@ -169,7 +177,7 @@ class IWURule:
         self._z = wf.stable_softmax(self._logits)
 
 
-class MinimaxRule:
+class MinimaxRule(_LogitRule):
     """Reward-only worst-task update: Eq. 6-7 (eta = 0) or its regularised form, Subroutine 2 (eta > 0).
 
     g_k = z_k (J_k - sum_j z_j J_j);  xi <- xi - lr g - eta xi;  z = softmax(xi).
@@ -186,19 +194,6 @@ class MinimaxRule:
         self.eta = v.real_in_range("eta", eta, 0.0, 1.0, high_open=True)
         self._logits = np.zeros(self._k)
         self._z = wf.stable_softmax(self._logits)
-
-    @property
-    def num_tasks(self) -> int:
-        return self._k
-
-    @property
-    def weights(self) -> NDArray[np.float64]:
-        return self._z.copy()
-
-    @property
-    def logits(self) -> NDArray[np.float64]:
-        """Current logits xi (a copy)."""
-        return self._logits.copy()
 
     def update(self, signals: TaskSignals) -> NDArray[np.float64]:
         s = _checked_signals(signals, self._k)

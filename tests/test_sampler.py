@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, inflation, plan_requests
-from mtgrpo_core.sampler import GroupReport, RatioPreservingSampler, run_batch
+from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, inflation, plan_requests
+from mtgrpo_core.planners import (
+    PLANNER_REGISTRY,
+    DapoPlanner,
+    NoFilterPlanner,
+    PaperPlanner,
+    PlanView,
+    PosteriorPlanner,
+    planner_for,
+    planner_names,
+    register_planner,
+)
+from mtgrpo_core.sampler import RatioPreservingSampler
 from mtgrpo_core.sampler_config import SamplerConfig
 from mtgrpo_core.targets import apportioned_counts, multinomial_counts
 from tests.sampler_sim import AcceptanceCaller
@@ -78,7 +91,7 @@ def test_rewards_are_filtered_by_the_sampler() -> None:
     n = req.total
     rewards = np.tile([0.1, 0.0, 0.1], (n, 1))  # lenient: informative; strict: all wrong -> filtered
     rewards[0] = [1.0, 1.0, 0.0]
-    b.report([GroupReport(task=0, key=i, rewards=r) for i, r in enumerate(rewards)])
+    b.report_arrays(np.zeros(n, dtype=int), list(range(n)), rewards=rewards)
     while (req := b.next_request()) is not None:
         b.report_arrays(
             np.zeros(req.total, dtype=int),
@@ -93,18 +106,16 @@ def test_rewards_are_filtered_by_the_sampler() -> None:
     assert np.isnan(batch.report.mean_reward[1])
 
 
-def test_run_batch_driver_and_filter_rate_update() -> None:
+def test_filter_rate_update_from_reports() -> None:
     s = sampler()
-
-    def generate(req):  # type: ignore[no-untyped-def]
-        return [
-            GroupReport(task=k, key=(req.round, k, i), informative=k != 2 or i % 2 == 0)
-            for k in range(3)
-            for i in range(int(req.counts[k]))
-        ]
-
-    batch = run_batch(s.begin(Z3, 0), generate)
-    assert len(batch) == 32
+    b = s.begin(Z3, 0)
+    key = 0
+    while (req := b.next_request()) is not None:
+        tasks = np.repeat(np.arange(3), req.counts)
+        keys = np.arange(key, key + tasks.shape[0])
+        key += tasks.shape[0]
+        b.report_arrays(tasks, keys, informative=(tasks != 2) | (keys % 2 == 0))
+    assert len(b.finish()) == 32
     assert s.estimator.filter_rate[2] > 0.2 and s.estimator.filter_rate[0] == 0.0
 
 
@@ -187,11 +198,192 @@ def test_bad_reports_are_refused_and_nothing_half_applied() -> None:
             range(int(req.counts[0]) + 1),
             informative=np.ones(int(req.counts[0]) + 1, dtype=bool),
         )
-    assert (b.outstanding == req.counts).all()  # the refused calls changed nothing
-    b.report_arrays([0], ["a"], informative=np.array([True]))
-    with pytest.raises(ValueError, match="reported twice"):
+    with pytest.raises(TypeError, match=r"keys must hold integers.*'a'"):
         b.report_arrays([0], ["a"], informative=np.array([True]))
+    assert (b.outstanding == req.counts).all()  # the refused calls changed nothing
+    b.report_arrays([0], [7], informative=np.array([True]))
+    with pytest.raises(ValueError, match="keys holds 7, reported twice"):
+        b.report_arrays([0], np.array([7], dtype=np.uint8), informative=np.array([True]))
     with pytest.raises(ValueError, match="not reported yet"):
         b.next_request()
-    with pytest.raises(ValueError, match="never reported"):
+    with pytest.raises(ValueError, match="before finish"):
         b.finish()
+
+
+# -- keys -----------------------------------------------------------------------------------------------------------
+def one_task_batch(*reports: object) -> object:
+    """Report each key list as its own round-0 chunk of one task (no filtering); return the finished batch."""
+    total = sum(len(r) for r in reports)  # type: ignore[arg-type]
+    b = RatioPreservingSampler(1, SamplerConfig(batch_size=total, group_size=2, filtering="none")).begin([1.0], 0)
+    assert b.next_request() is not None
+    for keys in reports:
+        n = len(keys)  # type: ignore[arg-type]
+        b.report_arrays(np.zeros(n, dtype=int), keys, informative=np.ones(n, dtype=bool))
+    return b.finish()
+
+
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+def test_keys_come_back_exactly_in_their_dtype(dtype: type[np.integer]) -> None:
+    info = np.iinfo(dtype)
+    values = [int(info.max), int(info.min), 5, int(info.max) - 1]
+    batch = one_task_batch(np.array(values, dtype=dtype))
+    assert batch.keys.dtype == dtype  # type: ignore[attr-defined]
+    assert batch.keys.tolist() == values  # type: ignore[attr-defined]
+
+
+def test_uint64_keys_at_or_above_2_63_are_not_negative() -> None:
+    values = [2**63, 2**64 - 1, 2**63 + 12345]
+    assert one_task_batch(np.array(values, dtype=np.uint64)).keys.tolist() == values  # type: ignore[attr-defined]
+    batch = one_task_batch([2**63, 0], [2**64 - 1])  # Python ints: uint64 when a key needs it
+    assert batch.keys.dtype == np.uint64 and batch.keys.tolist() == [2**63, 0, 2**64 - 1]  # type: ignore[attr-defined]
+    batch = one_task_batch(range(3), [-(2**63)])
+    assert batch.keys.dtype == np.int64 and batch.keys.tolist() == [0, 1, 2, -(2**63)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("reports", "dtype"),
+    [
+        ((np.array([-1, 2], np.int8), np.array([200, 3], np.uint8)), np.int16),  # numpy's promotion
+        ((np.array([-1], np.int64), np.array([5], np.uint64)), np.int64),  # all fit in int64
+        ((np.array([1], np.int8), np.array([2**63], np.uint64)), np.uint64),  # none negative
+        ((np.array([2**63], np.uint64), [7]), np.uint64),
+    ],
+)
+def test_mixed_key_dtypes_follow_the_rule(reports: tuple[object, ...], dtype: type[np.integer]) -> None:
+    batch = one_task_batch(*reports)
+    assert batch.keys.dtype == dtype  # type: ignore[attr-defined]
+    assert batch.keys.tolist() == [int(k) for r in reports for k in r]  # type: ignore[attr-defined, union-attr]
+
+
+def test_key_mix_no_integer_dtype_holds_is_refused_and_changes_nothing() -> None:
+    b = RatioPreservingSampler(1, SamplerConfig(batch_size=3, group_size=2, filtering="none")).begin([1.0], 0)
+    assert b.next_request() is not None
+    b.report_arrays([0], np.array([-1], dtype=np.int64), informative=np.array([True]))
+    with pytest.raises(ValueError, match=r"keys mixes the negative key -1 with the key 9223372036854775808 >= 2\*\*63"):
+        b.report_arrays([0], np.array([2**63], dtype=np.uint64), informative=np.array([True]))
+    with pytest.raises(ValueError, match="keys mixes the negative key -2"):
+        b.report_arrays([0, 0], [-2, 2**63], informative=np.array([True, True]))
+    assert b.outstanding.tolist() == [2]
+    b.report_arrays([0, 0], np.array([3, 2**62], dtype=np.uint64), informative=np.array([True, True]))
+    assert b.finish().keys.tolist() == [-1, 3, 2**62]
+
+
+@pytest.mark.parametrize(
+    ("keys", "error", "match"),
+    [
+        (["a"], TypeError, r"keys must hold integers .*got 'a' of type str at index 0"),
+        ([1, 2.0], TypeError, r"keys must hold integers .*got 2.0 of type float at index 1"),
+        (np.array([1.5]), TypeError, r"keys must hold integers .*got dtype float64"),
+        ([True], TypeError, r"keys must hold integers .*got True of type bool"),
+        (np.array([True]), TypeError, r"keys must hold integers .*got dtype bool"),
+        ([(0, 1)], TypeError, r"keys must hold integers .*got \(0, 1\) of type tuple"),
+        ("ab", TypeError, r"keys must be a 1-D sequence of integers .*got 'ab'"),
+        (3, TypeError, r"keys must be a 1-D sequence of integers .*got 3"),
+        (np.array([[1]]), ValueError, r"keys must have 1 dimension\(s\), got shape \(1, 1\)"),
+        ([2**64], ValueError, r"keys holds 18446744073709551616, outside every numpy integer dtype"),
+    ],
+)
+def test_non_integer_keys_are_refused(keys: object, error: type[Exception], match: str) -> None:
+    b = RatioPreservingSampler(1, SamplerConfig(batch_size=1, group_size=2, filtering="none")).begin([1.0], 0)
+    assert b.next_request() is not None
+    with pytest.raises(error, match=match):
+        b.report_arrays([0], keys, informative=np.array([True]))  # type: ignore[arg-type]
+
+
+# -- state ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("planner", "estimator"),
+    [("paper", None), ("posterior", None), ("paper", "beta"), ("posterior", "ema"), ("paper", "known")],
+)
+def test_state_survives_json_and_continues_identically(planner: str, estimator: str | None) -> None:
+    def make(seed: int) -> RatioPreservingSampler:
+        est = {
+            None: None,
+            "beta": BetaFilterRate(3, forgetting=0.7),
+            "ema": EMAFilterRate(3, alpha=0.3),
+            "known": KnownFilterRate(RATES3),
+        }[estimator]
+        config = SamplerConfig(batch_size=32, group_size=8, planner=planner, targets="multinomial")
+        return RatioPreservingSampler(3, config, seed=seed, estimator=est)
+
+    a = make(5)
+    for step in range(3):
+        AcceptanceCaller(RATES3, step).run(a.begin(Z3, step))
+    text = json.dumps(a.state_dict())
+    b = make(0)
+    b.load_state_dict(json.loads(text))
+    assert json.dumps(b.state_dict()) == text
+    for step in range(3, 6):
+        ba = AcceptanceCaller(RATES3, step).run(a.begin(Z3, step))
+        bb = AcceptanceCaller(RATES3, step).run(b.begin(Z3, step))
+        assert ba.keys.tolist() == bb.keys.tolist() and ba.tasks.tolist() == bb.tasks.tolist()
+        assert np.array_equal(ba.report.generated, bb.report.generated)
+    assert np.array_equal(a.estimator.filter_rate, b.estimator.filter_rate)
+
+
+def test_estimator_states_are_json_native_and_checked() -> None:
+    ema, beta, known = EMAFilterRate(2), BetaFilterRate(2), KnownFilterRate([0.1, 0.2])
+    for est in (ema, beta, known):
+        est.update([4, 2], [1, 2])
+        state = json.loads(json.dumps(est.state_dict()))
+        fresh = type(est)(2) if not isinstance(est, KnownFilterRate) else KnownFilterRate([0.0, 0.0])
+        fresh.load_state_dict(state)
+        assert fresh.filter_rate.tolist() == est.filter_rate.tolist()
+        array_state = {k: np.asarray(x) if isinstance(x, list) else x for k, x in state.items()}
+        fresh.load_state_dict(array_state)  # numpy arrays still load
+    with pytest.raises(ValueError, match=r"state\['rho'\] must have 2 entries \(one per task\), got 3"):
+        ema.load_state_dict({**ema.state_dict(), "rho": [0.1, 0.2, 0.3]})
+    with pytest.raises(ValueError, match=r"state\['rho'\] must hold values in \[0, 1.0\], got \[1.5, 0.0\]"):
+        known.load_state_dict({**known.state_dict(), "rho": [1.5, 0.0]})
+    with pytest.raises(ValueError, match=r"state\['forgetting'\] must be in \[0.0, 1.0\], got 2.0"):
+        beta.load_state_dict({**beta.state_dict(), "forgetting": 2.0})
+    with pytest.raises(ValueError, match=r"state must hold 'accepted'"):
+        beta.load_state_dict({k: x for k, x in beta.state_dict().items() if k != "accepted"})
+
+
+# -- planners -------------------------------------------------------------------------------------------------------
+def test_config_switches_pick_the_planner() -> None:
+    def cfg(**kw: object) -> SamplerConfig:
+        return SamplerConfig(batch_size=8, group_size=4, **kw)  # type: ignore[arg-type]
+
+    assert type(planner_for(cfg())) is PaperPlanner
+    assert type(planner_for(cfg(planner="posterior"))) is PosteriorPlanner
+    assert type(planner_for(cfg(ratio_constraint=False, planner="posterior"))) is DapoPlanner
+    assert type(planner_for(cfg(filtering="none", planner="posterior"))) is NoFilterPlanner
+    assert "dapo" not in planner_names() and {"paper", "posterior"} <= set(planner_names())
+    with pytest.raises(ValueError, match="planner must be one of"):
+        cfg(planner="dapo")  # chosen by ratio_constraint=False, not by name
+
+
+class TwiceTheDeficit:
+    """A user planner: request 2 * deficit each round; keep the first B accepted."""
+
+    def __init__(self, config: SamplerConfig) -> None:
+        self.batch_size = config.batch_size
+
+    def plan(self, view: PlanView, rng: np.random.Generator) -> np.ndarray:
+        return 2 * view.deficit
+
+    def select(self, tasks: np.ndarray, accepted: np.ndarray, targets: np.ndarray, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+        return accepted[: self.batch_size]
+
+
+def test_a_registered_planner_is_used_without_touching_the_builder() -> None:
+    register_planner("twice-the-deficit", TwiceTheDeficit, estimator=BetaFilterRate)
+    try:
+        with pytest.raises(ValueError, match="already a registered planner"):
+            register_planner("twice-the-deficit", TwiceTheDeficit)
+        s = sampler(planner="twice-the-deficit")
+        assert isinstance(s.estimator, BetaFilterRate)
+        b = s.begin(Z3, 0)
+        req = b.next_request()
+        assert req is not None and np.array_equal(req.counts, 2 * b.targets)
+        caller = AcceptanceCaller(RATES3, 0)
+        caller.answer(b, req)
+        batch = caller.run(b)
+        assert len(batch) == 32 and batch.report.rounds >= 2
+    finally:
+        PLANNER_REGISTRY.pop("twice-the-deficit")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,8 +75,55 @@ def test_same_seed_same_reports_same_decisions_and_restore(case) -> None:  # typ
         bb = AcceptanceCaller(rates, seed + step).run(b.begin(weights, step))
         assert ba.keys.tolist() == bb.keys.tolist()
     restored = RatioPreservingSampler(k, config, seed=0)
-    restored.load_state_dict(a.state_dict())
+    restored.load_state_dict(json.loads(json.dumps(a.state_dict())))  # JSON-native state
     ca = AcceptanceCaller(rates, 7).run(a.begin(weights, 2))
     cr = AcceptanceCaller(rates, 7).run(restored.begin(weights, 2))
     assert ca.keys.tolist() == cr.keys.tolist()
     assert np.array_equal(a.estimator.filter_rate, restored.estimator.filter_rate)
+
+
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@st.composite
+def key_reports(draw):  # type: ignore[no-untyped-def]
+    """Up to 3 reports of unique keys, each a numpy array of some integer dtype or a list of Python ints."""
+    reports = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from([*INT_DTYPES, "list"]))
+        info = np.iinfo(np.uint64 if kind == "list" else kind)
+        low = -(2**63) if kind == "list" and draw(st.booleans()) else int(info.min)
+        values = draw(st.lists(st.integers(low, int(info.max)), min_size=1, max_size=6, unique=True))
+        reports.append(values if kind == "list" else np.array(values, dtype=kind))
+    return reports
+
+
+@SETTINGS
+@given(key_reports())
+def test_keys_round_trip_exactly_or_are_refused_by_the_dtype_rule(reports) -> None:  # type: ignore[no-untyped-def]
+    values = [int(x) for r in reports for x in r]
+    total = len(values)
+    b = RatioPreservingSampler(1, SamplerConfig(batch_size=total, group_size=2, filtering="none")).begin([1.0], 0)
+    assert b.next_request() is not None
+    seen: set[int] = set()
+    kept: list[int] = []
+    for keys in reports:
+        fresh = [int(x) for x in keys]
+        so_far = kept + fresh
+        clash = bool(seen & set(fresh))
+        unholdable = min(so_far) < 0 and max(so_far) >= 2**63
+        n = len(fresh)
+        if clash or unholdable:
+            with pytest.raises(ValueError, match="reported twice" if clash and not unholdable else "keys"):
+                b.report_arrays(np.zeros(n, dtype=int), keys, informative=np.ones(n, dtype=bool))
+            b.report_arrays(np.zeros(0, dtype=int), [], informative=np.zeros(0, dtype=bool))
+            return
+        b.report_arrays(np.zeros(n, dtype=int), keys, informative=np.ones(n, dtype=bool))
+        seen.update(fresh)
+        kept = so_far
+    batch = b.finish()
+    assert batch.keys.tolist() == values  # exactly as reported, in report order
+    assert np.issubdtype(batch.keys.dtype, np.integer)
+    arrays = [r for r in reports if isinstance(r, np.ndarray)]
+    if len(arrays) == len(reports) and np.issubdtype(np.result_type(*arrays), np.integer):
+        assert batch.keys.dtype == np.result_type(*arrays)  # numpy's promotion where it stays integer

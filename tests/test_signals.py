@@ -60,10 +60,8 @@ def test_improvement_is_per_task_mean_of_after_minus_before():
     ids = np.array([0, 0, 1, 1, 3])
     got = task_improvement(before, after, ids, 4, reduce="mean")
     np.testing.assert_allclose(got, [0.15, -0.1, np.nan, 1.2])
-    np.testing.assert_allclose(
-        task_improvement(before, after, ids, 4, clip=0.2, reduce="mean"), [0.15, -0.1, np.nan, 0.2]
-    )
-    np.testing.assert_allclose(task_improvement(before, after, ids, 4), [0.3, -0.2, np.nan, 1.2])  # sum (default)
+    np.testing.assert_allclose(task_improvement(before, after, ids, 4), got)  # mean is the default
+    np.testing.assert_allclose(task_improvement(before, after, ids, 4, reduce="sum"), [0.3, -0.2, np.nan, 1.2])
     # Relation to the reference code: -(sum of losses after - sum of losses before) = n_k * I_k.
     loss_before, loss_after = -before, -after
     reference = -(
@@ -117,8 +115,8 @@ def test_bad_input_is_refused():
         task_improvement([0.0, 1.0], [0.0, 1.0, 2.0], [0, 0], 1)
     with pytest.raises(ValueError, match="after must be finite"):
         task_improvement([0.0], [float("nan")], [0], 1)
-    with pytest.raises(ValueError, match=r"clip must be in \(0.0, inf\], got -0.1"):
-        task_improvement([0.0], [0.1], [0], 1, clip=-0.1)
+    with pytest.raises(ValueError, match=r"reduce must be one of \['mean', 'sum'\], got 'max'"):
+        task_improvement([0.0], [0.1], [0], 1, reduce="max")
     with pytest.raises(ValueError, match="advantages must be finite"):
         mean_abs_advantage_per_task([float("-inf")], [0], 1)
     with pytest.raises(ValueError, match=r"smoothing must be in \[0.0, 1.0\), got 1.0"):

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from mtgrpo_backends.cli import main
-from mtgrpo_backends.torch.loop import TrainConfig, make_state, save_checkpoint, train, train_step
+from mtgrpo_backends.torch.checkpoint import save_checkpoint
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.loop import make_state, train, train_step
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs, logits_of, sample
 from mtgrpo_backends.torch.tasks import TASKS, CharTokenizer, Problem, RewardError, Suite, Task
 from mtgrpo_backends.torch.warmup import PROBE_EVERY, warm_started_model

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import group_advantages as np_group_advantages
@@ -121,46 +117,25 @@ def test_improvement_matches_numpy_core() -> None:
     before = ops.sequence_surrogate(old, old, adv, mask)
     after = ops.sequence_surrogate(new, old, adv, mask)
     np.testing.assert_allclose(before.numpy(), adv.numpy() * (mask.sum(1) > 0).numpy())
-    got, counts = ops.task_means(after - before, tasks, k)
-    want = task_improvement(before.numpy(), after.numpy(), tasks.numpy(), k, reduce="mean")
-    np.testing.assert_allclose(got.numpy(), want, equal_nan=True, atol=1e-12)
-    assert np.isnan(got[1].item()) and counts.tolist() == [6.0, 0.0, 6.0]
-    sums, _ = ops.task_sums(after - before, tasks, k)
-    want_sum = task_improvement(before.numpy(), after.numpy(), tasks.numpy(), k, reduce="sum")
-    np.testing.assert_allclose(sums.numpy()[[0, 2]], want_sum[[0, 2]], atol=1e-12)
+    got = task_improvement(before.numpy(), after.numpy(), tasks.numpy(), k)
+    for task in (0, 2):
+        rows_k = tasks.numpy() == task
+        assert got[task] == pytest.approx(float((after - before).numpy()[rows_k].mean()), abs=1e-12)
+    assert np.isnan(got[1])
 
 
-def _rank(rank: int, store_path: str, result_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
-    values = torch.tensor([1.0, 2.0, 3.0]) + 10 * rank
-    tasks = torch.tensor([0, 1, 1]) if rank == 0 else torch.tensor([1, 1, 1])
-    means, counts = ops.task_means(values, tasks, 3)
-    if rank == 0:
-        torch.save({"means": means, "counts": counts}, result_path)
-    dist.destroy_process_group()
-
-
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
-def test_task_statistics_all_reduce_over_two_gloo_ranks(tmp_path: Path) -> None:
-    result = os.path.join(tmp_path, "result.pt")
-    ctx = multiprocessing.get_context("spawn")
-    ranks = [ctx.Process(target=_rank, args=(r, os.path.join(tmp_path, "store"), result)) for r in range(2)]
-    for proc in ranks:
-        proc.start()
-    for proc in ranks:
-        proc.join(timeout=60)
-    assert [proc.exitcode for proc in ranks] == [0, 0]
-    got = torch.load(result)
-    # task 0: [1]; task 1: [2, 3, 11, 12, 13]; task 2: none
-    np.testing.assert_allclose(got["means"].numpy(), [1.0, 41 / 5, np.nan], equal_nan=True)
-    assert got["counts"].tolist() == [1.0, 5.0, 0.0]
-
-
-def test_task_means_without_distributed_is_local() -> None:
-    assert not dist.is_initialized()
-    means, counts = ops.task_means(torch.tensor([1.0, 3.0]), torch.tensor([1, 1]), 2)
-    assert np.isnan(means[0].item()) and means[1].item() == 2.0 and counts.tolist() == [0.0, 2.0]
+def test_sequence_surrogate_clips_the_ratio_and_averages_over_tokens() -> None:
+    advantages, old = torch.tensor([1.0, -1.0]), torch.zeros(2, 2)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    assert ops.sequence_surrogate(old, old, advantages, mask).tolist() == [1.0, -1.0]
+    logps = torch.log(torch.tensor([[2.0, 1.0], [0.5, 9.0]]))
+    # row 0: (min(2, 1.28) + 1) / 2; row 1: min(-0.5, -0.8) on its one unmasked token
+    out = ops.sequence_surrogate(logps, old, advantages, mask)
+    assert torch.allclose(out, torch.tensor([1.14, -0.8]))
+    sequence_level = ops.sequence_surrogate(logps, old, advantages, mask, level="sequence")
+    assert torch.allclose(sequence_level, torch.tensor([min(2**0.5, 1.28), -0.8]))
+    with pytest.raises(ValueError, match="level must be one of"):
+        ops.sequence_surrogate(logps, old, advantages, mask, level="batch")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -169,5 +144,4 @@ def test_ops_run_on_cuda_tensors() -> None:
     adv = ops.group_advantages(r)
     assert adv.is_cuda
     np.testing.assert_allclose(adv.cpu().numpy(), np_group_advantages(r.cpu().numpy()), atol=1e-12)
-    means, _ = ops.task_means(adv.reshape(-1), torch.arange(32, device="cuda") % 3, 3)
-    assert means.is_cuda
+    assert ops.sequence_surrogate(adv, adv, adv[:, 0], torch.ones_like(adv)).is_cuda

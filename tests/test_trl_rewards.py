@@ -8,14 +8,12 @@ import pytest
 
 from mtgrpo_backends.trl.reasoning_tasks import PAPER_TASKS_9, build_dataset, gym_config, parse_task
 from mtgrpo_backends.trl.rewards import (
-    CORRECT,
-    FORMAT_ONLY,
-    UNFORMATTED,
     countdown_correct,
     extract_boxed,
     paper_reward,
     score_response,
 )
+from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
 
 
 @pytest.mark.parametrize(
@@ -38,14 +36,14 @@ def test_extract_boxed_takes_the_last_box_on_the_last_line(response: str, expect
     ("response", "expected"),
     [
         ("71 + 33 + 12 = 116\n\\boxed{71 + 33 + 12}", CORRECT),
-        ("\\boxed{(71 - 12) + 33 + 12 * 0 + 12}", FORMAT_ONLY),  # 12 used three times, 0 not given
-        ("\\boxed{71 + 33 + 33}", FORMAT_ONLY),  # 33 reused, 12 missing
-        ("\\boxed{71 + 33}", FORMAT_ONLY),  # 12 missing
-        ("\\boxed{71 + 33 + 12 + 0}", FORMAT_ONLY),  # a number that was not given
-        ("\\boxed{71 * 33 / 12}", FORMAT_ONLY),  # all numbers once, wrong value
-        ("\\boxed{-12 + 71 + 33 + 24}", FORMAT_ONLY),
-        ("\\boxed{12 - -104}", FORMAT_ONLY),
-        ("\\boxed{__import__('os').system('true')}", FORMAT_ONLY),  # parsed, never run
+        ("\\boxed{(71 - 12) + 33 + 12 * 0 + 12}", FORMATTED),  # 12 used three times, 0 not given
+        ("\\boxed{71 + 33 + 33}", FORMATTED),  # 33 reused, 12 missing
+        ("\\boxed{71 + 33}", FORMATTED),  # 12 missing
+        ("\\boxed{71 + 33 + 12 + 0}", FORMATTED),  # a number that was not given
+        ("\\boxed{71 * 33 / 12}", FORMATTED),  # all numbers once, wrong value
+        ("\\boxed{-12 + 71 + 33 + 24}", FORMATTED),
+        ("\\boxed{12 - -104}", FORMATTED),
+        ("\\boxed{__import__('os').system('true')}", FORMATTED),  # parsed, never run
         ("\\boxed{71 + 33 + 12}\nthat was it", UNFORMATTED),  # boxed on an earlier line
         ("71 + 33 + 12", UNFORMATTED),
     ],
@@ -68,7 +66,7 @@ def test_countdown_exact_fractions_division_by_zero_and_unary_minus() -> None:
     [
         ("Reasoning...\n\\boxed{Bob}", CORRECT),
         ("\\boxed{  bob }  \n", CORRECT),
-        ("\\boxed{alice}", FORMAT_ONLY),
+        ("\\boxed{alice}", FORMATTED),
         ("\\boxed{bob}\nFinal answer above.", UNFORMATTED),
         ("The person is bob.", UNFORMATTED),
     ],
@@ -82,9 +80,9 @@ def test_zebra_exact_match_after_lower_strip(response: str, expected: float) -> 
     [
         ("\\boxed{0 0 7 0}", CORRECT),
         ("grid:\n\\boxed{ 0 0 7 0 }", CORRECT),
-        ("\\boxed{0  0 7 0}", FORMAT_ONLY),  # a double space is not the grid
-        ("\\boxed{0070}", FORMAT_ONLY),
-        ("\\boxed{0, 0, 7, 0}", FORMAT_ONLY),
+        ("\\boxed{0  0 7 0}", FORMATTED),  # a double space is not the grid
+        ("\\boxed{0070}", FORMATTED),
+        ("\\boxed{0, 0, 7, 0}", FORMATTED),
         ("\\boxed{0 0 7 0}\n", CORRECT),
         ("\\boxed{0 0 7 0}\nDone", UNFORMATTED),
     ],
@@ -107,7 +105,7 @@ def test_paper_reward_scores_mixed_rows_and_conversations() -> None:
         target=[116, None, None],
         trainer_state=None,
     )
-    assert rewards == [CORRECT, FORMAT_ONLY, UNFORMATTED]
+    assert rewards == [CORRECT, FORMATTED, UNFORMATTED]
 
 
 def test_bad_task_names_and_missing_fields_are_refused() -> None:

@@ -13,8 +13,6 @@ from datasets import Dataset
 
 from mtgrpo_backends.trl import MTGRPOConfig, MTGRPOTrainer
 from mtgrpo_backends.trl.batch_assembly import take_rows
-from mtgrpo_backends.trl.prompt_pool import TaskPromptPool
-from mtgrpo_backends.trl.surrogate import sequence_surrogate
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
 from mtgrpo_backends.trl.trainer import STATE_FILE, check_trl_version
 from mtgrpo_core.sampler import Batch
@@ -231,21 +229,6 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     check_trl_version("1.16.0")
 
 
-def test_prompt_pool_is_seeded_and_covers_each_task_once_per_pass() -> None:
-    tasks = np.array([0, 1, 0, 1, 0, 2, 0])
-    pool, twin = TaskPromptPool(tasks, 3, 7, TASKS), TaskPromptPool(tasks, 3, 7, TASKS)
-    rows, ids = pool.draw([2, 0, 1])
-    np.testing.assert_array_equal(ids, [0, 0, 2])
-    more, _ = pool.draw([2, 0, 0])
-    assert sorted([*rows[:2].tolist(), *more.tolist()]) == [0, 2, 4, 6]  # a full pass over task 0's rows
-    np.testing.assert_array_equal(twin.draw([4, 0, 1])[0][:4], [*rows[:2], *more])
-    restored = TaskPromptPool(tasks, 3, 7, TASKS)
-    restored.load_state_dict(pool.state_dict())
-    np.testing.assert_array_equal(restored.draw([3, 2, 0])[0], pool.draw([3, 2, 0])[0])
-    with pytest.raises(ValueError, match="no rows for tasks"):
-        TaskPromptPool(np.array([0, 0]), 2, 0, TASKS[:2])
-
-
 def test_take_rows_repads_prompts_left_and_completions_right() -> None:
     a = {
         "prompt_ids": torch.tensor([[5, 6], [7, 8]]),
@@ -271,18 +254,6 @@ def test_take_rows_repads_prompts_left_and_completions_right() -> None:
     assert rows["advantages"].tolist() == [1.0, -0.5]
     with pytest.raises(NotImplementedError, match="pixel_values"):
         take_rows([{**a, "pixel_values": torch.zeros(2)}], [(0, 0)], pad_token_id=0)
-
-
-def test_sequence_surrogate_clips_the_ratio_and_averages_over_tokens() -> None:
-    advantages, old = torch.tensor([1.0, -1.0]), torch.zeros(2, 2)
-    mask = torch.tensor([[1, 1], [1, 0]])
-    assert sequence_surrogate(old, old, advantages, mask, 0.2, 0.28).tolist() == [1.0, -1.0]
-    logps = torch.log(torch.tensor([[2.0, 1.0], [0.5, 9.0]]))
-    # row 0: (min(2, 1.28) + 1) / 2; row 1: min(-0.5, -0.8) on its one unmasked token
-    out = sequence_surrogate(logps, old, advantages, mask, 0.2, 0.28)
-    assert torch.allclose(out, torch.tensor([1.14, -0.8]))
-    sequence_level = sequence_surrogate(logps, old, advantages, mask, 0.2, 0.28, level="sequence")
-    assert torch.allclose(sequence_level, torch.tensor([min(2**0.5, 1.28), -0.8]))
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,7 @@ RULES: dict[str, RuleFactory] = {
     "minimax-reg": lambda k: MinimaxRule(k, eta=0.01),
     "sec": lambda k: SECRule(k),
     "uniform": lambda k: UniformRule(k),
-    "fixed": lambda k: FixedRule(np.full(k, 1.0 / k)),
+    "fixed": lambda k: FixedRule(k, np.full(k, 1.0 / k)),
 }
 
 
@@ -148,7 +149,7 @@ def test_state_dict_holds_plain_data() -> None:
     rule.update(TaskSignals.build(reward=[0.1, 0.2, 0.3], improvement=[0.0, 0.1, 0.0]))
     state = rule.state_dict()
     assert state["kind"] == "iwu" and state["num_tasks"] == 3 and state["adam_step"] == 1
-    assert all(isinstance(x, (int, float, str, dict, np.ndarray)) for x in state.values())
+    assert json.loads(json.dumps(state)) == state  # JSON-native: lists, numbers, strings
 
 
 # --- the update functions against independent references ---
@@ -319,10 +320,10 @@ def test_iwu_with_equal_rewards_moves_weight_to_the_least_improving_task(optimiz
         (lambda: SECRule(3, alpha=0.0), ValueError, r"alpha must be in \(0.0, 1.0\], got 0.0"),
         (lambda: SECRule(3, alpha=1.5), ValueError, "alpha must be in"),
         (lambda: SECRule(3, temperature=0.0), ValueError, "temperature must be in"),
-        (lambda: FixedRule([0.5, 0.6]), ValueError, "weights must sum to 1"),
-        (lambda: FixedRule([-0.1, 1.1]), ValueError, "weights must be >= 0, got -0.1"),
-        (lambda: FixedRule([np.nan, 1.0]), ValueError, "weights must be finite"),
-        (lambda: FixedRule([]), ValueError, "at least one entry"),
+        (lambda: FixedRule(2, [0.5, 0.6]), ValueError, "weights must sum to 1"),
+        (lambda: FixedRule(2, [-0.1, 1.1]), ValueError, "weights must be >= 0, got -0.1"),
+        (lambda: FixedRule(2, [np.nan, 1.0]), ValueError, "weights must be finite"),
+        (lambda: FixedRule(2, [0.5, 0.25, 0.25]), ValueError, r"weights must have 2 entries \(one per task\), got 3"),
         (lambda: UniformRule(2.5), TypeError, "num_tasks must be an int"),  # type: ignore[arg-type]
     ],
 )
@@ -377,7 +378,7 @@ def test_bad_state_dicts_are_refused() -> None:
     with pytest.raises(ValueError, match="state lacks 'logits'"):
         rule.load_state_dict(state)
     with pytest.raises(ValueError, match="a FixedRule's weights are its configuration"):
-        FixedRule([0.5, 0.5]).load_state_dict(FixedRule([0.25, 0.75]).state_dict())
+        FixedRule(2, [0.5, 0.5]).load_state_dict(FixedRule(2, [0.25, 0.75]).state_dict())
     with pytest.raises(ValueError, match="expected 'sec'"):
         SECRule(3).load_state_dict(UniformRule(3).state_dict())
 

@@ -23,30 +23,34 @@ from mtgrpo_core.metrics import (
     steps_to_threshold,
     worst_task_accuracy,
 )
-from mtgrpo_core.protocols import TaskSignals, WeightingRule
+from mtgrpo_core.prompt_pool import PromptPool
+from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals, WeightingRule
+from mtgrpo_core.rule_registry import RULES, build_rule, register_rule
 from mtgrpo_core.sampler import (
     Batch,
     BatchBuilder,
     BatchReport,
-    GroupReport,
     RatioPreservingSampler,
     Request,
-    run_batch,
 )
 from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.signal_path import StepFacts, check_needs, step_signals
 from mtgrpo_core.signals import (
+    DEFAULT_IMPROVEMENT_REDUCE,
     RewardChangeImprovement,
     mean_abs_advantage_per_task,
     task_accuracy,
     task_improvement,
     task_rewards,
 )
-from mtgrpo_core.tasks import PromptPool, TaskRegistry
 from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "DEFAULT_IMPROVEMENT_REDUCE",
     "METHOD_NAMES",
+    "RULES",
+    "SIGNAL_NEEDS",
     "Batch",
     "BatchBuilder",
     "BatchReport",
@@ -54,7 +58,6 @@ __all__ = [
     "Controller",
     "EMAFilterRate",
     "FixedRule",
-    "GroupReport",
     "IWURule",
     "KnownFilterRate",
     "MethodSpec",
@@ -65,11 +68,13 @@ __all__ = [
     "RewardChangeImprovement",
     "SECRule",
     "SamplerConfig",
-    "TaskRegistry",
+    "StepFacts",
     "TaskSignals",
     "UniformRule",
     "WeightingRule",
     "average_accuracy",
+    "build_rule",
+    "check_needs",
     "delta_m_percent",
     "group_advantages",
     "mean_abs_advantage_per_task",
@@ -78,8 +83,9 @@ __all__ = [
     "ragged_group_advantages",
     "ragged_zero_gradient_mask",
     "realized_shares",
-    "run_batch",
+    "register_rule",
     "share_distance",
+    "step_signals",
     "steps_to_threshold",
     "task_accuracy",
     "task_improvement",

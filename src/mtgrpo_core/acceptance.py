@@ -20,7 +20,10 @@ from mtgrpo_core import _validate as v
 
 
 class FilterRateEstimator(Protocol):
-    """Tracks rho_k, the per-task fraction of groups filtered as zero-gradient."""
+    """Tracks rho_k, the per-task fraction of groups filtered as zero-gradient.
+
+    `state_dict()` returns JSON-native values only (lists, not arrays); `load_state_dict` takes lists or arrays.
+    """
 
     @property
     def num_tasks(self) -> int: ...
@@ -53,6 +56,25 @@ def _counts(num_tasks: int, generated: ArrayLike, accepted: ArrayLike) -> tuple[
     return gen, acc
 
 
+def _state_vector(state: Mapping[str, Any], key: str, num_tasks: int, high: float | None = None) -> NDArray[np.float64]:
+    """state[key] as a vector of finite values in [0, high], one per task (a list from JSON, or an array)."""
+    if key not in state:
+        raise ValueError(f"state must hold {key!r}, got keys {sorted(state)}")
+    name = f"state[{key!r}]"
+    arr = v.finite_array(name, state[key], ndim=1)
+    if arr.shape[0] != num_tasks:
+        raise ValueError(f"{name} must have {num_tasks} entries (one per task), got {arr.shape[0]}")
+    if (arr < 0).any() or (high is not None and (arr > high).any()):
+        raise ValueError(f"{name} must hold values in [0, {'inf' if high is None else high}], got {arr.tolist()}")
+    return arr.copy()
+
+
+def _state_real(state: Mapping[str, Any], key: str, low: float, high: float | None, low_open: bool = False) -> float:
+    if key not in state:
+        raise ValueError(f"state must hold {key!r}, got keys {sorted(state)}")
+    return v.real_in_range(f"state[{key!r}]", state[key], low, high, low_open=low_open)
+
+
 class EMAFilterRate:
     """The paper's running estimate: rho_k <- (1 - alpha) rho_k + alpha * filtered_k / generated_k.
 
@@ -80,12 +102,13 @@ class EMAFilterRate:
         self._rho[seen] = (1.0 - self.alpha) * self._rho[seen] + self.alpha * observed
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "ema_filter_rate", "num_tasks": self._k, "alpha": self.alpha, "rho": self._rho.copy()}
+        return {"kind": "ema_filter_rate", "num_tasks": self._k, "alpha": self.alpha, "rho": self._rho.tolist()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, "ema_filter_rate", self._k)
-        self.alpha = float(state["alpha"])
-        self._rho = np.array(state["rho"], dtype=np.float64)
+        alpha = _state_real(state, "alpha", 0.0, 1.0, low_open=True)
+        self._rho = _state_vector(state, "rho", self._k, high=1.0)
+        self.alpha = alpha
 
 
 class BetaFilterRate:
@@ -141,17 +164,19 @@ class BetaFilterRate:
             "prior_accept": self.prior_accept,
             "prior_filter": self.prior_filter,
             "forgetting": self.forgetting,
-            "accepted": self._accepted.copy(),
-            "filtered": self._filtered.copy(),
+            "accepted": self._accepted.tolist(),
+            "filtered": self._filtered.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, "beta_filter_rate", self._k)
-        self.prior_accept = float(state["prior_accept"])
-        self.prior_filter = float(state["prior_filter"])
-        self.forgetting = float(state["forgetting"])
-        self._accepted = np.array(state["accepted"], dtype=np.float64)
-        self._filtered = np.array(state["filtered"], dtype=np.float64)
+        prior_accept = _state_real(state, "prior_accept", 0.0, None, low_open=True)
+        prior_filter = _state_real(state, "prior_filter", 0.0, None, low_open=True)
+        forgetting = _state_real(state, "forgetting", 0.0, 1.0)
+        accepted = _state_vector(state, "accepted", self._k)
+        filtered = _state_vector(state, "filtered", self._k)
+        self.prior_accept, self.prior_filter, self.forgetting = prior_accept, prior_filter, forgetting
+        self._accepted, self._filtered = accepted, filtered
 
 
 def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray[np.float64]:
@@ -217,8 +242,8 @@ class KnownFilterRate:
         _counts(self.num_tasks, generated, accepted)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "known_filter_rate", "num_tasks": self.num_tasks, "rho": self._rho.copy()}
+        return {"kind": "known_filter_rate", "num_tasks": self.num_tasks, "rho": self._rho.tolist()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, "known_filter_rate", self.num_tasks)
-        self._rho = np.array(state["rho"], dtype=np.float64)
+        self._rho = _state_vector(state, "rho", self.num_tasks, high=1.0)

@@ -17,7 +17,6 @@ from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
 from mtgrpo_core.sampler import BatchBuilder, RatioPreservingSampler
 from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.weighting_rules import IWURule, SECRule
 
 
 class Controller:
@@ -25,7 +24,8 @@ class Controller:
 
     def __init__(self, rule: WeightingRule, sampler: RatioPreservingSampler, method: str = "custom") -> None:
         if not isinstance(rule, WeightingRule):
-            raise TypeError(f"rule must satisfy the WeightingRule protocol, got {type(rule).__name__}")
+            missing = "" if hasattr(rule, "needs") else " (it lacks `needs`, the set of optional signals it reads)"
+            raise TypeError(f"rule must satisfy the WeightingRule protocol, got {type(rule).__name__}{missing}")
         if rule.num_tasks != sampler.num_tasks:
             raise ValueError(f"rule has {rule.num_tasks} tasks but the sampler has {sampler.num_tasks}")
         self.rule = rule
@@ -66,14 +66,9 @@ class Controller:
         return self.rule.weights
 
     @property
-    def needs_improvement(self) -> bool:
-        """Whether end_step needs signals.improvement (the IWU rule)."""
-        return isinstance(self.rule, IWURule)
-
-    @property
-    def needs_advantage(self) -> bool:
-        """Whether end_step needs signals.mean_abs_advantage (the SEC bandit)."""
-        return isinstance(self.rule, SECRule)
+    def needs(self) -> frozenset[str]:
+        """The optional signals end_step needs ("improvement", "mean_abs_advantage"): the rule's `needs`."""
+        return frozenset(self.rule.needs)
 
     def begin_step(self) -> BatchBuilder:
         """Algorithm 1, line 1: the RP-SAMPLER conversation for this step's batch."""
@@ -85,6 +80,12 @@ class Controller:
             raise TypeError(f"signals must be a TaskSignals, got {type(signals).__name__}")
         if signals.num_tasks != self.num_tasks:
             raise ValueError(f"signals cover {signals.num_tasks} tasks, expected {self.num_tasks}")
+        missing = sorted(n for n in self.needs if getattr(signals, n) is None)
+        if missing:
+            raise ValueError(
+                f"rule {type(self.rule).__name__} needs signals {missing}, but they are None: measure them "
+                "(StepFacts surrogate values for improvement, sample advantages for mean_abs_advantage)"
+            )
         weights = self.rule.update(signals)
         self._check_weights(weights, f"weights after step {self.step}")
         self.step += 1

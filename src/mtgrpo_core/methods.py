@@ -10,6 +10,9 @@
 "mt-grpo-noinfl[:lam]" IWU + RP-SAMPLER without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
 "minimax-reg[:eta]"   regularised reward-only weights (Subroutine 2) + RP-SAMPLER (eta defaults to 0.01)
+"module:Class"        a user's WeightingRule class, built as Class(num_tasks), with RP-SAMPLER
+
+Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "minimax", "sec", "uniform", "fixed").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from mtgrpo_core import _validate as v
 from mtgrpo_core.protocols import WeightingRule
-from mtgrpo_core.weighting_rules import IWURule, MinimaxRule, SECRule, UniformRule
+from mtgrpo_core.rule_registry import build_rule
 
 _DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
 _GRPO = {"filtering": "none"}
@@ -52,23 +55,21 @@ class MethodSpec:
 
     def build_rule(self, num_tasks: int, **overrides: Any) -> WeightingRule:
         """Construct the weighting rule for K tasks; `overrides` go to the rule's constructor."""
-        kwargs = {**self.rule_kwargs, **overrides}
-        if self.rule == "iwu":
-            return IWURule(num_tasks, **kwargs)
-        if self.rule == "minimax":
-            return MinimaxRule(num_tasks, **kwargs)
-        if self.rule == "sec":
-            return SECRule(num_tasks, **kwargs)
-        return UniformRule(num_tasks, **kwargs)
+        return build_rule(self.rule, num_tasks, **{**self.rule_kwargs, **overrides})
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse "name" or "name:value" (e.g. "mt-grpo:0.2", "minimax-reg:0.01") into a MethodSpec."""
+    """Parse "name" or "name:value" (e.g. "mt-grpo:0.2", "minimax-reg:0.01") or a user's "module:Class"."""
     if not isinstance(text, str):
         raise TypeError(f"method must be a string such as 'mt-grpo:0.2', got {text!r}")
-    name, _, arg = text.strip().lower().partition(":")
+    name, sep, arg = text.strip().lower().partition(":")
     if name not in _TABLE:
-        raise ValueError(f"method must be one of {list(METHOD_NAMES)} (optionally ':value'), got {text!r}")
+        if sep and arg and not _is_number(arg):  # "module:Class", a user rule
+            return MethodSpec(name=text.strip(), rule=text.strip(), sampler_settings=dict(_RPS))
+        raise ValueError(
+            f"method must be one of {list(METHOD_NAMES)} (optionally ':value'), or 'module:Class' naming a "
+            f"WeightingRule class, got {text!r}"
+        )
     rule, arg_name, default, settings = _TABLE[name]
     kwargs: dict[str, float] = {}
     if arg_name is None:
@@ -82,3 +83,11 @@ def parse_method(text: str) -> MethodSpec:
         assert value is not None
         kwargs[arg_name] = v.real_in_range(f"{arg_name} of method {text!r}", value, 0.0, None)
     return MethodSpec(name=text.strip().lower(), rule=rule, rule_kwargs=kwargs, sampler_settings=dict(settings))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

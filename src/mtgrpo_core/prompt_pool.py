@@ -1,112 +1,95 @@
-"""Task registry: task names <-> ids, and per-task prompt pools sampled without replacement inside an epoch."""
+"""The prompt pool: which rows of a finite multi-task dataset a request of per-task counts generates.
+
+Each task's rows are visited in passes; pass e of task k is a permutation seeded by (seed, k, e), so every process
+draws the same rows without communication, and the state is one cursor per task. Every backend with a finite
+dataset draws through this one pool (a later issue gives it per-prompt history).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import _validate as v
 
 
-class PromptPool:
-    """Indices 0..size-1 of one task's prompts, drawn without replacement inside an epoch.
+def task_ids_of(values: Sequence[Any], tasks: Sequence[str], what: str = "task column") -> NDArray[np.int64]:
+    """Map each row's task name to its id (position in `tasks`), refusing names not in `tasks`."""
+    index = {name: k for k, name in enumerate(tasks)}
+    ids = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        if value not in index:
+            raise ValueError(f"{what} holds {value!r} at row {row}, which is not in tasks {list(tasks)}")
+        ids[row] = index[value]
+    return ids
 
-    When an epoch runs out, a recycling pool starts a new epoch (a fresh permutation); a non-recycling pool
-    raises instead. Randomness comes from the Generator passed to `draw`, so ranks that share it agree.
+
+class PromptPool:
+    """Draws dataset row indices per task without replacement within a pass over the task's rows.
+
+    row_tasks: (rows,) task id of each dataset row; task_names: the K task names (ids are positions).
     """
 
-    def __init__(self, size: int, recycle: bool = True, name: str = "task") -> None:
-        self.size = v.positive_int(f"size of prompt pool {name!r}", size)
-        self.recycle = recycle
-        self.name = name
-        self.epoch = 0
-        self._order: NDArray[np.int64] | None = None
-        self._position = 0
+    KIND = "prompt_pool"
+
+    def __init__(self, row_tasks: ArrayLike, task_names: Sequence[str], seed: int = 0) -> None:
+        self.task_names = list(task_names)
+        self._k = v.positive_int("number of task_names", len(self.task_names))
+        self.seed = v.positive_int("seed", seed, minimum=0)
+        ids = v.task_ids("row_tasks", row_tasks, self._k)
+        self._rows = [np.flatnonzero(ids == k) for k in range(self._k)]
+        empty = [self.task_names[k] for k in range(self._k) if self._rows[k].size == 0]
+        if empty:
+            raise ValueError(f"the dataset has no rows for tasks {empty}; every configured task needs prompts")
+        self._cursor = np.zeros(self._k, dtype=np.int64)
 
     @property
-    def remaining(self) -> int:
-        """Prompts left in the current epoch."""
-        return self.size if self._order is None else self.size - self._position
+    def num_tasks(self) -> int:
+        return self._k
 
-    def draw(self, n: int, rng: np.random.Generator) -> NDArray[np.int64]:
-        """n prompt indices; within an epoch no index repeats."""
-        n = v.positive_int("n", n, minimum=0)
-        out: list[NDArray[np.int64]] = []
-        while n > 0:
-            if self._order is None or self._position == self.size:
-                if self._order is not None and not self.recycle:
-                    raise ValueError(
-                        f"task {self.name!r} ran out of prompts: all {self.size} were used and recycle=False"
-                    )
-                if self._order is not None:
-                    self.epoch += 1
-                self._order = rng.permutation(self.size).astype(np.int64)
-                self._position = 0
-            take = min(n, self.size - self._position)
-            out.append(self._order[self._position : self._position + take])
-            self._position += take
-            n -= take
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    def _order(self, task: int, epoch: int) -> NDArray[np.int64]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, task, epoch]))
+        return self._rows[task][rng.permutation(self._rows[task].size)]
 
-    def state_dict(self) -> dict[str, Any]:
-        order = None if self._order is None else self._order.copy()
-        return {"size": self.size, "epoch": self.epoch, "order": order, "position": self._position}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("size") != self.size:
-            raise ValueError(f"state['size'] is {state.get('size')!r}, expected {self.size} for task {self.name!r}")
-        self.epoch = int(state["epoch"])
-        self._order = None if state["order"] is None else np.array(state["order"], dtype=np.int64)
-        self._position = int(state["position"])
-
-
-class TaskRegistry:
-    """Named tasks with ids 0..K-1 in the given order, each with a prompt pool."""
-
-    def __init__(self, sizes: Mapping[str, int], recycle: bool = True) -> None:
-        if not sizes:
-            raise ValueError("sizes must name at least one task, got an empty mapping")
-        for name in sizes:
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"task names must be non-empty strings, got {name!r}")
-        self.names: tuple[str, ...] = tuple(sizes)
-        self._ids = {name: i for i, name in enumerate(self.names)}
-        self.pools = [PromptPool(sizes[name], recycle=recycle, name=name) for name in self.names]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def id(self, name: str) -> int:
-        """The id of a task name; unknown names list the valid ones."""
-        try:
-            return self._ids[name]
-        except (KeyError, TypeError):
-            raise ValueError(f"task {name!r} is not in the configured task list {list(self.names)}") from None
-
-    def ids(self, names: Iterable[str]) -> NDArray[np.int64]:
-        return np.array([self.id(n) for n in names], dtype=np.int64)
-
-    def draw(self, counts: Sequence[int] | NDArray[np.int64], rng: np.random.Generator) -> list[NDArray[np.int64]]:
-        """For each task k, counts[k] prompt indices from its pool."""
+    def draw(self, counts: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Row indices for counts[k] prompts of each task k -> (rows, task ids), task by task."""
         c = v.int_array("counts", counts, ndim=1)
-        if c.shape[0] != len(self):
-            raise ValueError(f"counts must have {len(self)} entries (one per task), got {c.shape[0]}")
-        return [pool.draw(int(n), rng) for pool, n in zip(self.pools, c, strict=True)]
+        if c.shape[0] != self._k or (c < 0).any():
+            raise ValueError(f"counts must be {self._k} non-negative ints (one per task), got {c.tolist()}")
+        rows, tasks = [], []
+        for k in range(self._k):
+            size = self._rows[k].size
+            start, stop = int(self._cursor[k]), int(self._cursor[k] + c[k])
+            epochs = range(start // size, (stop - 1) // size + 1) if stop > start else range(0)
+            order = np.concatenate([self._order(k, e) for e in epochs]) if epochs else np.zeros(0, np.int64)
+            offset = epochs[0] * size if epochs else 0
+            rows.append(order[start - offset : stop - offset])
+            tasks.append(np.full(int(c[k]), k, dtype=np.int64))
+            self._cursor[k] = stop
+        return np.concatenate(rows), np.concatenate(tasks)
 
     def state_dict(self) -> dict[str, Any]:
+        """JSON-native state: the seed, the task names and one cursor per task."""
         return {
-            "kind": "task_registry",
-            "num_tasks": len(self),
-            "names": list(self.names),
-            "pools": [p.state_dict() for p in self.pools],
+            "kind": self.KIND,
+            "num_tasks": self._k,
+            "task_names": list(self.task_names),
+            "seed": self.seed,
+            "cursor": self._cursor.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        v.state_matches(state, "task_registry", len(self))
-        if list(state["names"]) != list(self.names):
-            raise ValueError(f"state['names'] is {list(state['names'])}, expected {list(self.names)}")
-        for pool, s in zip(self.pools, state["pools"], strict=True):
-            pool.load_state_dict(s)
+        """Restore a state of a pool with the same task names; anything else is refused, nothing half-applied."""
+        v.state_matches(state, self.KIND, self._k)
+        if list(state.get("task_names", [])) != self.task_names:
+            raise ValueError(
+                f"state['task_names'] is {state.get('task_names')!r}, expected {self.task_names}: a pool of other tasks"
+            )
+        seed = v.positive_int("state['seed']", state.get("seed"), minimum=0)
+        cursor = v.int_array("state['cursor']", state["cursor"], ndim=1)
+        if cursor.shape[0] != self._k or (cursor < 0).any():
+            raise ValueError(f"state['cursor'] must be {self._k} non-negative ints, got {cursor.tolist()}")
+        self.seed, self._cursor = seed, cursor.copy()

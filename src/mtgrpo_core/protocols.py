@@ -21,6 +21,10 @@ class TaskSignals:
     reward: J_k, mean reward of ALL rollouts of task k this step, before any zero-gradient filtering.
     improvement: I_k (Eq. 8), surrogate after minus before the update; None if the caller has none.
     mean_abs_advantage: mean |A| over task k's samples (the SEC bandit's reward); None if not computed.
+    accuracy: fraction of task k's rollouts that were correct (logged; no built-in rule reads it); None if absent.
+
+    Build it with `mtgrpo_core.step_signals` from a step's facts (the one signal path every backend uses), or
+    with `TaskSignals.build` from per-task values.
 
     A present task can have rollouts but no sample in the training batch (all its groups filtered, or a target
     of zero): then I_k and mean |A| are undefined and may be passed as NaN. `build` records them as 0 (no update
@@ -31,6 +35,7 @@ class TaskSignals:
     reward: NDArray[np.float64]
     improvement: NDArray[np.float64] | None = None
     mean_abs_advantage: NDArray[np.float64] | None = None
+    accuracy: NDArray[np.float64] | None = None
     untrained: tuple[int, ...] = ()
 
     @staticmethod
@@ -39,6 +44,7 @@ class TaskSignals:
         present: ArrayLike | None = None,
         improvement: ArrayLike | None = None,
         mean_abs_advantage: ArrayLike | None = None,
+        accuracy: ArrayLike | None = None,
     ) -> TaskSignals:
         """Validate and build; `present` defaults to the tasks whose reward is not NaN."""
         r = v.as_float_array("reward", reward, ndim=1)
@@ -70,11 +76,17 @@ class TaskSignals:
 
         improvement_arr = per_sample("improvement", improvement)
         advantage_arr = per_sample("mean_abs_advantage", mean_abs_advantage)
+        accuracy_arr = None
+        if accuracy is not None:
+            accuracy_arr = v.as_float_array("accuracy", accuracy, ndim=1)
+            if accuracy_arr.shape != r.shape or not np.isfinite(accuracy_arr[mask]).all():
+                raise ValueError(f"accuracy must hold {r.shape[0]} values, finite at present tasks, got {accuracy!r}")
         return TaskSignals(
             present=mask,
             reward=r,
             improvement=improvement_arr,
             mean_abs_advantage=advantage_arr,
+            accuracy=accuracy_arr,
             untrained=tuple(sorted(untrained)),
         )
 
@@ -83,9 +95,18 @@ class TaskSignals:
         return int(self.reward.shape[0])
 
 
+SIGNAL_NEEDS: tuple[str, ...] = ("improvement", "mean_abs_advantage")
+
+
 @runtime_checkable
 class WeightingRule(Protocol):
-    """A task-weighting rule: weights z on the simplex, updated from per-task signals, with explicit state."""
+    """A task-weighting rule: weights z on the simplex, updated from per-task signals, with explicit state.
+
+    `needs` names the optional TaskSignals fields its `update` reads (a subset of SIGNAL_NEEDS): the controller
+    and every backend read it to decide what to measure (I_k costs an extra forward pass).
+    """
+
+    needs: frozenset[str]
 
     @property
     def num_tasks(self) -> int: ...

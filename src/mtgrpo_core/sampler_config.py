@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from mtgrpo_core import _validate as v
+from mtgrpo_core.planners import planner_names
+from mtgrpo_core.targets import COUNT_SCHEMES
 
 FILTERS: tuple[str, ...] = ("lenient", "strict", "none")
-PLANNERS: tuple[str, ...] = ("paper", "posterior")
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class SamplerConfig:
     targets: "multinomial" (the paper's draw) or "apportion" (unbiased systematic rounding, beyond the paper) for
         target and request counts.
     planner: "paper" (Multinomial(M_os B, zhat) rounds, EMA filter rates) or "posterior" (requests sized so that
-        P(accepted_k >= deficit_k) >= confidence under a Beta posterior, beyond the paper).
+        P(accepted_k >= deficit_k) >= confidence under a Beta posterior, beyond the paper), or any name registered
+        with `planners.register_planner`. Used when filtering and ratio_constraint are on; filtering="none" uses
+        the no-filter planner and ratio_constraint=False the DAPO planner.
     confidence: per-task probability target of the posterior planner.
     correct_reward: reward that counts as correct for the strict filter.
     """
@@ -42,7 +47,7 @@ class SamplerConfig:
     ratio_constraint: bool = True
     acceptance_aware: bool = True
     targets: Literal["multinomial", "apportion"] = "apportion"
-    planner: Literal["paper", "posterior"] = "paper"
+    planner: str = "paper"
     confidence: float = 0.9
     correct_reward: float = 1.0
 
@@ -53,8 +58,8 @@ class SamplerConfig:
         v.positive_int("max_rounds", self.max_rounds, minimum=0)
         v.real_in_range("max_inflation", self.max_inflation, 1.0, None)
         v.choice("filtering", self.filtering, FILTERS)
-        v.choice("targets", self.targets, ("multinomial", "apportion"))
-        v.choice("planner", self.planner, PLANNERS)
+        v.choice("targets", self.targets, COUNT_SCHEMES)
+        v.choice("planner", self.planner, planner_names())
         v.real_in_range("confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
         v.real_in_range("correct_reward", self.correct_reward)
         for name in ("ratio_constraint", "acceptance_aware"):
@@ -67,4 +72,5 @@ class SamplerConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON-native values (numpy scalars become Python numbers)."""
+        return {k: x.item() if isinstance(x, np.generic) else x for k, x in asdict(self).items()}

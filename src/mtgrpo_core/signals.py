@@ -8,7 +8,7 @@ zero-gradient filtering (PAPER.md "Setting"): a task the policy fails completely
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,35 +47,33 @@ def task_accuracy(
     return _per_task("rewards", r == target, task_ids, num_tasks)[0]
 
 
+IMPROVEMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+DEFAULT_IMPROVEMENT_REDUCE = "mean"
+
+
 def task_improvement(
     before: ArrayLike,
     after: ArrayLike,
     task_ids: ArrayLike,
     num_tasks: int,
-    clip: float | None = None,
-    reduce: Literal["sum", "mean"] = "sum",
+    reduce: str = DEFAULT_IMPROVEMENT_REDUCE,
 ) -> NDArray[np.float64]:
     """I_k (Eq. 8): task k's GRPO surrogate objective after the update minus before it, on the step's batch.
 
     before, after: per-sample surrogate OBJECTIVE values (higher is better, i.e. minus the per-sample loss) of
     the same samples, evaluated with the policy before and after the update; positive I_k = improving.
-    reduce: "sum" (default) sums after - before over task k's samples, as the paper's reference code does
-    (it sums per-sample losses per task and negates the difference); the paper's lambda and clip values are on
-    that scale. "mean" divides by the task's sample count, which makes I_k independent of the batch share
-    (the weights themselves set that share) but about n_k times smaller, so lambda must be rescaled.
-    clip: c > 0 clips I_k to [-c, c] (the paper uses c in {0.1, 0.2}); None leaves it as measured.
-    Returns (K,), NaN for tasks with no sample (a task absent from the batch has no new I_k).
+    reduce: "mean" (the library's default) averages after - before over task k's samples, so I_k does not grow
+    with the batch share that the weights themselves set; "sum" is the paper's reference code (it sums
+    per-sample losses per task), on which the paper's lambda and clip values were chosen. See docs/signals.md.
+    Clipping belongs to the rule (`IWURule.improvement_clip`). Returns (K,), NaN for tasks with no sample.
     """
     b = v.finite_array("before", before, ndim=1)
     a = v.finite_array("after", after, ndim=1)
     v.same_length("before", b, "after", a)
-    v.choice("reduce", reduce, ("sum", "mean"))
+    v.choice("reduce", reduce, IMPROVEMENT_REDUCTIONS)
     improvement, counts = _per_task("after - before", a - b, task_ids, num_tasks)
     if reduce == "sum":
         improvement = improvement * counts
-    if clip is not None:
-        c = v.real_in_range("clip", clip, 0.0, None, low_open=True)
-        np.clip(improvement, -c, c, out=improvement)
     return improvement
 
 

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from mtgrpo_core import _validate as v
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.rule_registry import register_rule
 
 IWU_OPTIMIZERS = ("adamw", "sgd")
 MINIMAX_DEFAULT_LR = 1.0
@@ -85,6 +86,7 @@ class _LogitRule:
         return self._logits.copy()
 
 
+@register_rule("iwu")
 class IWURule(_LogitRule):
     """Improvement-aware weight update, the MT-GRPO rule (Subroutine 1).
 
@@ -96,6 +98,7 @@ class IWURule(_LogitRule):
     """
 
     kind = "iwu"
+    needs = frozenset({"improvement"})
 
     def __init__(
         self,
@@ -158,10 +161,10 @@ class IWURule(_LogitRule):
             "kind": self.kind,
             "num_tasks": self._k,
             "config": self._config(),
-            "logits": self._logits.copy(),
+            "logits": self._logits.tolist(),
             "adam_step": self._adam.step,
-            "adam_exp_avg": self._adam.exp_avg.copy(),
-            "adam_exp_avg_rms": self._adam.exp_avg_rms.copy(),
+            "adam_exp_avg": self._adam.exp_avg.tolist(),
+            "adam_exp_avg_rms": self._adam.exp_avg_rms.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -177,6 +180,7 @@ class IWURule(_LogitRule):
         self._z = wf.stable_softmax(self._logits)
 
 
+@register_rule("minimax")
 class MinimaxRule(_LogitRule):
     """Reward-only worst-task update: Eq. 6-7 (eta = 0) or its regularised form, Subroutine 2 (eta > 0).
 
@@ -187,6 +191,7 @@ class MinimaxRule(_LogitRule):
     """
 
     kind = "minimax"
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, num_tasks: int, lr: float = MINIMAX_DEFAULT_LR, eta: float = 0.0) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
@@ -209,7 +214,7 @@ class MinimaxRule(_LogitRule):
             "kind": self.kind,
             "num_tasks": self._k,
             "config": {"lr": self.lr, "eta": self.eta},
-            "logits": self._logits.copy(),
+            "logits": self._logits.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -219,10 +224,12 @@ class MinimaxRule(_LogitRule):
         self._z = wf.stable_softmax(self._logits)
 
 
+@register_rule("uniform")
 class UniformRule:
     """Uniform weights z_k = 1/K at every step (the GRPO and DAPO baselines)."""
 
     kind = "uniform"
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, num_tasks: int) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
@@ -246,17 +253,19 @@ class UniformRule:
         v.state_matches(state, self.kind, self._k)
 
 
+@register_rule("fixed")
 class FixedRule:
     """Fixed weights given at construction (e.g. the "RPS with fixed uniform z" ablation).
 
-    weights must lie on the simplex (sum within 1e-6 of 1); they are divided by their sum once so that the
+    weights: K values on the simplex (sum within 1e-6 of 1); they are divided by their sum once so that the
     rounding left by the caller does not persist.
     """
 
     kind = "fixed"
+    needs: frozenset[str] = frozenset()
 
-    def __init__(self, weights: ArrayLike) -> None:
-        z = v.simplex("weights", weights)
+    def __init__(self, num_tasks: int, weights: ArrayLike) -> None:
+        z = v.simplex("weights", weights, v.positive_int("num_tasks", num_tasks))
         self._z: NDArray[np.float64] = z / z.sum()
 
     @property
@@ -272,7 +281,7 @@ class FixedRule:
         return self.weights
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "num_tasks": self.num_tasks, "weights": self._z.copy()}
+        return {"kind": self.kind, "num_tasks": self.num_tasks, "weights": self._z.tolist()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, self.kind, self.num_tasks)
@@ -283,6 +292,7 @@ class FixedRule:
             )
 
 
+@register_rule("sec")
 class SECRule:
     """Self-Evolving Curriculum bandit baseline (Chen et al. 2025), as used for SEC-GRPO / SEC-DAPO.
 
@@ -292,6 +302,7 @@ class SECRule:
     """
 
     kind = "sec"
+    needs = frozenset({"mean_abs_advantage"})
 
     def __init__(self, num_tasks: int, alpha: float = 0.5, temperature: float = 0.2) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
@@ -332,7 +343,7 @@ class SECRule:
         return {"alpha": self.alpha, "temperature": self.temperature}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "num_tasks": self._k, "config": self._config(), "q_values": self._q.copy()}
+        return {"kind": self.kind, "num_tasks": self._k, "config": self._config(), "q_values": self._q.tolist()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, self.kind, self._k)

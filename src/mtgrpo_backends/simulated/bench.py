@@ -6,7 +6,6 @@ as a trainer would; the simulated policy only replaces generation and the gradie
 
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing as mp
 import signal
@@ -22,12 +21,9 @@ from numpy.typing import NDArray
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
 from mtgrpo_backends.simulated.suites import Suite
 from mtgrpo_core import metrics
-from mtgrpo_core.advantages import group_advantages
 from mtgrpo_core.controller import Controller
-from mtgrpo_core.methods import METHOD_NAMES
-from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.sampler import BatchReport, RatioPreservingSampler
-from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.sampler import BatchReport
+from mtgrpo_core.signal_path import StepFacts, step_signals
 
 DEFAULT_METHODS = (
     "grpo",
@@ -84,45 +80,26 @@ class RunResult:
         return np.asarray(self.accuracy[-1], dtype=np.float64)
 
 
-def is_user_rule(method: str) -> bool:
-    """True for 'module:Class' (a user's WeightingRule), False for a built-in method string."""
-    name = method.strip().lower().partition(":")[0]
-    return name not in METHOD_NAMES and ":" in method
-
-
 def build_controller(method: str, num_tasks: int, spec: RunSpec) -> Controller:
-    """A built-in method by name, or a user's rule 'module:Class' constructed as Class(num_tasks) and run with
-    the ratio-preserving sampler (lenient filtering, acceptance-aware inflation)."""
-    if not is_user_rule(method):
-        name = method.strip().lower().partition(":")[0]
-        if name not in METHOD_NAMES:
-            raise ValueError(
-                f"method must be one of {list(METHOD_NAMES)} (optionally ':value'), or 'module:Class' naming a "
-                f"WeightingRule class, got {method!r}"
-            )
-        return Controller.from_method(
-            method, num_tasks, spec.batch_size, spec.group_size, spec.seed, max_rounds=spec.max_rounds
-        )
-    module_name, _, class_name = method.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"method {method!r}: cannot import class {class_name!r} from module {module_name!r} ({err}); built-in "
-            f"methods are {list(METHOD_NAMES)}"
-        ) from err
-    config = SamplerConfig(spec.batch_size, spec.group_size, max_rounds=spec.max_rounds)
-    sampler = RatioPreservingSampler(num_tasks, config, seed=spec.seed)
-    return Controller(cls(num_tasks), sampler, method=method)
+    """A method string ("mt-grpo:0.2", ... or a user's "module:Class", see mtgrpo_core.methods) for this run."""
+    return Controller.from_method(
+        method, num_tasks, spec.batch_size, spec.group_size, spec.seed, max_rounds=spec.max_rounds
+    )
 
 
-def _mean_abs_advantage(groups: Groups, num_tasks: int) -> NDArray[np.float64]:
-    """Mean |A| per task over every rollout generated this step (before filtering); NaN where none."""
-    adv = np.abs(group_advantages(groups.rewards, method="grpo")).mean(axis=1)
-    n = np.bincount(groups.task, minlength=num_tasks)
-    total = np.bincount(groups.task, weights=adv, minlength=num_tasks)
-    with np.errstate(invalid="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+def step_facts(everything: Groups, batch: Groups, advantage: NDArray[Any], after: NDArray[Any]) -> StepFacts:
+    """The step's facts for the core's signal path: every generated rollout, and the batch's rollouts with their
+    advantages and clipped surrogate before (= A) and after the update."""
+    n = everything.rewards.shape[1]
+    sample_task = np.repeat(batch.task, n)
+    return StepFacts(
+        rollout_task=np.repeat(everything.task, n),
+        rollout_reward=everything.rewards.ravel(),
+        sample_task=sample_task,
+        sample_advantage=advantage.ravel(),
+        surrogate_before=advantage.ravel(),
+        surrogate_after=after.ravel(),
+    )
 
 
 def _train_step(ctrl: Controller, policy: SimulatedPolicy) -> tuple[BatchReport, int]:
@@ -137,13 +114,9 @@ def _train_step(ctrl: Controller, policy: SimulatedPolicy) -> tuple[BatchReport,
         n += len(g)
     batch = builder.finish()
     everything = Groups.concat(parts)
-    improvement = policy.train_step(everything.take(np.asarray(batch.keys, dtype=np.int64)))
-    signals = TaskSignals.build(
-        reward=batch.report.mean_reward,
-        improvement=improvement,
-        mean_abs_advantage=_mean_abs_advantage(everything, ctrl.num_tasks),
-    )
-    ctrl.end_step(signals)
+    trained = everything.take(np.asarray(batch.keys, dtype=np.int64))
+    advantage, after = policy.train_step(trained)
+    ctrl.end_step(step_signals(step_facts(everything, trained, advantage, after), ctrl.num_tasks))
     return batch.report, len(batch)
 
 

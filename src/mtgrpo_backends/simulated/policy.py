@@ -17,11 +17,9 @@ Model (all randomness from numpy Generators seeded explicitly):
   ds_k = eta_k sum_j T_kj g_j;  dphi_k = eta_k h_k with h_k the task's own format gradient.
 - Held-out accuracy: the EXPECTED accuracy over a fixed held-out set of prompts drawn once per seed (no rollout
   sampling noise; the finite set keeps the prompt-sampling noise of a real test set).
-- Surrogate improvement I_k (Eq. 8): the PPO clipped surrogate sum_j min(r_j A_j, clip(r_j, 1-e_lo, 1+e_hi) A_j)
-  over every rollout of the batch's task-k groups, evaluated with the updated policy minus with the old policy
-  (r_j = pi_new(y_j) / pi_old(y_j) under this model). It is summed over rollouts, as the reference code sums per-
-  sample losses per task. Before the update r = 1, so the old value is sum_j A_j. A task with no group in the batch
-  has I_k = 0 (its part of the surrogate is empty before and after).
+- Surrogate values for I_k (Eq. 8): `train_step` returns, for every rollout of the batch, the PPO clipped
+  surrogate min(r A, clip(r, 1-e_lo, 1+e_hi) A) before the update (r = 1: the value is A) and after it
+  (r = pi_new(y) / pi_old(y) under this model); the core's signal path reduces them per task.
 """
 
 from __future__ import annotations
@@ -34,9 +32,8 @@ from scipy.special import expit, logit
 
 from mtgrpo_core import _validate as v
 from mtgrpo_core.advantages import group_advantages
+from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
 
-CORRECT_REWARD = 1.0
-FORMAT_REWARD = 0.1
 CLIP_LOW = 0.2
 CLIP_HIGH = 0.28  # DAPO's clip-higher, as in the paper's runs
 
@@ -75,7 +72,7 @@ class Groups:
     @property
     def rewards(self) -> NDArray[np.float64]:
         """The paper's reward protocol, shape (n, N)."""
-        return np.where(self.correct, CORRECT_REWARD, np.where(self.formatted, FORMAT_REWARD, 0.0))
+        return np.where(self.correct, CORRECT, np.where(self.formatted, FORMATTED, UNFORMATTED))
 
     def __len__(self) -> int:
         return int(self.task.shape[0])
@@ -170,11 +167,13 @@ class SimulatedPolicy:
         formatted = ~correct & (draws[1] < self.format_rate[task][:, None])
         return Groups(task, solvable, offset, prob, correct, formatted)
 
-    def train_step(self, batch: Groups) -> NDArray[np.float64]:
-        """One GRPO step on the batch's groups; returns the surrogate improvement I_k per task, shape (K,)."""
+    def train_step(self, batch: Groups) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """One GRPO step on the batch's groups. Returns, per rollout (n, N), the advantage A (= the clipped
+        surrogate before the update) and the clipped surrogate after it."""
         k = self.num_tasks
         if len(batch) == 0:
-            return np.zeros(k)
+            empty = np.zeros((0, self.group_size))
+            return empty, empty
         adv = group_advantages(batch.rewards, method="grpo")
         f_old = self.format_rate[batch.task]
         grad_s = (adv * (batch.correct - batch.prob[:, None])).sum(axis=1)
@@ -186,9 +185,7 @@ class SimulatedPolicy:
         self.format_logit = self.format_logit + self._speed * g_phi
         ratio = self._ratio(batch, f_old)
         low, high = 1.0 - CLIP_LOW, 1.0 + CLIP_HIGH
-        surrogate = np.minimum(ratio * adv, np.clip(ratio, low, high) * adv)
-        gain = (surrogate - adv).sum(axis=1)
-        return np.bincount(batch.task, weights=gain, minlength=k).astype(np.float64)
+        return adv, np.minimum(ratio * adv, np.clip(ratio, low, high) * adv)
 
     def _ratio(self, batch: Groups, f_old: NDArray[np.float64]) -> NDArray[np.float64]:
         """pi_new(y) / pi_old(y) for every rollout of the batch, shape (n, N). Branches for outcomes of probability

@@ -1,15 +1,15 @@
 """Plain PyTorch backend: tensor ops, a character-level task suite, a small GPT, warm-up and the reference loop."""
 
-from mtgrpo_backends.torch.loop import TrainConfig, TrainState, evaluate, load_checkpoint, save_checkpoint, train
+from mtgrpo_backends.torch.checkpoint import load_checkpoint, save_checkpoint
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.loop import TrainState, train
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, check_vocab, completion_logprobs, sample
 from mtgrpo_backends.torch.ops import (
-    all_reduce_sum,
     clipped_surrogate_loss,
     group_advantages,
     sequence_surrogate,
-    task_means,
-    task_sums,
 )
+from mtgrpo_backends.torch.rollout import evaluate
 from mtgrpo_backends.torch.tasks import SUITE_TASKS, TASKS, CharTokenizer, Problem, RewardError, Suite, Task, get_suite
 from mtgrpo_backends.torch.warmup import WarmStart, warm_started_model, warm_up
 
@@ -26,7 +26,6 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "WarmStart",
-    "all_reduce_sum",
     "check_vocab",
     "clipped_surrogate_loss",
     "completion_logprobs",
@@ -37,8 +36,6 @@ __all__ = [
     "sample",
     "save_checkpoint",
     "sequence_surrogate",
-    "task_means",
-    "task_sums",
     "train",
     "warm_started_model",
     "warm_up",

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtgrpo_backends.torch.loop import TrainConfig, TrainState, train
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.loop import TrainState, train
 from mtgrpo_backends.torch.model import CharGPT
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, get_suite
 from mtgrpo_backends.torch.warmup import CACHE_ENV, WarmStart, warm_started_model

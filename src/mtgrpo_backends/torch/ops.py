@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 
 from mtgrpo_core import _validate as v
 
@@ -128,40 +127,18 @@ def sequence_surrogate(
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
+    level: str = "token",
 ) -> torch.Tensor:
-    """Per-sequence clipped surrogate objective (R,), the sample values of J_GRPO for the improvement I_k (Eq. 8).
+    """Per-sequence clipped surrogate OBJECTIVE (R,): the per-sample values of J_GRPO for I_k (Eq. 8).
 
-    Evaluate with the policy before the update (logp = old_logp: the value is A) and after it; I_k is the task
-    mean of after - before (see `task_means` and `mtgrpo_core.task_improvement`).
+    Token mean over each completion of min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), r = exp(logp - old);
+    level "sequence" uses one ratio per completion (exp of its mean log-ratio), as TRL's GRPOTrainer can.
+    Evaluate with the policy before the update (logp = old_logp: the value is A) and after it; the core's signal
+    path (`mtgrpo_core.step_signals`) reduces after - before per task. A row without tokens gives 0.
     """
+    v.choice("level", level, ("token", "sequence"))
     mask = mask.to(logp.dtype)
+    if level == "sequence":
+        seq = sequence_mean(logp - old_logp, mask)[:, None].expand_as(mask)
+        logp, old_logp = seq, torch.zeros_like(seq)
     return sequence_mean(_token_objective(logp, old_logp, advantages, clip_low, clip_high), mask)
-
-
-def task_sums(values: torch.Tensor, task_ids: torch.Tensor, num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-task sums of values (R,) and per-task counts, both (K,) in values' dtype, on values' device."""
-    v.positive_int("num_tasks", num_tasks)
-    if values.dim() != 1 or task_ids.shape != values.shape:
-        raise ValueError(
-            f"values and task_ids must be 1-D of one length, got {tuple(values.shape)}, {tuple(task_ids.shape)}"
-        )
-    sums = torch.zeros(num_tasks, dtype=values.dtype, device=values.device).index_add_(0, task_ids, values)
-    counts = torch.zeros(num_tasks, dtype=values.dtype, device=values.device).index_add_(
-        0, task_ids, torch.ones_like(values)
-    )
-    return sums, counts
-
-
-def all_reduce_sum(*tensors: torch.Tensor) -> None:
-    """Sum tensors in place over all ranks when torch.distributed is initialised; a no-op otherwise."""
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-
-def task_means(values: torch.Tensor, task_ids: torch.Tensor, num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-task means over every rank's rows (NaN where a task has none) and counts, both (K,)."""
-    sums, counts = task_sums(values, task_ids, num_tasks)
-    all_reduce_sum(sums, counts)
-    nan = torch.full_like(sums, float("nan"))
-    return torch.where(counts > 0, sums / counts.clamp(min=1.0), nan), counts

@@ -18,9 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import _validate as v
+from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
 
 ALPHABET = "0123456789+-*=:,[]() abcdefghijklmnopqrstuvwxyz"
-CORRECT, FORMATTED, WRONG = 1.0, 0.1, 0.0
 _ANSWER = re.compile(r"\[([0-9]+)\]")
 
 
@@ -73,7 +73,7 @@ def bracket_reward(problem: Problem, completion: str) -> float:
     """The paper's protocol: 1.0 if `[answer]`, 0.1 if `[digits]` with other digits, 0 otherwise."""
     match = _ANSWER.fullmatch(completion)
     if match is None:
-        return WRONG
+        return UNFORMATTED
     return CORRECT if match.group(1) == problem.answer else FORMATTED
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs
-from mtgrpo_backends.torch.tasks import CORRECT, CharTokenizer, Problem, Suite, left_pad
+from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
 from mtgrpo_core import _validate as v
+from mtgrpo_core.reward_protocol import CORRECT
 
 CACHE_ENV = "MTGRPO_CACHE_DIR"
 WARMUP_BATCH = 64
@@ -79,7 +80,7 @@ def probe_accuracy(
     model: torch.nn.Module, suite: Suite, tokenizer: CharTokenizer, problems: list[list[Problem]]
 ) -> list[float]:
     """Temperature-1 accuracy per task on fixed training-distribution prompts, PROBE_SAMPLES completions each."""
-    from mtgrpo_backends.torch.loop import generate_groups  # the loop's sampler and scorer
+    from mtgrpo_backends.torch.rollout import generate_groups  # the loop's sampler and scorer
 
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
     flat = [(k, p) for k, ps in enumerate(problems) for p in ps]

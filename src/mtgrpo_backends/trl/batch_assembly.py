@@ -98,3 +98,28 @@ def gather_rows(
         everything = gather(t.contiguous())
         full[key] = torch.cat([everything[q * longest : q * longest + n] for q, n in enumerate(counts)])
     return full
+
+
+def collect_rows(
+    outputs: Sequence[dict[str, Any]],
+    local_rows: Sequence[int],
+    final: Sequence[tuple[int, int]],
+    pad_token_id: int,
+    pad_to_multiple_of: int | None,
+    accelerator: Accelerator,
+) -> dict[str, torch.Tensor]:
+    """All rows of `final` ((chunk, global row) in batch order) on this process, in that order; chunk c holds
+    local_rows[c] rows per process."""
+    procs = accelerator.num_processes
+    if procs == 1:
+        return take_rows(outputs, final, pad_token_id, pad_to_multiple_of)
+    owner = [r // local_rows[c] for c, r in final]
+    order = [i for q in range(procs) for i in range(len(final)) if owner[i] == q]
+    me = accelerator.process_index
+    local = [(final[i][0], final[i][1] % local_rows[final[i][0]]) for i in order if owner[i] == me]
+    counts = [owner.count(q) for q in range(procs)]
+    mine = take_rows(outputs, local, pad_token_id, pad_to_multiple_of)
+    gathered = gather_rows(mine, counts, accelerator, pad_token_id)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return {key: t[inverse.to(t.device)] for key, t in gathered.items()}

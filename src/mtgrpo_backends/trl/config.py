@@ -9,6 +9,7 @@ from typing import Any, cast
 from trl.trainer.grpo_config import GRPOConfig
 
 from mtgrpo_core.methods import parse_method
+from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
 
 IMPROVEMENT_SIGNALS: tuple[str, ...] = ("surrogate", "reward-change")
 
@@ -49,6 +50,10 @@ class MTGRPOConfig(GRPOConfig):
             "'reward-change' (the documented approximation, no extra pass)."
         },
     )
+    improvement_reduce: str = field(
+        default=DEFAULT_IMPROVEMENT_REDUCE,
+        metadata={"help": "I_k over a task's samples: 'mean' (default) or 'sum' (the reference code's)."},
+    )
     correct_reward: float = field(default=1.0, metadata={"help": "Reward that counts as a correct answer."})
 
     def __post_init__(self) -> None:
@@ -65,6 +70,10 @@ class MTGRPOConfig(GRPOConfig):
             self.rule_kwargs = json.loads(self.rule_kwargs)
         if self.rule_kwargs is not None and not isinstance(self.rule_kwargs, dict):
             raise TypeError(f"rule_kwargs must be a dict or JSON object, got {self.rule_kwargs!r}")
+        if self.improvement_reduce not in IMPROVEMENT_REDUCTIONS:
+            raise ValueError(
+                f"improvement_reduce must be one of {list(IMPROVEMENT_REDUCTIONS)}, got {self.improvement_reduce!r}"
+            )
         if self.improvement not in IMPROVEMENT_SIGNALS:
             raise ValueError(f"improvement must be one of {list(IMPROVEMENT_SIGNALS)}, got {self.improvement!r}")
         generate_every = cast(int, self.steps_per_generation) * self.num_iterations  # set by GRPOConfig

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-CORRECT = 1.0
-FORMAT_ONLY = 0.1
-UNFORMATTED = 0.0
+from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+
 FAMILIES: tuple[str, ...] = ("countdown", "zebra", "arc1d")
 MAX_EXPRESSION_CHARS = 256
 _BOX = "\\boxed{"
@@ -102,7 +101,7 @@ def score_response(
         if answer is None:
             raise ValueError(f"task {task!r} needs the reference answer, got None")
         correct = boxed.strip().lower() == str(answer).strip().lower()
-    return CORRECT if correct else FORMAT_ONLY
+    return CORRECT if correct else FORMATTED
 
 
 def _text(completion: Any) -> str:

@@ -10,9 +10,9 @@ next weights. Every decision uses only TRL's gathered rewards and seeded generat
 
 from __future__ import annotations
 
-import logging
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -26,18 +26,17 @@ from transformers import TrainerCallback
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.grpo_trainer import GRPOTrainer
 
-from mtgrpo_backends.trl.batch_assembly import gather_rows, take_rows
+from mtgrpo_backends.torch.ops import sequence_surrogate
+from mtgrpo_backends.trl.batch_assembly import collect_rows
 from mtgrpo_backends.trl.config import MTGRPOConfig
-from mtgrpo_backends.trl.prompt_pool import TaskPromptPool, task_ids_of_column
-from mtgrpo_backends.trl.state_io import load_state, save_state
-from mtgrpo_backends.trl.surrogate import sequence_surrogate
-from mtgrpo_core import Controller, TaskSignals
+from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
+from mtgrpo_backends.trl.step_log import log_batch
+from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, StepFacts, check_needs, step_signals
+from mtgrpo_core.prompt_pool import task_ids_of
 from mtgrpo_core.sampler import Batch
-from mtgrpo_core.signals import RewardChangeImprovement, task_accuracy, task_improvement
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
 STATE_FILE = "mtgrpo_state.json"
-logger = logging.getLogger(__name__)
 
 
 def check_trl_version(version: str) -> None:
@@ -67,11 +66,10 @@ class _StepData:
 
 
 @dataclass
-class _PendingSignals:
-    """Signals of the current step waiting for the end of its optimizer step(s)."""
+class _PendingStep:
+    """The current step's facts, waiting for the surrogate values measured after each of its optimizer steps."""
 
-    reward: NDArray[np.float64]
-    mean_abs_advantage: NDArray[np.float64] | None
+    facts: StepFacts
     surrogate_rows: list[NDArray[np.float64]] = field(default_factory=list)
 
 
@@ -129,16 +127,20 @@ class MTGRPOTrainer(GRPOTrainer):
                 f"scale_rewards 'group' or 'none' (got {cfg.scale_rewards!r}) and multi_objective_aggregation "
                 f"'sum_then_normalize' (got {cfg.multi_objective_aggregation!r})"
             )
-        self.prompt_pool = TaskPromptPool(
-            task_ids_of_column(values, self.task_names, cfg.task_column), num_tasks, cfg.seed, self.task_names
+        row_tasks = task_ids_of(values, self.task_names, f"train_dataset column {cfg.task_column!r}")
+        self.prompt_pool = PromptPool(row_tasks, self.task_names, cfg.seed)
+        check_needs(
+            self.controller.needs,
+            ("improvement", "mean_abs_advantage"),
+            type(self.controller.rule).__name__,
+            f"trl (improvement={cfg.improvement!r})",
         )
-        self._wants_surrogate = self.controller.needs_improvement and cfg.improvement == "surrogate"
+        needs_improvement = "improvement" in self.controller.needs
+        self._wants_surrogate = needs_improvement and cfg.improvement == "surrogate"
         self._reward_change = (
-            RewardChangeImprovement(num_tasks)
-            if self.controller.needs_improvement and cfg.improvement == "reward-change"
-            else None
+            RewardChangeImprovement(num_tasks) if needs_improvement and cfg.improvement == "reward-change" else None
         )
-        self._pending: _PendingSignals | None = None
+        self._pending: _PendingStep | None = None
         self._last_rewards: NDArray[np.float64] | None = None
         self._capturing = False
         self._captured_logps: torch.Tensor | None = None
@@ -178,7 +180,7 @@ class MTGRPOTrainer(GRPOTrainer):
         batch = builder.finish()
         self.last_batch = batch
         output = self._assemble(data, batch)
-        self._record_step(data, batch)
+        self._record_step(data, batch, output)
         return output
 
     def _generate_chunk(
@@ -239,7 +241,8 @@ class MTGRPOTrainer(GRPOTrainer):
         if not inert and len(data.outputs) == 1 and data.fillers[0] == 0 and groups == sorted(groups):
             output = dict(data.outputs[0])  # GRPOTrainer's own batch: every group kept, in order
         else:
-            full = self._collect(data, final)
+            pad_id, multiple = int(self._tokenizer.pad_token_id), cast(int | None, self.pad_to_multiple_of)
+            full = collect_rows(data.outputs, data.local_rows, final, pad_id, multiple, self.accelerator)
             rows_inert = torch.zeros(len(final), dtype=torch.bool, device=device)
             rows_inert[len(chosen) * group :] = True
             full["completion_mask"] = full["completion_mask"].masked_fill(rows_inert.unsqueeze(1), 0)
@@ -251,71 +254,28 @@ class MTGRPOTrainer(GRPOTrainer):
         output["mtgrpo_row"] = row_id[mine].to(device)
         return output
 
-    def _collect(self, data: _StepData, final: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """All rows of `final` ((chunk, global row) in batch order) on this process, in that order."""
-        pad_id = int(self._tokenizer.pad_token_id)
-        multiple = cast(int | None, self.pad_to_multiple_of)
-        procs = self.accelerator.num_processes
-        if procs == 1:
-            return take_rows(data.outputs, final, pad_id, multiple)
-        owner = [r // data.local_rows[c] for c, r in final]
-        order = [i for q in range(procs) for i in range(len(final)) if owner[i] == q]
-        me = self.accelerator.process_index
-        local = [(final[i][0], final[i][1] % data.local_rows[final[i][0]]) for i in order if owner[i] == me]
-        counts = [owner.count(q) for q in range(procs)]
-        gathered = gather_rows(take_rows(data.outputs, local, pad_id, multiple), counts, self.accelerator, pad_id)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return {key: t[inverse.to(t.device)] for key, t in gathered.items()}
-
     # -- per-step signals and logging -----------------------------------------------------------------------
-    def _record_step(self, data: _StepData, batch: Batch) -> None:
-        report = batch.report
-        num_tasks, group = self.controller.num_tasks, self._group_size
-        rewards = np.concatenate(data.rewards)
-        row_tasks = np.repeat(np.asarray(data.group_task), group)
-        accuracy = task_accuracy(rewards.ravel(), row_tasks, num_tasks, self.cfg.correct_reward)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            filtered = np.where(report.generated > 0, 1.0 - report.informative / report.generated, np.nan)
-        metrics = self._metrics["train"]
-        for k, name in enumerate(self.task_names):
-            metrics[f"mtgrpo/weight/{name}"].append(float(report.weights[k]))
-            metrics[f"mtgrpo/reward/{name}"].append(float(report.mean_reward[k]))
-            metrics[f"mtgrpo/accuracy/{name}"].append(float(accuracy[k]))
-            metrics[f"mtgrpo/filtered_ratio/{name}"].append(float(filtered[k]))
-            metrics[f"mtgrpo/batch_share/{name}"].append(float(report.realized_shares[k]))
-        shortfall = self._batch_groups - len(batch)
-        metrics["mtgrpo/rounds"].append(float(report.rounds))
-        metrics["mtgrpo/generated_groups"].append(float(report.generated.sum()))
-        metrics["mtgrpo/shortfall_groups"].append(float(shortfall))
-        metrics["mtgrpo/filler_groups"].append(float(sum(data.fillers)))
-        if report.budget_exhausted and self.accelerator.is_main_process:
-            logger.warning(
-                "MT-GRPO step %d: round budget spent after %d rounds; training on %d informative groups of %d "
-                "(short tasks: %s); the rest of the batch is masked out of the loss",
-                self.controller.step,
-                report.rounds,
-                len(batch),
-                self._batch_groups,
-                [self.task_names[k] for k in report.short_tasks],
-            )
-        mean_abs = None
-        if self.controller.needs_advantage:
-            mean_abs = self._mean_abs_advantage(batch)
-        self._pending = _PendingSignals(reward=report.mean_reward.copy(), mean_abs_advantage=mean_abs)
-
-    def _mean_abs_advantage(self, batch: Batch) -> NDArray[np.float64]:
-        """SEC's r_k: mean |A| over task k's groups in the batch, with GRPOTrainer's advantage formula; NaN for a
-        task without a group in the batch (TaskSignals records it as 0, as SEC's reference code does)."""
-        assert batch.rewards is not None
-        r = batch.rewards
-        centred = r - r.mean(axis=1, keepdims=True)
-        if self.scale_rewards == "group":
-            centred = centred / (r.std(axis=1, ddof=1, keepdims=True) + 1e-4)
-        num_tasks = self.controller.num_tasks
-        sums = np.bincount(batch.tasks, weights=np.abs(centred).mean(axis=1), minlength=num_tasks)
-        counts = np.bincount(batch.tasks, minlength=num_tasks)
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    def _record_step(self, data: _StepData, batch: Batch, output: dict[str, Any]) -> None:
+        """Log the sampler's view of the step and keep its facts (every rollout; every trained sample and its
+        advantage, gathered from all processes) for the signal path at the end of the step."""
+        log_batch(
+            self._metrics["train"],
+            self.task_names,
+            batch.report,
+            self._batch_groups - len(batch),
+            self.accelerator.is_main_process,
+        )
+        self._metrics["train"]["mtgrpo/filler_groups"].append(float(sum(data.fillers)))
+        rows = gather(torch.stack([output["mtgrpo_row"].double(), output["advantages"].reshape(-1).double()], 1))
+        rows_np = rows.cpu().numpy()
+        facts = step_facts(
+            np.asarray(data.group_task, dtype=np.int64),
+            np.concatenate(data.rewards),
+            rows_np[:, 0].astype(np.int64),
+            rows_np[:, 1],
+            np.asarray(batch.keys, dtype=np.int64),
+        )
+        self._pending = _PendingStep(facts)
 
     # -- the improvement signal I_k (Eq. 8) -----------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -358,9 +318,9 @@ class MTGRPOTrainer(GRPOTrainer):
                     old,
                     inputs["advantages"],
                     mask,
-                    self.epsilon_low,
-                    self.epsilon_high,
-                    self.importance_sampling_level,
+                    clip_low=self.epsilon_low,
+                    clip_high=self.epsilon_high,
+                    level=self.importance_sampling_level,
                 )
                 for logps in (before_logps, after_logps)
             ]
@@ -378,22 +338,23 @@ class MTGRPOTrainer(GRPOTrainer):
         if self._pending is None or self._step % generate_every != 0:
             return
         pending, self._pending = self._pending, None
-        improvement = None
-        if self._reward_change is not None:
-            improvement = self._reward_change.update(pending.reward)
-        elif self._wants_surrogate:
+        facts = pending.facts
+        if self._wants_surrogate:
             rows = np.concatenate(pending.surrogate_rows) if pending.surrogate_rows else np.zeros((0, 4))
-            rows = rows[rows[:, 3] > 0]
-            # summed over each task's samples as in the reference code; NaN for a task with no trained sample
-            improvement = task_improvement(
-                rows[:, 0], rows[:, 1], rows[:, 2].astype(np.int64), self.controller.num_tasks
-            )
-        if improvement is not None:
-            for k, name in enumerate(self.task_names):
-                self._metrics["train"][f"mtgrpo/improvement/{name}"].append(float(improvement[k]))
-        signals = TaskSignals.build(
-            reward=pending.reward, improvement=improvement, mean_abs_advantage=pending.mean_abs_advantage
+            facts = with_surrogate(facts, rows)
+        cfg = self.cfg
+        num_tasks = self.controller.num_tasks
+        signals = step_signals(
+            facts, num_tasks, improvement_reduce=cfg.improvement_reduce, correct_reward=cfg.correct_reward
         )
+        if self._reward_change is not None:  # the documented approximation of I_k, from the signal path's J_k
+            signals = replace(signals, improvement=self._reward_change.update(signals.reward))
+        metrics = self._metrics["train"]
+        for k, name in enumerate(self.task_names):
+            metrics[f"mtgrpo/reward/{name}"].append(float(signals.reward[k]))
+            metrics[f"mtgrpo/accuracy/{name}"].append(float(signals.accuracy[k]))  # type: ignore[index]
+            if signals.improvement is not None:
+                metrics[f"mtgrpo/improvement/{name}"].append(float(signals.improvement[k]))
         self.controller.end_step(signals)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
@@ -415,7 +376,8 @@ class MTGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)  # type: ignore[no-untyped-call]
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            save_state(os.path.join(folder, STATE_FILE), self.mtgrpo_state_dict())
+            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.mtgrpo_state_dict(), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[no-untyped-call]
@@ -426,4 +388,5 @@ class MTGRPOTrainer(GRPOTrainer):
             raise FileNotFoundError(
                 f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer"
             )
-        self.load_mtgrpo_state_dict(load_state(path))
+        with open(path, encoding="utf-8") as f:
+            self.load_mtgrpo_state_dict(json.load(f))

@@ -1,0 +1,62 @@
+"""`TrainConfig`: the hyperparameters of one run of the reference loop; each field carries its help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtgrpo_backends.torch import ops
+from mtgrpo_core import _validate as v
+from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run; each field's metadata carries its help text (the CLI shows it)."""
+
+    suite: str = _help("task suite: tiny3 or tiny9", "tiny3")
+    method: str = _help("controller method, e.g. grpo, dapo, sec-dapo, mt-grpo:0.2", "mt-grpo:0.2")
+    steps: int = _help("training steps (batches)", 200)
+    seed: int = _help("seed of the controller, prompt sampling and generation", 0)
+    batch_size: int = _help("B: prompts (groups) per training batch", 32)
+    group_size: int = _help("N: completions per prompt", 8)
+    lr: float = _help("Adam learning rate of the policy", 1e-4)
+    minibatches: int = _help("optimizer steps per batch (the batch is split into this many mini-batches)", 4)
+    epochs: int = _help("passes over the batch per step", 1)
+    clip_low: float = _help("ratio clip below 1 (paper 0.2)", 0.2)
+    clip_high: float = _help("ratio clip above 1 (clip-higher, paper 0.28)", 0.28)
+    aggregation: str = _help("loss aggregation: token-mean or seq-mean", "token-mean")
+    advantage: str = _help("group advantage estimator: grpo, dr_grpo or rloo", "grpo")
+    improvement_reduce: str = _help(
+        "I_k over task k's sequences: mean (independent of the batch share) or sum (the reference code's)",
+        DEFAULT_IMPROVEMENT_REDUCE,
+    )
+    kl_coef: float = _help("coefficient of KL(pi || initial policy), k3 estimator; paper 0", 0.0)
+    max_grad_norm: float = _help("gradient-norm clip of the policy update", 1.0)
+    temperature: float = _help("sampling temperature of the rollouts", 1.0)
+    eval_every: int = _help("held-out evaluation every this many steps (and at start and end)", 25)
+    eval_temperature: float = _help("temperature of the held-out evaluation (0 = greedy)", 1.0)
+    eval_samples: int = _help("completions per held-out prompt when eval_temperature > 0", 4)
+    reward_errors_as_zero: bool = _help("count a reward function that raises as reward 0 (counted in the log)", False)
+    device: str = _help("torch device, e.g. cpu or cuda", "cpu")
+    sampler: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides of the sampler config (oversample, max_rounds, ...)"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "group_size", "minibatches", "epochs", "eval_every", "eval_samples"):
+            v.positive_int(name, getattr(self, name), minimum=0 if name == "steps" else 1)
+        v.positive_int("seed", self.seed, minimum=0)
+        v.real_in_range("lr", self.lr, 0.0, low_open=True)
+        v.real_in_range("temperature", self.temperature, 0.0, low_open=True)
+        v.real_in_range("eval_temperature", self.eval_temperature, 0.0)
+        v.real_in_range("max_grad_norm", self.max_grad_norm, 0.0, low_open=True)
+        v.choice("aggregation", self.aggregation, ops.AGGREGATIONS)
+        v.choice("advantage", self.advantage, ops.ADVANTAGE_METHODS)
+        v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
+        if self.minibatches > self.batch_size * self.group_size:
+            raise ValueError(f"minibatches must be <= batch_size * group_size, got {self.minibatches}")

@@ -1,0 +1,116 @@
+"""The one signal path: a step's facts -> TaskSignals (J_k, accuracy, I_k, SEC's r_k). Every backend calls it.
+
+A backend reports what it observed, per rollout and per trained sample, in a `StepFacts`; `step_signals` turns it
+into the per-task signals the weighting rule reads. No backend derives a signal itself, so a lambda (or a
+conclusion) measured on one backend carries to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from mtgrpo_core import _validate as v
+from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
+from mtgrpo_core.signals import (
+    DEFAULT_IMPROVEMENT_REDUCE,
+    mean_abs_advantage_per_task,
+    task_accuracy,
+    task_improvement,
+    task_rewards,
+)
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What a trainer observed in one step. n generated rollouts, m trained samples (rollouts of batch groups).
+
+    rollout_task, rollout_reward: (n,) task id and reward of EVERY rollout generated this step, before any
+        zero-gradient filtering (J_k and accuracy come from these).
+    sample_task, sample_advantage: (m,) task id and advantage of each trained sample (SEC's r_k = mean |A|).
+    surrogate_task, surrogate_before, surrogate_after: (s,) the per-sample clipped surrogate objective evaluated
+        with the policy before and after the update (I_k, Eq. 8). surrogate_task defaults to sample_task; a trainer
+        that measures a sample more than once (several epochs) lists it once per measurement.
+    Arrays left None are not measured; the signals they feed come back as None.
+    """
+
+    rollout_task: ArrayLike
+    rollout_reward: ArrayLike
+    sample_task: ArrayLike | None = None
+    sample_advantage: ArrayLike | None = None
+    surrogate_before: ArrayLike | None = None
+    surrogate_after: ArrayLike | None = None
+    surrogate_task: ArrayLike | None = None
+
+
+def step_signals(
+    facts: StepFacts,
+    num_tasks: int,
+    *,
+    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE,
+    correct_reward: float = 1.0,
+) -> TaskSignals:
+    """TaskSignals of one step from its facts.
+
+    reward J_k and accuracy: over all of task k's rollouts (NaN, i.e. absent, where it had none).
+    improvement I_k: `task_improvement(before, after, reduce=improvement_reduce)` over task k's surrogate samples.
+    mean_abs_advantage r_k: mean |A| over task k's trained samples.
+    A task with rollouts but no trained sample has no I_k or r_k: TaskSignals records 0 and lists it as untrained.
+    """
+    if not isinstance(facts, StepFacts):
+        raise TypeError(f"facts must be a StepFacts, got {type(facts).__name__}")
+    k = v.positive_int("num_tasks", num_tasks)
+    reward, _ = task_rewards(facts.rollout_reward, facts.rollout_task, k)
+    accuracy = task_accuracy(facts.rollout_reward, facts.rollout_task, k, correct_reward)
+    mean_abs = None
+    if facts.sample_advantage is not None:
+        if facts.sample_task is None:
+            raise ValueError("facts.sample_task is None but facts.sample_advantage is given: pass both")
+        mean_abs = mean_abs_advantage_per_task(facts.sample_advantage, facts.sample_task, k)
+    improvement = None
+    measured = (facts.surrogate_before is not None, facts.surrogate_after is not None)
+    if any(measured):
+        if not all(measured):
+            raise ValueError("facts.surrogate_before and facts.surrogate_after must be given together")
+        task = facts.sample_task if facts.surrogate_task is None else facts.surrogate_task
+        if task is None:
+            raise ValueError("facts.surrogate_task (or facts.sample_task) is needed with the surrogate values")
+        assert facts.surrogate_before is not None and facts.surrogate_after is not None
+        improvement = task_improvement(facts.surrogate_before, facts.surrogate_after, task, k, improvement_reduce)
+    present = ~np.isnan(reward)
+    return TaskSignals.build(
+        reward=reward,
+        present=present,
+        improvement=_absent_as_nan(improvement, present),
+        mean_abs_advantage=_absent_as_nan(mean_abs, present),
+        accuracy=accuracy,
+    )
+
+
+def _absent_as_nan(values: NDArray[np.float64] | None, present: NDArray[np.bool_]) -> NDArray[np.float64] | None:
+    if values is None:
+        return None
+    stray = ~present & ~np.isnan(values)
+    if stray.any():
+        raise ValueError(
+            f"task {int(np.argmax(stray))} has trained samples but no generated rollout in facts.rollout_task: "
+            "list every rollout of the step, trained or not"
+        )
+    return values
+
+
+def check_needs(needs: Iterable[str], provided: Iterable[str], rule: str, backend: str) -> None:
+    """Refuse a rule that needs a signal the backend does not measure, naming both."""
+    wanted = set(needs)
+    unknown = wanted - set(SIGNAL_NEEDS)
+    if unknown:
+        raise ValueError(f"rule {rule} declares needs {sorted(unknown)}; known signals are {list(SIGNAL_NEEDS)}")
+    missing = wanted - set(provided)
+    if missing:
+        raise ValueError(
+            f"rule {rule} needs {sorted(missing)}, which backend {backend} does not measure (it provides "
+            f"{sorted(provided)})"
+        )

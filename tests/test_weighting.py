@@ -402,7 +402,7 @@ def test_bad_arguments_to_the_pure_functions_are_refused() -> None:
     with pytest.raises(ValueError, match="improvement and reward must have the same shape"):
         wf.iwu_score([0.1], [0.1, 0.2], 0.2)
     with pytest.raises(ValueError, match=r"grad must have shape \(2,\) like the logits"):
-        wf.gradient_step([0.0, 0.0], [1.0], 0.1)
+        wf.regularised_step([0.0, 0.0], [1.0], 0.1, 0.0)
     with pytest.raises(ValueError, match=r"state.exp_avg must have shape \(2,\)"):
         wf.adamw_step([0.0, 0.0], [1.0, 1.0], wf.AdamWState.zeros(3), 0.1, 0.0)
     with pytest.raises(ValueError, match="alpha must be in"):

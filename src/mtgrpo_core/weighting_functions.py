@@ -99,13 +99,9 @@ def iwu_gradient(weights: ArrayLike, score: ArrayLike, present: ArrayLike) -> ND
     return _centred_gradient(weights, score, present, "score")
 
 
-def gradient_step(logits: ArrayLike, grad: ArrayLike, lr: float) -> NDArray[np.float64]:
-    """The plain step of Eq. 6-7 and Subroutine 1: xi <- xi - beta g. Shapes (K,)."""
-    return regularised_step(logits, grad, lr, 0.0)
-
-
 def regularised_step(logits: ArrayLike, grad: ArrayLike, lr: float, eta: float) -> NDArray[np.float64]:
-    """Subroutine 2: xi <- xi - beta g - eta xi (eta in [0, 1) shrinks the logits toward uniform weights).
+    """Subroutine 2: xi <- xi - beta g - eta xi (eta in [0, 1) shrinks the logits toward uniform weights);
+    eta = 0 is the plain step of Eq. 6-7 and Subroutine 1, xi <- xi - beta g. Shapes (K,).
 
     The paper prints "+ eta xi" but describes dampening logit growth; shrinkage is the intended sign.
     """

@@ -2,7 +2,7 @@
 
 from mtgrpo_backends.torch.checkpoint import load_checkpoint, save_checkpoint
 from mtgrpo_backends.torch.config import TrainConfig
-from mtgrpo_backends.torch.loop import TrainState, train
+from mtgrpo_backends.torch.loop import train
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, check_vocab, completion_logprobs, sample
 from mtgrpo_backends.torch.ops import (
     clipped_surrogate_loss,
@@ -10,6 +10,7 @@ from mtgrpo_backends.torch.ops import (
     sequence_surrogate,
 )
 from mtgrpo_backends.torch.rollout import evaluate
+from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import SUITE_TASKS, TASKS, CharTokenizer, Problem, RewardError, Suite, Task, get_suite
 from mtgrpo_backends.torch.warmup import WarmStart, warm_started_model, warm_up
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
-
-if TYPE_CHECKING:
-    from mtgrpo_backends.torch.loop import TrainState
 
 CHECKPOINT_FORMAT = "mtgrpo-torch-train/2"
 

@@ -15,10 +15,8 @@ run continues exactly as an uninterrupted one would (bit for bit on CPU).
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +26,11 @@ import torch
 from mtgrpo_backends.torch import ops
 from mtgrpo_backends.torch.checkpoint import load_checkpoint, save_checkpoint
 from mtgrpo_backends.torch.config import TrainConfig
-from mtgrpo_backends.torch.model import check_vocab, completion_logprobs
+from mtgrpo_backends.torch.model import completion_logprobs
 from mtgrpo_backends.torch.rollout import GeneratedGroup, evaluate, generate_groups
+from mtgrpo_backends.torch.state import TrainState, make_state
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, left_pad
-from mtgrpo_core import Controller, StepFacts, step_signals
-
-
-@dataclass
-class TrainState:
-    """Everything a run changes: a checkpoint holds all of it."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    controller: Controller
-    prompt_rng: np.random.Generator
-    generator: torch.Generator
-    ref_model: torch.nn.Module | None = None
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-
-
-def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokenizer: CharTokenizer) -> TrainState:
-    """Fresh state: controller for the method, Adam on the model, generators seeded by config.seed."""
-    model.to(config.device).eval()  # dropout off during RL: rollouts, old and new log-probs use one policy
-    check_vocab(model, tokenizer.vocab_size)
-    controller = Controller.from_method(
-        config.method, suite.num_tasks, config.batch_size, config.group_size, seed=config.seed, **config.sampler
-    )
-    return TrainState(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-        controller=controller,
-        prompt_rng=np.random.default_rng([config.seed, 2]),
-        generator=torch.Generator(device=config.device).manual_seed(config.seed),
-        ref_model=copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None,
-    )
+from mtgrpo_core import StepFacts, step_signals
 
 
 class _Timer:

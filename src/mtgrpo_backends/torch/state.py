@@ -1,0 +1,47 @@
+"""`TrainState`: everything a run of the reference loop changes (a checkpoint holds all of it), and a fresh one."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.model import check_vocab
+from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
+from mtgrpo_core import Controller
+
+
+@dataclass
+class TrainState:
+    """Everything a run changes: a checkpoint holds all of it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    controller: Controller
+    prompt_rng: np.random.Generator
+    generator: torch.Generator
+    ref_model: torch.nn.Module | None = None
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokenizer: CharTokenizer) -> TrainState:
+    """Fresh state: controller for the method, Adam on the model, generators seeded by config.seed."""
+    model.to(config.device).eval()  # dropout off during RL: rollouts, old and new log-probs use one policy
+    check_vocab(model, tokenizer.vocab_size)
+    controller = Controller.from_method(
+        config.method, suite.num_tasks, config.batch_size, config.group_size, seed=config.seed, **config.sampler
+    )
+    return TrainState(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+        controller=controller,
+        prompt_rng=np.random.default_rng([config.seed, 2]),
+        generator=torch.Generator(device=config.device).manual_seed(config.seed),
+        ref_model=copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None,
+    )

@@ -49,6 +49,10 @@ class GroupLayout(Protocol):
         """Per-group mean of x, broadcastable to x's shape."""
         ...
 
+    def max_abs(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per-group maximum of |x|, broadcastable to x's shape."""
+        ...
+
 
 @dataclass(frozen=True)
 class _DenseLayout:
@@ -62,6 +66,10 @@ class _DenseLayout:
 
     def mean(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         result: NDArray[np.float64] = x.mean(axis=1, keepdims=True)
+        return result
+
+    def max_abs(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        result: NDArray[np.float64] = np.abs(x).max(axis=1, keepdims=True)
         return result
 
 
@@ -84,6 +92,11 @@ class _RaggedLayout:
         sums = np.bincount(self.inverse, weights=x, minlength=self.counts.shape[0])
         result: NDArray[np.float64] = sums[self.inverse] / self.counts[self.inverse]
         return result
+
+    def max_abs(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        top = np.zeros(self.counts.shape[0])
+        np.maximum.at(top, self.inverse, np.abs(x))
+        return top[self.inverse]
 
     @property
     def used(self) -> NDArray[np.bool_]:
@@ -129,6 +142,34 @@ def _eps(eps: Any) -> float:
     return v.real_in_range("eps", eps, 0.0, None, low_open=True)
 
 
+_SAFE_MAGNITUDE = 1e100  # squares of values beyond this can overflow float64
+
+
+def _safe_scale(rewards: NDArray[np.float64], groups: GroupLayout) -> NDArray[np.float64]:
+    """Per group: 1.0, or its largest |reward| when that is so large that squares or sums could overflow.
+
+    Rewards are divided by it before any sum or square (a no-op, bit for bit, for ordinary rewards)."""
+    if not rewards.size:
+        return np.ones((1,) * rewards.ndim)
+    top = groups.max_abs(rewards)
+    return np.where(top > _SAFE_MAGNITUDE, top, 1.0)
+
+
+def _standardised(
+    dev: NDArray[np.float64],
+    var: NDArray[np.float64],
+    sizes: NDArray[np.float64],
+    std: str,
+    eps: float,
+    scale: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """dev / (std + eps) for dev and var computed on rewards / scale: (dev/s) / (std/s + eps/s), 0 where both are 0."""
+    denom = _std(var, sizes, std) + eps / scale
+    out = np.zeros(np.broadcast_shapes(dev.shape, denom.shape))
+    np.divide(dev, denom, out=out, where=np.broadcast_to(denom, out.shape) > 0)
+    return out
+
+
 @register_estimator("grpo")
 def grpo_advantages(
     rewards: NDArray[np.float64], groups: GroupLayout, *, std: StdKind = "unbiased", eps: float = 1e-6
@@ -138,9 +179,9 @@ def grpo_advantages(
     Defaults match verl (`torch.std`, unbiased, eps 1e-6). TRL 1.16 GRPOTrainer (scale_rewards="group")
     uses its nan-aware `nanstd`, also Bessel-corrected (unbiased), with eps 1e-4: pass eps=1e-4 to match it.
     """
-    dev = rewards - groups.mean(rewards)
-    result: NDArray[np.float64] = dev / (_std(groups.mean(dev * dev), groups.sizes, std) + _eps(eps))
-    return result
+    scale = _safe_scale(rewards, groups)
+    dev = rewards / scale - groups.mean(rewards / scale)
+    return _standardised(dev, groups.mean(dev * dev), groups.sizes, std, _eps(eps), scale)
 
 
 @register_estimator("dr_grpo")
@@ -149,7 +190,8 @@ def dr_grpo_advantages(rewards: NDArray[np.float64], groups: GroupLayout) -> NDA
 
     TRL 1.16 scale_rewards="none"; verl "grpo" with norm_adv_by_std_in_grpo=False.
     """
-    return rewards - groups.mean(rewards)
+    scale = _safe_scale(rewards, groups)
+    return (rewards / scale - groups.mean(rewards / scale)) * scale
 
 
 @register_estimator("rloo")
@@ -161,7 +203,8 @@ def rloo_advantages(rewards: NDArray[np.float64], groups: GroupLayout) -> NDArra
             "method 'rloo' needs at least 2 rollouts in every group (a leave-one-out baseline), "
             f"got a group of size {int(sizes.min())}"
         )
-    return (rewards - groups.mean(rewards)) * (sizes / (sizes - 1.0))
+    scale = _safe_scale(rewards, groups)
+    return (rewards / scale - groups.mean(rewards / scale)) * (sizes / (sizes - 1.0)) * scale
 
 
 @register_estimator("batch_std")
@@ -172,11 +215,14 @@ def batch_std_advantages(
 
     This is TRL 1.16's scale_rewards="batch" (group mean, batch `nanstd`, unbiased, eps 1e-4 there).
     """
-    dev_batch = rewards - rewards.mean()
+    top = float(np.abs(rewards).max()) if rewards.size else 0.0
+    scale = np.full((1,) * rewards.ndim, top if top > _SAFE_MAGNITUDE else 1.0)  # one scale: one batch std
+    r = rewards / scale
+    dev_batch = r - r.mean()
     total = np.full((1,) * rewards.ndim, float(rewards.size))
-    batch_std = _std(np.mean(dev_batch * dev_batch, keepdims=True), total, std)
-    result: NDArray[np.float64] = (rewards - groups.mean(rewards)) / (batch_std + _eps(eps))
-    return result
+    return _standardised(
+        r - groups.mean(r), np.mean(dev_batch * dev_batch, keepdims=True), total, std, _eps(eps), scale
+    )
 
 
 def _estimator(method: Any) -> AdvantageEstimator:

@@ -108,9 +108,20 @@ class Controller:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state of the same method and K; a refused state leaves the controller unchanged."""
         v.state_matches(state, "controller", self.num_tasks)
         if state.get("method") != self.method:
             raise ValueError(f"state['method'] is {state.get('method')!r}, expected {self.method!r}")
-        self.rule.load_state_dict(state["rule"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step = int(state["step"])
+        missing = [key for key in ("step", "rule", "sampler") if key not in state]
+        if missing:
+            raise ValueError(f"state lacks {missing}: not a complete controller state")
+        step = v.positive_int("state['step']", state["step"], minimum=0)
+        backup = self.state_dict()
+        try:
+            self.rule.load_state_dict(state["rule"])
+            self.sampler.load_state_dict(state["sampler"])
+        except Exception:
+            self.rule.load_state_dict(backup["rule"])
+            self.sampler.load_state_dict(backup["sampler"])
+            raise
+        self.step = step

@@ -38,6 +38,20 @@ class TaskSignals:
     accuracy: NDArray[np.float64] | None = None
     untrained: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Refuse fields whose shapes do not match (a TaskSignals built directly, without `build`)."""
+        present = np.asarray(self.present)
+        if present.dtype != np.bool_ or present.ndim != 1:
+            raise ValueError(f"present must be a 1-D bool array, got dtype {present.dtype} shape {present.shape}")
+        for name in ("reward", "improvement", "mean_abs_advantage", "accuracy"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != present.shape:
+                raise ValueError(
+                    f"{name} must have shape {present.shape} (one per task, like present), got {np.shape(value)}"
+                )
+        if any(not 0 <= k < present.shape[0] for k in self.untrained):
+            raise ValueError(f"untrained must list task ids in [0, {present.shape[0]}), got {self.untrained}")
+
     @staticmethod
     def build(
         reward: ArrayLike,

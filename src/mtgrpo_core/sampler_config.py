@@ -14,6 +14,9 @@ from mtgrpo_core.targets import COUNT_SCHEMES
 FILTERS: tuple[str, ...] = ("lenient", "strict", "none")
 
 
+MAX_ROUND_PROMPTS = 2**31 - 1  # one round's request, in prompts: far beyond any real batch, safe in int64 arithmetic
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Settings of RP-SAMPLER (Algorithm 2). Defaults follow the paper except where noted.
@@ -65,6 +68,13 @@ class SamplerConfig:
         for name in ("ratio_constraint", "acceptance_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("oversample", "max_inflation"):
+            requested = getattr(self, name) * self.batch_size
+            if requested > MAX_ROUND_PROMPTS:
+                raise ValueError(
+                    f"{name} * batch_size must be <= {MAX_ROUND_PROMPTS} prompts in one round, got "
+                    f"{getattr(self, name)!r} * {self.batch_size} = {requested:.3g}"
+                )
         if self.filtering != "none" and self.group_size < 2:
             raise ValueError(
                 f"group_size must be >= 2 when filtering={self.filtering!r} (a group of one is always "

@@ -21,6 +21,8 @@ VARIANTS = {
     "paper Alg. 2 + apportion": dict(targets="apportion", planner="paper"),
     "posterior planner (q=0.9)": dict(targets="apportion", planner="posterior", confidence=0.9),
     "posterior planner (q=0.8)": dict(targets="apportion", planner="posterior", confidence=0.8),
+    "joint planner (q=0.9)": dict(targets="apportion", planner="joint", confidence=0.9),
+    "joint planner (q=0.5)": dict(targets="apportion", planner="joint", confidence=0.5),
 }
 
 
@@ -94,7 +96,7 @@ def main() -> None:
     for k, b in ((9, 256), (1000, 4096)):
         z = rng.dirichlet(np.ones(k))
         rho = rng.uniform(0.0, 0.8, k)
-        for label in ("paper Alg. 2 + apportion", "posterior planner (q=0.9)"):
+        for label in ("paper Alg. 2 + apportion", "posterior planner (q=0.9)", "joint planner (q=0.9)"):
             r = run(z, rho, b, VARIANTS[label], False, 20)
             print(f"| {k} | {b} | {r['ms']:.2f} ({label}) |")
 

@@ -4,6 +4,7 @@ Task-weighting rules, improvement signals, the ratio-preserving sampler with acc
 advantages, metrics, and a controller that runs the algorithm's decisions without owning the policy.
 """
 
+from mtgrpo_core import joint_planner as _joint_planner  # noqa: F401  (registers the "joint" planner)
 from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, plan_requests
 from mtgrpo_core.advantages import (
     ADVANTAGE_ESTIMATORS,

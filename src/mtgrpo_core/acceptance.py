@@ -179,6 +179,15 @@ class BetaFilterRate:
         self._accepted, self._filtered = accepted, filtered
 
 
+def posterior_of(estimator: FilterRateEstimator) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Beta parameters (alpha, beta) of each task's acceptance: the estimator's posterior, or a confident Beta
+    around a point estimate."""
+    if isinstance(estimator, BetaFilterRate):
+        return estimator.alpha, estimator.beta
+    accept = np.clip(1.0 - estimator.filter_rate, 1e-6, 1.0)
+    return 1e6 * accept, 1e6 * (1.0 - accept) + 1e-6
+
+
 def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray[np.float64]:
     """Acceptance-aware inflation m_k = min(1 / (1 - rho_k), M_acc) (Algorithm 2, step 2); rho_k = 1 gives M_acc."""
     accept = 1.0 - filter_rate

@@ -8,7 +8,9 @@ batch's numpy Generator, the only source of randomness. The conversation enforce
 
 Built in, registered by name with `register_planner`:
 - "paper": Algorithm 2 as published (Multinomial(M_os B, zhat) rounds);
-- "posterior": requests sized from a Beta posterior on acceptance (beyond the paper);
+- "posterior": requests sized from a Beta posterior on acceptance, per task (beyond the paper);
+- "joint": the same posterior, requests sized so that the whole batch completes with a joint probability
+  (`joint_planner`, beyond the paper);
 - "dapo": no ratio constraint (first B informative groups; chosen by `ratio_constraint=False`);
 - "no-filter": plain GRPO, one request of exactly the targets (chosen by `filtering="none"`).
 A new planner is a class with `plan` / `select` and a `register_planner(name, build)` call.
@@ -25,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import _validate as v
-from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEstimator, plan_requests
+from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEstimator, plan_requests, posterior_of
 from mtgrpo_core.selection import select_by_ratio, select_first
 from mtgrpo_core.targets import CountScheme, draw_counts
 
@@ -164,12 +166,7 @@ class PosteriorPlanner(PaperPlanner):
         deficit = view.deficit  # the targets in round 0
         if not deficit.any():
             return None
-        est = view.estimator
-        if isinstance(est, BetaFilterRate):
-            alpha, beta = est.alpha, est.beta
-        else:  # a point estimate: a confident Beta around it
-            accept = np.clip(1.0 - est.filter_rate, 1e-6, 1.0)
-            alpha, beta = 1e6 * accept, 1e6 * (1.0 - accept) + 1e-6
+        alpha, beta = posterior_of(view.estimator)
         cap = np.ceil(deficit * self.max_inflation).astype(np.int64)
         r = plan_requests(deficit, alpha, beta, self.confidence, cap)
         if r.sum() > self.total:  # share the round budget in proportion to the plan

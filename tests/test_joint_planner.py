@@ -8,11 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtgrpo_core import KnownFilterRate, RatioPreservingSampler, SamplerConfig
-from mtgrpo_core.joint_planner import joint_requests, log_fill_probability
+from mtgrpo_core.acceptance import fill_cdf
+from mtgrpo_core.joint_planner import joint_requests
 from tests.sampler_sim import AcceptanceCaller
 
 RATES = np.array([0.30, 0.15, 0.70])  # the paper's 3-task filter rates
 WEIGHTS = np.array([0.46, 0.11, 0.43])
+
+
+def _log_fill(d: np.ndarray, alpha: np.ndarray, beta: np.ndarray, width: int) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(np.minimum(fill_cdf(d, alpha, beta, width), 1.0))
 
 
 def _confident(accept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +55,7 @@ def test_plans_meet_the_goal_within_caps_or_give_the_unreachable_tasks_their_cap
     assert ((r >= d) & (r <= np.maximum(cap, d))).all() and (r[d == 0] == 0).all()
     need = d > 0
     if need.any():
-        logp = log_fill_probability(d[need], alpha[need], beta[need], int((cap - d)[need].max()) + 1)
+        logp = _log_fill(d[need], alpha[need], beta[need], int((cap - d)[need].max()) + 1)
         got = logp[np.arange(int(need.sum())), (r - d)[need]]
         at_cap = logp[np.arange(int(need.sum())), (cap - d)[need]]
         constrained = r[need] < cap[need]
@@ -64,7 +70,7 @@ def test_the_plan_is_cheaper_than_per_task_quantiles_would_need_for_the_same_joi
     cap = np.ceil(d * 5.0).astype(np.int64)
     joint = joint_requests(d, alpha, beta, 0.9, cap)
     width = int((cap - d).max()) + 1
-    logp = log_fill_probability(d, alpha, beta, width)
+    logp = _log_fill(d, alpha, beta, width)
     # per-task quantiles at 0.9 ** (1/3) reach the same joint probability with more prompts in total
     per_task = np.array([int(np.argmax(logp[k] >= np.log(0.9) / 3)) for k in range(3)]) + d
     assert joint.sum() <= per_task.sum()

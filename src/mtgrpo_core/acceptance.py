@@ -196,6 +196,25 @@ def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray
     return np.minimum(m, max_inflation)
 
 
+def fill_cdf(
+    deficit: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], width: int
+) -> NDArray[np.float64]:
+    """P(accepted_k >= d_k | d_k + f requests) for f = 0..width-1, shape (K, width); every d_k >= 1.
+
+    That is P(F_k <= f) with F_k the failures before the d_k-th acceptance, a beta-negative-binomial law with the
+    posterior's (alpha_k, beta_k): pmf(0) = B(a + d, c) / B(a, c), pmf(f + 1) / pmf(f) = (d + f)(c + f) /
+    ((f + 1)(a + d + c + f)).
+    """
+    d = deficit.astype(np.float64)[:, None]
+    a = alpha[:, None]
+    c = beta[:, None]
+    f = np.arange(max(width - 1, 0), dtype=np.float64)[None, :]
+    log_ratio = np.log((d + f) * (c + f) / ((f + 1.0) * (a + d + c + f)))
+    log_pmf0 = betaln(a + d, c) - betaln(a, c)
+    log_pmf = log_pmf0 + np.concatenate((np.zeros_like(d), np.cumsum(log_ratio, axis=1)), axis=1)
+    return np.asarray(np.cumsum(np.exp(log_pmf), axis=1))
+
+
 def plan_requests(
     deficit: NDArray[np.int64],
     alpha: NDArray[np.float64],
@@ -205,8 +224,7 @@ def plan_requests(
 ) -> NDArray[np.int64]:
     """Smallest request r_k with P(accepted_k >= deficit_k) >= confidence under the Beta posterior (beyond the paper).
 
-    The number of failures before the deficit_k-th acceptance follows a beta-negative-binomial law with the
-    posterior's (alpha_k, beta_k); r_k is deficit_k plus its `confidence` quantile, capped at max_per_task[k]
+    r_k is deficit_k plus the `confidence` quantile of its failures (`fill_cdf`), capped at max_per_task[k]
     (a task whose quantile lies past its cap gets the cap). Tasks with no deficit get 0.
     """
     r = np.zeros_like(deficit)
@@ -216,15 +234,7 @@ def plan_requests(
     for b in np.unique(bucket):
         tasks = need[bucket == b]
         width = int(2**b)
-        d = deficit[tasks].astype(np.float64)[:, None]
-        a = alpha[tasks][:, None]
-        c = beta[tasks][:, None]
-        f = np.arange(width, dtype=np.float64)[None, :]
-        # pmf(0) = B(a + d, c) / B(a, c); pmf(f + 1) / pmf(f) = (d + f)(c + f) / ((f + 1)(a + d + c + f))
-        log_ratio = np.log((d + f) * (c + f) / ((f + 1.0) * (a + d + c + f)))
-        log_pmf0 = betaln(a + d, c) - betaln(a, c)
-        log_pmf = log_pmf0 + np.concatenate((np.zeros_like(d), np.cumsum(log_ratio, axis=1)), axis=1)
-        reached = np.cumsum(np.exp(log_pmf), axis=1) >= confidence
+        reached = fill_cdf(deficit[tasks], alpha[tasks], beta[tasks], width + 1) >= confidence
         failures = np.where(reached.any(axis=1), reached.argmax(axis=1), width)
         r[tasks] = np.minimum(deficit[tasks] + failures, max_per_task[tasks])
     return r

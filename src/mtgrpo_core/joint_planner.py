@@ -17,39 +17,14 @@ asks for at most M_os * B prompts (shared in proportion to the plan when over).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import betaln
 
-from mtgrpo_core.acceptance import BetaFilterRate, posterior_of
-from mtgrpo_core.planners import PaperPlanner, PlanView, register_planner
-from mtgrpo_core.targets import CountScheme, draw_counts
+from mtgrpo_core.acceptance import BetaFilterRate, fill_cdf
+from mtgrpo_core.planners import PosteriorPlanner, register_planner
 
 _LOG_NEVER = -1e6  # log-probabilities below this (probability 0 in float64) are held here: differences stay finite
-
-if TYPE_CHECKING:
-    from mtgrpo_core.sampler_config import SamplerConfig
-
-
-def log_fill_probability(
-    deficit: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], width: int
-) -> NDArray[np.float64]:
-    """log P(accepted >= d | d + f requests) for f = 0..width-1, shape (K, width), for tasks with d >= 1.
-
-    P(accepted >= d | d + f) = P(F <= f) with F the failures before the d-th acceptance (beta-negative-binomial).
-    """
-    d = deficit.astype(np.float64)[:, None]
-    a, c = alpha[:, None], beta[:, None]
-    f = np.arange(max(width - 1, 0), dtype=np.float64)[None, :]
-    log_ratio = np.log((d + f) * (c + f) / ((f + 1.0) * (a + d + c + f)))
-    log_pmf = (betaln(a + d, c) - betaln(a, c)) + np.concatenate(
-        (np.zeros_like(d), np.cumsum(log_ratio, axis=1)), axis=1
-    )
-    cdf = np.minimum(np.cumsum(np.exp(log_pmf), axis=1), 1.0)
-    with np.errstate(divide="ignore"):
-        return np.asarray(np.log(cdf))
 
 
 def joint_requests(
@@ -69,7 +44,8 @@ def joint_requests(
     span = cap - d
     width = int(span.max()) + 1
     within = np.arange(width)[None, :] <= span[:, None]
-    logp = np.maximum(log_fill_probability(d, alpha[need], beta[need], width), _LOG_NEVER)
+    with np.errstate(divide="ignore"):
+        logp = np.maximum(np.log(np.minimum(fill_cdf(d, alpha[need], beta[need], width), 1.0)), _LOG_NEVER)
     at_cap = logp[np.arange(need.size), span]
     goal = math.log(confidence)
     # Tasks that cannot complete with the others in this round even at their caps need more rounds whatever the
@@ -96,30 +72,11 @@ def joint_requests(
     return r
 
 
-class JointPlanner(PaperPlanner):
-    """Requests from `joint_requests` for the deficit of each round (replaces Algorithm 2, steps 2-3 and 5)."""
+class JointPlanner(PosteriorPlanner):
+    """The posterior planner's rounds with `joint_requests` in place of per-task quantiles (replaces Algorithm 2,
+    steps 2-3 and 5): `confidence` is the probability that the whole batch completes in the round."""
 
-    def __init__(
-        self, scheme: CountScheme, batch_size: int, oversample: float, max_inflation: float, confidence: float
-    ) -> None:
-        super().__init__(scheme, batch_size, oversample)
-        self.max_inflation = max_inflation
-        self.confidence = confidence
-
-    @classmethod
-    def from_config(cls, config: SamplerConfig) -> JointPlanner:
-        return cls(config.targets, config.batch_size, config.oversample, config.max_inflation, config.confidence)
-
-    def plan(self, view: PlanView, rng: np.random.Generator) -> NDArray[np.int64] | None:
-        deficit = view.deficit  # the targets in round 0
-        if not deficit.any():
-            return None
-        alpha, beta = posterior_of(view.estimator)
-        cap = np.ceil(deficit * self.max_inflation).astype(np.int64)
-        r = joint_requests(deficit, alpha, beta, self.confidence, cap)
-        if r.sum() > self.total:  # share the round budget in proportion to the plan
-            r = draw_counts("apportion", r / r.sum(), self.total, rng)
-        return r
+    requests = staticmethod(joint_requests)
 
 
 register_planner("joint", JointPlanner.from_config, estimator=BetaFilterRate)

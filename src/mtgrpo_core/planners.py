@@ -151,6 +151,8 @@ class PosteriorPlanner(PaperPlanner):
     (beyond the paper; replaces Algorithm 2, steps 2-3 and 5): r_k from `plan_requests`, capped at M_acc * def_k,
     and a round asks for at most M_os * B prompts (shared in proportion to the plan when over)."""
 
+    requests = staticmethod(plan_requests)  # (deficit, alpha, beta, confidence, cap) -> counts
+
     def __init__(
         self, scheme: CountScheme, batch_size: int, oversample: float, max_inflation: float, confidence: float
     ) -> None:
@@ -168,7 +170,7 @@ class PosteriorPlanner(PaperPlanner):
             return None
         alpha, beta = posterior_of(view.estimator)
         cap = np.ceil(deficit * self.max_inflation).astype(np.int64)
-        r = plan_requests(deficit, alpha, beta, self.confidence, cap)
+        r = self.requests(deficit, alpha, beta, self.confidence, cap)
         if r.sum() > self.total:  # share the round budget in proportion to the plan
             r = draw_counts("apportion", r / r.sum(), self.total, rng)
         return r

@@ -33,6 +33,8 @@ class BatchReport:
     or under ratio_constraint a task below its target). short_tasks: tasks whose realized count is below target.
     mean_reward: mean reward of ALL reported rollouts of each task (J_k before filtering; NaN if none or if
     groups were reported without rewards).
+    weights: the weights the sampler aimed at (the rule's z, with barren tasks at 0 when the no-signal guard
+    acts). barren_tasks: tasks the guard sampled only by probes this step (`signal_guard`).
     """
 
     weights: NDArray[np.float64]
@@ -46,6 +48,7 @@ class BatchReport:
     budget_exhausted: bool
     short_tasks: tuple[int, ...]
     mean_reward: NDArray[np.float64]
+    barren_tasks: tuple[int, ...] = ()
 
     @property
     def realized_shares(self) -> NDArray[np.float64]:

@@ -7,6 +7,7 @@ policy update, `end_step(signals)` takes the per-task rewards J_k (and improveme
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,9 @@ class Controller:
                 f"rule {type(self.rule).__name__} needs signals {missing}, but they are None: measure them "
                 "(StepFacts surrogate values for improvement, sample advantages for mean_abs_advantage)"
             )
+        guard = self.sampler.guard
+        if guard is not None and guard.barren.any():  # the rule does not chase a task that yields no signal
+            signals = replace(signals, present=signals.present & ~guard.barren)
         weights = self.rule.update(signals)
         self._check_weights(weights, f"weights after step {self.step}")
         self.step += 1

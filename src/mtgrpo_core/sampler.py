@@ -27,6 +27,7 @@ from mtgrpo_core.batch_ledger import BatchLedger
 from mtgrpo_core.batch_types import Batch, BatchReport, Request
 from mtgrpo_core.planners import Planner, PlanView, default_estimator, planner_for
 from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.signal_guard import NoSignalGuard
 from mtgrpo_core.targets import draw_counts
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]
@@ -49,16 +50,19 @@ class BatchBuilder:
         estimator: FilterRateEstimator,
         planner: Planner,
         rng: np.random.Generator,
+        guard: NoSignalGuard | None = None,
     ) -> None:
         self.config = config
-        self.weights = weights
         self._k = int(weights.shape[0])
+        self._guard = guard
+        self.barren = guard.barren if guard is not None else np.zeros(self._k, dtype=np.bool_)
+        self.weights = guard.sampling_weights(weights) if guard is not None else weights
         self._estimator = estimator
         self._planner = planner
         self._rng = rng
         ones = np.ones(self._k)
         self._inflation = inflation(estimator.filter_rate, config.max_inflation) if config.acceptance_aware else ones
-        self.targets = draw_counts(config.targets, weights, config.batch_size, rng)  # step 1
+        self.targets = draw_counts(config.targets, self.weights, config.batch_size, rng)  # step 1
         self._round = 0
         self._done = False
         self._finished = False
@@ -93,6 +97,8 @@ class BatchBuilder:
                 estimator=self._estimator,
             )
             counts = self._planner.plan(view, self._rng)
+            if self._round == 0 and self._guard is not None and self.barren.any():  # probes of barren tasks
+                counts = (np.zeros(self._k, dtype=np.int64) if counts is None else counts) + self._guard.probes()
         if counts is None or not counts.any():
             self._done = True
             return None
@@ -152,6 +158,8 @@ class BatchBuilder:
         informative = np.bincount(tasks[info], minlength=self._k)
         if cfg.filtering != "none":
             self._estimator.update(ledger.generated, informative)
+        if self._guard is not None:
+            self._guard.update(ledger.generated, informative)
         short = np.flatnonzero(realized < self.targets)
         complete = idx.shape[0] == cfg.batch_size and (not cfg.ratio_constraint or short.size == 0)
         report = BatchReport(
@@ -166,6 +174,7 @@ class BatchBuilder:
             budget_exhausted=not complete,
             short_tasks=tuple(int(k) for k in short),
             mean_reward=ledger.mean_reward(),
+            barren_tasks=tuple(int(k) for k in np.flatnonzero(self.barren)),
         )
         return Batch(tasks=tasks[idx], keys=ledger.keys(idx), rewards=ledger.rewards(idx), report=report)
 
@@ -195,6 +204,9 @@ class RatioPreservingSampler:
             raise ValueError(f"estimator tracks {estimator.num_tasks} tasks, expected num_tasks={self._k}")
         self.estimator = estimator
         self.planner = planner_for(config)
+        guarded = config.filtering != "none" and config.guard_floor > 0
+        probe = -(-config.batch_size // self._k) if config.guard_probe is None else config.guard_probe
+        self.guard = NoSignalGuard(self._k, config.guard_floor, probe=probe) if guarded else None
 
     @property
     def num_tasks(self) -> int:
@@ -205,7 +217,7 @@ class RatioPreservingSampler:
         z = v.simplex("weights", weights, self._k)
         step = v.positive_int("step", step, minimum=0)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-        return BatchBuilder(self.config, z, self.estimator, self.planner, rng)
+        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard)
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, config and estimator state; JSON-native types only (`json.dumps` works as is)."""
@@ -215,6 +227,7 @@ class RatioPreservingSampler:
             "seed": self.seed,
             "config": self.config.to_dict(),
             "estimator": self.estimator.state_dict(),
+            "guard": None if self.guard is None else self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -224,5 +237,15 @@ class RatioPreservingSampler:
             raise ValueError(
                 f"state['config'] is {dict(state['config'])}, expected this sampler's config {self.config.to_dict()}"
             )
-        self.seed = v.positive_int("state['seed']", state["seed"], minimum=0)
+        seed = v.positive_int("state['seed']", state["seed"], minimum=0)
+        if (state.get("guard") is None) != (self.guard is None):
+            raise ValueError(f"state['guard'] is {state.get('guard')!r}, but this sampler's guard is {self.guard}")
+        backup = self.estimator.state_dict()
         self.estimator.load_state_dict(state["estimator"])
+        if self.guard is not None:
+            try:
+                self.guard.load_state_dict(state["guard"])
+            except Exception:
+                self.estimator.load_state_dict(backup)
+                raise
+        self.seed = seed

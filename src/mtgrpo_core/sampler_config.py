@@ -37,7 +37,12 @@ class SamplerConfig:
         P(accepted_k >= deficit_k) >= confidence under a Beta posterior, beyond the paper), or any name registered
         with `planners.register_planner`. Used when filtering and ratio_constraint are on; filtering="none" uses
         the no-filter planner and ratio_constraint=False the DAPO planner.
-    confidence: per-task probability target of the posterior planner.
+    confidence: probability target: per task (posterior planner), of the whole batch (joint planner).
+    guard_floor: the no-signal guard (`signal_guard`, beyond the paper): a task whose last groups were all
+        uninformative, more of them in a row than a task with this informative rate shows with probability 0.1%,
+        is sampled only by probe groups until one is informative. 0 turns the guard off; it is off without
+        filtering.
+    guard_probe: groups per step that keep testing a barren task; None: the uniform share ceil(B / K).
     correct_reward: reward that counts as correct for the strict filter.
     """
 
@@ -53,6 +58,8 @@ class SamplerConfig:
     planner: str = "paper"
     confidence: float = 0.9
     correct_reward: float = 1.0
+    guard_floor: float = 0.02
+    guard_probe: int | None = None
 
     def __post_init__(self) -> None:
         v.positive_int("batch_size", self.batch_size)
@@ -65,6 +72,9 @@ class SamplerConfig:
         v.choice("planner", self.planner, planner_names())
         v.real_in_range("confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
         v.real_in_range("correct_reward", self.correct_reward)
+        v.real_in_range("guard_floor", self.guard_floor, 0.0, 1.0, high_open=True)
+        if self.guard_probe is not None:
+            v.positive_int("guard_probe", self.guard_probe, minimum=0)
         for name in ("ratio_constraint", "acceptance_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -7,24 +7,73 @@ CPU smoke run (a tiny randomly initialised GPT-2 and a character tokenizer built
 A random model never writes \\boxed{...}, so under the paper's reward every group is zero-gradient and dynamic
 sampling spends its whole round budget (the worst case). `--toy-reward` swaps in a reward that a random policy
 earns sometimes (first character of the completion in a set that shrinks with the level) so that groups are informative.
+
+Flags: TRL's own settings keep GRPOConfig's names (--max-steps, --per-device-train-batch-size, --num-generations,
+--learning-rate, --max-completion-length); ours are the same as `mtgrpo train` (--method, --seed, --sampler.*,
+--rule.*, --improvement-reduce, --out, --quiet). See docs/options.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
 import string
+import sys
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from transformers import TrainerCallback
 
+from mtgrpo_backends.options import Names, RuleOptions, SamplerOptions, parse, rule_parameters, run_command
 from mtgrpo_backends.trl import PAPER_TASKS_3, MTGRPOConfig, MTGRPOTrainer, build_dataset, paper_reward
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
 
 SMOKE_TASKS = ("countdown-easy", "zebra-easy", "arc1d-easy")
+
+
+@dataclass
+class ExampleArgs:
+    """examples/trl_mtgrpo.py."""
+
+    model: str = "Qwen/Qwen2.5-3B-Instruct"
+    """policy (the paper: Qwen2.5-3B)"""
+    method: str = "mt-grpo:0.2"
+    """controller method: mt-grpo:0.2 (paper), dapo, grpo, sec-dapo, ..."""
+    seed: int = 0
+    """seed of the controller, data and TRL"""
+    improvement: Literal["surrogate", "reward-change"] = "surrogate"
+    """I_k: surrogate (Eq. 8, one extra forward pass) or reward-change"""
+    improvement_reduce: Literal["mean", "sum"] = "mean"
+    """I_k over task k's samples: mean or sum (the reference code's)"""
+    tasks: Names = PAPER_TASKS_3
+    """task names, e.g. zebra-hard (with --cpu-smoke the default is the easy level)"""
+    train_size: int = 10_000
+    """prompts per task (paper: 10k)"""
+    max_steps: int = 720
+    """TRL: optimizer steps (paper: 720)"""
+    per_device_train_batch_size: int = 64
+    """TRL: rollouts per device per step"""
+    num_generations: int = 8
+    """TRL: rollouts per prompt (N)"""
+    learning_rate: float = 1e-6
+    """TRL: policy learning rate"""
+    max_completion_length: int = 1024
+    """TRL: completion tokens"""
+    cache_dir: Path | None = None
+    """cache generated puzzles here (5x5 Zebra is slow)"""
+    out: Path = Path("runs/trl_mtgrpo")
+    """TRL's output_dir; results.json (the run's summary) is written here"""
+    quiet: bool = False
+    """no progress bar"""
+    cpu_smoke: bool = False
+    """tiny local model on CPU, a few steps"""
+    toy_reward: bool = False
+    """with --cpu-smoke: a reward a random policy can earn"""
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    rule: RuleOptions = field(default_factory=RuleOptions)
 
 
 def toy_reward(completions: list[str], task: list[str], **_: Any) -> list[float]:
@@ -48,90 +97,72 @@ class StepClock(TrainerCallback):
         self.stamps.append(time.perf_counter())
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="Qwen/Qwen2.5-3B-Instruct", help="policy (the paper: Qwen2.5-3B)")
-    p.add_argument("--method", default="mt-grpo:0.2", help="'mt-grpo:0.2' (paper), 'dapo', 'grpo', 'sec-dapo', ...")
-    p.add_argument(
-        "--improvement", default="surrogate", help="I_k: 'surrogate' (Eq. 8, one extra forward) or 'reward-change'"
-    )
-    p.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS_3), help="task names, e.g. zebra-hard")
-    p.add_argument("--train-size", type=int, default=10_000, help="prompts per task (paper: 10k)")
-    p.add_argument("--max-steps", type=int, default=720, help="paper: 720")
-    p.add_argument("--max-rounds", type=int, default=None, help="N_rs (paper: 10 for 3 tasks, 2 for 9)")
-    p.add_argument("--per-device-batch", type=int, default=64, help="rollouts per device per step (ours)")
-    p.add_argument("--num-generations", type=int, default=8, help="rollouts per prompt (ours)")
-    p.add_argument("--learning-rate", type=float, default=1e-6, help="policy learning rate (ours)")
-    p.add_argument("--max-completion-length", type=int, default=1024, help="(ours)")
-    p.add_argument("--cache-dir", default=None, help="cache generated puzzles here (5x5 Zebra is slow)")
-    p.add_argument("--output-dir", default="runs/trl_mtgrpo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny local model on CPU, a few steps")
-    p.add_argument("--toy-reward", action="store_true", help="with --cpu-smoke: a reward a random policy can earn")
-    return p.parse_args()
+def controller_settings(a: ExampleArgs, tasks: list[str], batch_size: int, group_size: int) -> dict[str, Any]:
+    """MTGRPOConfig's controller fields: the paper's settings (M_os = 3, M_acc = 5, multinomial targets, N_rs 10
+    for 3 tasks and 2 for 9; IWU with AdamW, lr 0.025, weight decay 1e-5 for 3 tasks and 1e-4 for 9, I_k clipped
+    to 0.2), overridden by --sampler.* and --rule.*."""
+    if a.sampler.confidence is not None:
+        raise ValueError(f"--sampler.confidence {a.sampler.confidence!r}: MTGRPOConfig does not take it yet")
+    paper_rounds = 2 if a.cpu_smoke else (10 if len(tasks) <= 3 else 2)
+    sampler = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "max_rounds": paper_rounds}
+    sampler.update(a.sampler.check(batch_size, group_size))
+    a.rule.check([a.method], len(tasks))
+    takes = rule_parameters(a.method)
+    rule = {"weight_decay": 1e-5 if len(tasks) <= 3 else 1e-4} if takes is None or "weight_decay" in takes else {}
+    rule.update(a.rule.kwargs_for(a.method))
+    return {**sampler, "rule_kwargs": rule or None}
 
 
-def main() -> None:
-    a = parse_args()
-    max_rounds = a.max_rounds if a.max_rounds is not None else (10 if len(a.tasks) <= 3 else 2)
+def run(a: ExampleArgs) -> int:
+    tasks = list(SMOKE_TASKS) if a.cpu_smoke and a.tasks == PAPER_TASKS_3 else list(a.tasks)
     common: dict[str, Any] = {
-        "output_dir": a.output_dir,
+        "output_dir": str(a.out),
         "method": a.method,
         "improvement": a.improvement,
+        "improvement_reduce": a.improvement_reduce,
         "seed": a.seed,
-        "max_rounds": max_rounds,
-        # the paper's settings: M_os = 3, M_acc = 5, multinomial targets, IWU with AdamW (lr 0.025, weight decay
-        # 1e-5 for 3 tasks, 1e-4 for 9), I_k clipped to 0.2, clip-higher [1 - 0.2, 1 + 0.28], no KL term
-        "oversample": 3.0,
-        "max_inflation": 5.0,
-        "targets": "multinomial",
-        "rule_kwargs": {"lr": 0.025, "weight_decay": 1e-5 if len(a.tasks) <= 3 else 1e-4, "improvement_clip": 0.2}
-        if a.method.startswith(("mt-grpo", "iwu-only"))
-        else None,
-        "epsilon": 0.2,
+        "epsilon": 0.2,  # clip-higher [1 - 0.2, 1 + 0.28], no KL term, as in the paper
         "epsilon_high": 0.28,
         "beta": 0.0,
         "loss_type": "dapo",
         "logging_steps": 1,
         "report_to": [],
+        "disable_tqdm": a.quiet or a.cpu_smoke,
     }
     if a.cpu_smoke:
         tokenizer = build_char_tokenizer(string.printable)
         model: Any = build_tiny_model(tokenizer)
-        tasks = list(SMOKE_TASKS) if a.tasks == list(PAPER_TASKS_3) else a.tasks
         dataset = build_dataset(tasks, size=8, seed=a.seed, chat=False, cache_dir=a.cache_dir)
-        config = MTGRPOConfig(
-            **{**common, "max_rounds": a.max_rounds if a.max_rounds is not None else 2},
-            per_device_train_batch_size=4 * len(tasks),
-            num_generations=4,
-            max_completion_length=16,
-            max_steps=a.max_steps if a.max_steps != 720 else 4,
-            learning_rate=1e-3,
-            use_cpu=True,
-            bf16=False,
-            save_strategy="no",
-            disable_tqdm=True,
-            gradient_checkpointing=False,
-        )
+        n, per_device = 4, 4 * len(tasks)
+        trl_settings: dict[str, Any] = {
+            "max_steps": a.max_steps if a.max_steps != 720 else 4,
+            "max_completion_length": 16,
+            "learning_rate": 1e-3,
+            "use_cpu": True,
+            "bf16": False,
+            "save_strategy": "no",
+            "gradient_checkpointing": False,
+        }
     else:
         tokenizer, model = None, a.model
-        dataset = build_dataset(a.tasks, size=a.train_size, seed=a.seed, chat=True, cache_dir=a.cache_dir)
-        config = MTGRPOConfig(
-            **common,
-            per_device_train_batch_size=a.per_device_batch,
-            num_generations=a.num_generations,
-            max_completion_length=a.max_completion_length,
-            max_steps=a.max_steps,
-            learning_rate=a.learning_rate,
-            bf16=True,
-            gradient_checkpointing=True,
-            save_steps=100,
-        )
-    reward = toy_reward if a.cpu_smoke and a.toy_reward else paper_reward
+        dataset = build_dataset(tasks, size=a.train_size, seed=a.seed, chat=True, cache_dir=a.cache_dir)
+        n, per_device = a.num_generations, a.per_device_train_batch_size
+        trl_settings = {
+            "max_steps": a.max_steps,
+            "max_completion_length": a.max_completion_length,
+            "learning_rate": a.learning_rate,
+            "bf16": True,
+            "gradient_checkpointing": True,
+            "save_steps": 100,
+        }
+    controller = controller_settings(a, tasks, max(1, per_device // n), n)
+    config = MTGRPOConfig(
+        **common, **controller, **trl_settings, per_device_train_batch_size=per_device, num_generations=n
+    )
     clock = StepClock()
     trainer = MTGRPOTrainer(
         model=model,
-        reward_funcs=reward,
+        reward_funcs=toy_reward if a.cpu_smoke and a.toy_reward else paper_reward,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -148,8 +179,18 @@ def main() -> None:
             "mean_rounds": round(statistics.mean(h["mtgrpo/rounds"] for h in logs), 2),
             "final_weights": dict(zip(trainer.task_names, trainer.controller.weights.round(4).tolist(), strict=True)),
         }
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "results.json").write_text(json.dumps(summary))
         print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "examples/trl_mtgrpo.py"
+    args = sys.argv[1:] if argv is None else argv
+    about = "MT-GRPO inside TRL's GRPOTrainer on the paper's tasks (the script's docstring shows GPU and CPU runs)."
+    return run_command(prog, lambda: run(parse(ExampleArgs, args, prog, about)))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

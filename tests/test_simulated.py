@@ -237,19 +237,19 @@ def user_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _bench(*args: str) -> int:
-    return main(["bench", "--suite", "paper3", "--steps", "12", "--no-progress", *args])
+    return main(["bench", "--suite", "paper3", "--steps", "12", "--quiet", *args])
 
 
 def test_bench_cli_end_to_end(tmp_path: Path, user_rules: str, capsys: pytest.CaptureFixture[str]) -> None:
-    out, png = tmp_path / "out.json", tmp_path / "out.png"
     methods = f"grpo,dapo,mt-grpo:0.2,{user_rules}:Tilted"
-    code = _bench("--seeds", "2", "--methods", methods, "--workers", "2", "--json", str(out), "--plot", str(png))
+    code = _bench("--seeds", "0,1", "--methods", methods, "--workers", "2", "--out", str(tmp_path))
     assert code == 0
     text = capsys.readouterr().out
-    assert "worst %" in text and "Δm% vs dapo" in text and "my_rules:Tilted" in text
-    doc = json.loads(out.read_text())
+    assert "worst %" in text and "Δm% vs dapo" in text and "my_rules:Tilted" in text and "worst %@budget" in text
+    assert "equal budget: 3,072 generated rollouts (the fewest of any run: grpo, seed 0)" in text
+    doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["interrupted"] is False and doc["task_names"] == ["countdown", "zebra", "arc"]
-    assert list(doc["methods"]) == methods.split(",")
+    assert list(doc["methods"]) == methods.split(",") and doc["settings"]["seeds"] == [0, 1]
     run = doc["methods"]["mt-grpo:0.2"]["runs"][1]
     assert run["seed"] == 1 and len(run["final_accuracy"]) == 3
     assert run["worst"] == pytest.approx(min(run["final_accuracy"]), abs=1e-4)
@@ -257,17 +257,19 @@ def test_bench_cli_end_to_end(tmp_path: Path, user_rules: str, capsys: pytest.Ca
     assert len(run["rounds"]) == 12 and all(r >= 1 for r in run["rounds"])
     grpo = doc["methods"]["grpo"]["runs"][0]
     assert grpo["rounds"] == [1] * 12  # no filtering: one request per step
+    assert grpo["rollouts_at_evals"][-1] == 12 * 32 * 8 == doc["budget"]["rollouts"]
+    budget = doc["methods"]["dapo"]["summary"]["budget"]  # dapo generates 3x: its budget point is step 4
+    assert budget["step"]["mean"] == 4 and run["rollouts_at_evals"][4] <= doc["budget"]["rollouts"]
     tilted = np.array(doc["methods"]["my_rules:Tilted"]["runs"][0]["weights"])
     np.testing.assert_allclose(tilted, np.tile([1 / 6, 2 / 6, 3 / 6], (12, 1)), atol=1e-4)
-    assert png.stat().st_size > 1000
+    assert (tmp_path / "figure.png").stat().st_size > 1000
 
 
 def test_bench_cli_sweep_writes_the_tradeoff_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    png = tmp_path / "sweep.png"
-    assert _bench("--seeds", "1", "--sweep", "lambda=0.1,1.2", "--workers", "1", "--plot", str(png)) == 0
+    assert _bench("--seeds", "0", "--sweep", "lambda=0.1,1.2", "--workers", "1", "--out", str(tmp_path)) == 0
     text = capsys.readouterr().out
     assert "mt-grpo:0.1" in text and "mt-grpo:1.2" in text and "dapo" in text
-    assert png.stat().st_size > 1000
+    assert (tmp_path / "sweep.png").stat().st_size > 1000 and (tmp_path / "figure.png").exists()
     assert _bench("--sweep", "eta=0.1") == 2
     assert "knobs: ['lambda']" in capsys.readouterr().err
 
@@ -284,17 +286,18 @@ def test_bench_cli_bad_names_list_the_valid_ones(capsys: pytest.CaptureFixture[s
 def test_user_rule_with_invalid_weights_is_reported_with_its_step(
     user_rules: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _bench("--seeds", "1", "--methods", f"{user_rules}:Broken", "--workers", "1") == 2
+    assert _bench("--seeds", "0", "--methods", f"{user_rules}:Broken", "--workers", "1") == 2
     err = capsys.readouterr().err
     assert "method 'my_rules:Broken', seed 0, step 2:" in err and "invalid weights after step 2" in err
 
 
 def test_interrupt_keeps_finished_runs(tmp_path: Path, user_rules: str, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "partial.json"
-    code = _bench("--seeds", "3", "--methods", f"{user_rules}:Interrupting", "--workers", "1", "--json", str(out))
+    code = _bench(
+        "--seeds", "0,1,2", "--methods", f"{user_rules}:Interrupting", "--workers", "1", "--out", str(tmp_path)
+    )
     assert code == 130
     text = capsys.readouterr().out
     assert "interrupted: 1 of 3 runs finished" in text and "(finished runs only: interrupted)" in text
-    doc = json.loads(out.read_text())
+    doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["interrupted"] is True
     assert [r["seed"] for r in doc["methods"][f"{user_rules}:Interrupting"]["runs"]] == [0]

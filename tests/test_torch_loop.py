@@ -12,8 +12,9 @@ import torch
 from mtgrpo_backends.cli import main
 from mtgrpo_backends.torch.checkpoint import save_checkpoint
 from mtgrpo_backends.torch.config import TrainConfig
-from mtgrpo_backends.torch.loop import make_state, train, train_step
+from mtgrpo_backends.torch.loop import train, train_step
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs, logits_of, sample
+from mtgrpo_backends.torch.state import make_state
 from mtgrpo_backends.torch.tasks import TASKS, CharTokenizer, Problem, RewardError, Suite, Task
 from mtgrpo_backends.torch.warmup import PROBE_EVERY, warm_started_model
 
@@ -197,23 +198,35 @@ def test_warm_up_stops_at_the_first_check_where_every_task_reaches_the_target() 
     assert warm.steps == 60 and warm.probe_accuracy == [1.0, 0.0]  # the cap; the last check came before it
 
 
-def test_cli_train_writes_log_and_refuses_unknown_suite(tmp_path: Path) -> None:
-    log = tmp_path / "log.json"
+def test_cli_train_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["train", "--suite", "tiny3", "--method", "dapo", "--steps", "1", "--batch-size", "2", "--group-size", "2"]
-    args += ["--warmup-steps", "1", "--no-cache", "--quiet", "--eval-samples", "1", "--sampler", "max_rounds=0"]
-    assert main([*args, "--log", str(log), "--threads", "1"]) == 0
-    data = json.loads(log.read_text())
-    assert data["tasks"] == ["reverse-easy", "sort-medium", "add-easy"] and len(data["history"]) == 1
-    assert data["config"]["sampler"] == {"max_rounds": 0} and data["evals"][-1]["step"] == 1
-    with pytest.raises(ValueError, match="suite must be one of"):
-        main(["train", "--suite", "tiny4", "--quiet"])
+    args += ["--warmup-steps", "1", "--no-cache", "--quiet", "--eval-samples", "1", "--sampler.max-rounds", "0"]
+    assert main([*args, "--out", str(tmp_path), "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["task_names"] == ["reverse-easy", "sort-medium", "add-easy"]
+    assert data["settings"]["config"]["sampler"] == {"max_rounds": 0}
+    log = data["methods"]["dapo"]["runs"][0]["log"]
+    assert len(log["history"]) == 1 and log["evals"][-1]["step"] == 1
+    assert (tmp_path / "figure.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["train", "--suite", "tiny4", "--quiet"]) == 2
+    assert "mtgrpo train: error: suite must be one of" in capsys.readouterr().err
+    assert main(["train", "--quiet", "--lr", "-1"]) == 2
+    assert "--lr -1.0: lr must be" in capsys.readouterr().err
+    assert main(["train", "--quiet", "--method", "dapo", "--rule.improvement-clip", "0.3"]) == 2
+    assert "--rule.improvement-clip 0.3: no chosen method's rule takes 'improvement_clip'" in capsys.readouterr().err
 
 
-def test_cli_demo_prints_table_and_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["demo", "--steps", "1", "--warmup-steps", "1", "--no-cache", "--quiet", "--eval-samples", "1"]
+def test_cli_demo_prints_table_and_writes_results_and_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["demo", "--steps", "2", "--eval-every", "1", "--warmup-steps", "1", "--no-cache", "--quiet"]
+    args += ["--eval-samples", "1", "--batch-size", "4", "--group-size", "2", "--minibatches", "1"]
     assert main([*args, "--methods", "grpo,mt-grpo:0.2", "--threads", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "worst-task" in out and "mt-grpo:0.2" in out and "core time share" in out
-    data = json.loads((tmp_path / "demo.json").read_text())
-    assert set(data["runs"]) == {"grpo", "mt-grpo:0.2"} and data["runs"]["grpo"][0]["summary"]["worst"] >= 0
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert "worst %" in out and "mt-grpo:0.2" in out and "core share" in out and "step@budget" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["methods"]) == {"grpo", "mt-grpo:0.2"}
+    run = data["methods"]["grpo"]["runs"][0]
+    assert run["eval_steps"] == [0, 1, 2] and run["worst"] >= 0 and run["rollouts_at_evals"] == [0, 8, 16]
+    assert (tmp_path / "figure.png").stat().st_size > 10_000

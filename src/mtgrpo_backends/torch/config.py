@@ -1,9 +1,14 @@
-"""`TrainConfig`: the hyperparameters of one run of the reference loop; each field carries its help text."""
+"""`TrainConfig`: the hyperparameters of one run of the reference loop; each field carries its help text.
+
+`TrainSettings` holds what every run of a comparison shares; `TrainConfig` adds what tells runs apart (suite,
+method, seed) and the controller's sampler and rule settings. The command lines (mtgrpo train, mtgrpo demo) are
+generated from these fields by tyro, which reads the `help` in each field's metadata.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import _validate as v
@@ -15,13 +20,10 @@ def _help(text: str, default: Any) -> Any:
 
 
 @dataclass
-class TrainConfig:
-    """Hyperparameters of one run; each field's metadata carries its help text (the CLI shows it)."""
+class TrainSettings:
+    """Hyperparameters shared by every run of a comparison (checked by TrainConfig)."""
 
-    suite: str = _help("task suite: tiny3 or tiny9", "tiny3")
-    method: str = _help("controller method, e.g. grpo, dapo, sec-dapo, mt-grpo:0.2", "mt-grpo:0.2")
     steps: int = _help("training steps (batches)", 200)
-    seed: int = _help("seed of the controller, prompt sampling and generation", 0)
     batch_size: int = _help("B: prompts (groups) per training batch", 32)
     group_size: int = _help("N: completions per prompt", 8)
     lr: float = _help("Adam learning rate of the policy", 1e-4)
@@ -29,9 +31,9 @@ class TrainConfig:
     epochs: int = _help("passes over the batch per step", 1)
     clip_low: float = _help("ratio clip below 1 (paper 0.2)", 0.2)
     clip_high: float = _help("ratio clip above 1 (clip-higher, paper 0.28)", 0.28)
-    aggregation: str = _help("loss aggregation: token-mean or seq-mean", "token-mean")
-    advantage: str = _help("group advantage estimator: grpo, dr_grpo or rloo", "grpo")
-    improvement_reduce: str = _help(
+    aggregation: Literal["token-mean", "seq-mean"] = _help("loss aggregation over tokens", "token-mean")
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = _help("group advantage estimator", "grpo")
+    improvement_reduce: Literal["mean", "sum"] = _help(
         "I_k over task k's sequences: mean (independent of the batch share) or sum (the reference code's)",
         DEFAULT_IMPROVEMENT_REDUCE,
     )
@@ -43,8 +45,20 @@ class TrainConfig:
     eval_samples: int = _help("completions per held-out prompt when eval_temperature > 0", 4)
     reward_errors_as_zero: bool = _help("count a reward function that raises as reward 0 (counted in the log)", False)
     device: str = _help("torch device, e.g. cpu or cuda", "cpu")
+
+
+@dataclass
+class TrainConfig(TrainSettings):
+    """Hyperparameters of one run; each field's metadata carries its help text (the CLI shows it)."""
+
+    suite: str = _help("task suite: tiny3 or tiny9", "tiny3")
+    method: str = _help("controller method, e.g. grpo, dapo, sec-dapo, mt-grpo:0.2", "mt-grpo:0.2")
+    seed: int = _help("seed of the controller, prompt sampling and generation", 0)
     sampler: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the sampler config (oversample, max_rounds, ...)"}
+    )
+    rule: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "arguments of the weighting rule (lr, improvement_clip, ...)"}
     )
 
     def __post_init__(self) -> None:
@@ -60,3 +74,6 @@ class TrainConfig:
         v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
         if self.minibatches > self.batch_size * self.group_size:
             raise ValueError(f"minibatches must be <= batch_size * group_size, got {self.minibatches}")
+        for name in ("sampler", "rule"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")

@@ -35,7 +35,13 @@ def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokeni
     model.to(config.device).eval()  # dropout off during RL: rollouts, old and new log-probs use one policy
     check_vocab(model, tokenizer.vocab_size)
     controller = Controller.from_method(
-        config.method, suite.num_tasks, config.batch_size, config.group_size, seed=config.seed, **config.sampler
+        config.method,
+        suite.num_tasks,
+        config.batch_size,
+        config.group_size,
+        seed=config.seed,
+        rule_kwargs=config.rule,
+        **config.sampler,
     )
     return TrainState(
         model=model,

@@ -1,0 +1,234 @@
+"""The command-line vocabulary shared by `mtgrpo bench`, `mtgrpo train`, `mtgrpo demo` and examples/trl_mtgrpo.py.
+
+Each command is one dataclass; tyro generates its parser (flags, types, choices, and help from the docstring
+under each field, CleanRL style) and refuses a value of the wrong type or outside its choices, naming the flag.
+The checks that need context (a sampler setting against SamplerConfig, a rule option against the rules of the
+chosen methods) are here too, and name the flag, the value and what was expected. docs/options.md: every flag.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import tyro
+
+from mtgrpo_core.methods import parse_method
+from mtgrpo_core.rule_registry import build_rule, rule_class
+from mtgrpo_core.sampler_config import SamplerConfig
+
+T = TypeVar("T")
+
+
+def _comma_list(convert: Callable[[str], Any], metavar: str) -> tyro.constructors.PrimitiveConstructorSpec[Any]:
+    """A list flag that takes comma- or space-separated values: `--seeds 0,1,2` or `--seeds 0 1 2`."""
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs="*",
+        metavar=metavar,
+        instance_from_str=lambda tokens: tuple(convert(x.strip()) for t in tokens for x in t.split(",") if x.strip()),
+        is_instance=lambda value: isinstance(value, tuple),
+        str_from_instance=lambda value: [",".join(str(x) for x in value)],
+    )
+
+
+Ints = Annotated[tuple[int, ...], _comma_list(int, "INT[,INT...]")]
+Floats = Annotated[tuple[float, ...], _comma_list(float, "FLOAT[,FLOAT...]")]
+Names = Annotated[tuple[str, ...], _comma_list(str, "NAME[,NAME...]")]
+# a nested group whose flags carry no prefix (--workers, not --harness.workers)
+Flat = tyro.conf.arg(name="")
+
+
+def unset(meaning: str) -> Any:
+    """Help hint of an option whose default None (or empty) means `meaning`."""
+    return tyro.conf.arg(help_behavior_hint=f"(default: {meaning})")
+
+
+def parse(cls: type[T], argv: Sequence[str], prog: str, description: str) -> T:
+    """Parse argv into cls with tyro (SystemExit 2 with tyro's message on a bad flag, 0 after --help)."""
+    config = (tyro.conf.DisallowNone, tyro.conf.FlagCreatePairsOff)
+    return tyro.cli(cls, args=list(argv), prog=prog, description=description, config=config)
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a command body; a ValueError or TypeError (bad input) becomes `prog: error: message` and exit code 2."""
+    try:
+        return body()
+    except SystemExit as stop:  # tyro after --help (0) or a flag it refused (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    except (ValueError, TypeError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def flag(name: str, prefix: str = "") -> str:
+    """The command-line flag of a field: flag('max_rounds', 'sampler.') == '--sampler.max-rounds'."""
+    return "--" + prefix + name.replace("_", "-")
+
+
+def at_least(name: str, value: int, minimum: int) -> int:
+    """Refuse an integer flag below `minimum`, naming the flag."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{flag(name)} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """RP-SAMPLER settings (mtgrpo_core.SamplerConfig). Unset ones keep the method's setting, then the default."""
+
+    oversample: Annotated[float | None, unset("the method's, else 3")] = None
+    """M_os: a resampling round requests M_os * B prompts"""
+    max_rounds: Annotated[int | None, unset("the method's, else 10")] = None
+    """N_rs: resampling rounds after the first request"""
+    max_inflation: Annotated[float | None, unset("the method's, else 5")] = None
+    """M_acc: cap of the acceptance-aware inflation m_k"""
+    filtering: Annotated[Literal["lenient", "strict", "none"] | None, unset("the method's")] = None
+    """zero-gradient filter: lenient (all-equal rewards), strict (all-correct/all-wrong), none (plain GRPO)"""
+    targets: Annotated[Literal["multinomial", "apportion"] | None, unset("the method's, else apportion")] = None
+    """per-task target counts: multinomial (the paper's draw) or apportion (systematic rounding)"""
+    planner: Annotated[str | None, unset("the method's, else paper")] = None
+    """request planner: paper, or beyond the paper posterior or joint (docs/sampler.md)"""
+    confidence: Annotated[float | None, unset("0.9")] = None
+    """per-task probability of filling the target that the posterior planner aims at"""
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings given (to pass to SamplerConfig / Controller.from_method)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def check(self, batch_size: int, group_size: int) -> dict[str, Any]:
+        """Each setting given, checked by SamplerConfig; returns overrides(). Refusals name the flag."""
+        given = self.overrides()
+        for name, value in given.items():
+            try:
+                SamplerConfig(batch_size=batch_size, group_size=group_size, **{name: value})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{flag(name, 'sampler.')} {value!r}: {err}") from None
+        return given
+
+
+def rule_parameters(method: str) -> set[str] | None:
+    """Constructor arguments of the method's weighting rule (None: it takes any keyword)."""
+    params = inspect.signature(rule_class(parse_method(method).rule)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "num_tasks"}
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """Weighting-rule settings; each goes to every chosen method whose rule takes it (lambda and eta are in the
+    method string: mt-grpo:0.2, minimax-reg:0.01)."""
+
+    lr: Annotated[float | None, unset("the rule's: IWU 0.025")] = None
+    """IWU / minimax step size on the task logits"""
+    weight_decay: Annotated[float | None, unset("the rule's: 1e-5")] = None
+    """IWU decoupled weight decay of the logits"""
+    improvement_clip: Annotated[float | None, unset("the rule's: 0.2")] = None
+    """IWU clip c of the improvement signal I_k"""
+    optimizer: Annotated[Literal["adamw", "sgd"] | None, unset("the rule's: adamw")] = None
+    """IWU optimizer of the logits"""
+    alpha: Annotated[float | None, unset("the rule's: 0.5")] = None
+    """SEC bandit: EMA rate of Q_k"""
+    temperature: Annotated[float | None, unset("the rule's: 0.2")] = None
+    """SEC bandit: softmax temperature of p = softmax(Q / T)"""
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def kwargs_for(self, method: str) -> dict[str, Any]:
+        """The options given that the method's rule takes (rule_kwargs of Controller.from_method)."""
+        accepted = rule_parameters(method)
+        return {k: x for k, x in self.given().items() if accepted is None or k in accepted}
+
+    def check(self, methods: Sequence[str], num_tasks: int) -> None:
+        """Refuse an option that no chosen method's rule takes, or a value a rule refuses; messages name the flag."""
+        for name, value in self.given().items():
+            takers = [m for m in methods if name in self.kwargs_for(m)]
+            if not takers:
+                raise ValueError(
+                    f"{flag(name, 'rule.')} {value!r}: no chosen method's rule takes {name!r} (methods {list(methods)})"
+                )
+            for method in takers:
+                try:
+                    build_rule(
+                        parse_method(method).rule, num_tasks, **{**parse_method(method).rule_kwargs, name: value}
+                    )
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{flag(name, 'rule.')} {value!r} (method {method!r}): {err}") from None
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """Which runs a comparison makes and what it writes (`mtgrpo bench`, `mtgrpo demo`)."""
+
+    methods: Annotated[Names, unset("the command's")] = ()
+    """methods to compare, e.g. grpo,dapo,mt-grpo:0.2"""
+    seeds: Annotated[Ints, unset("the command's")] = ()
+    """seeds of the runs, e.g. 0,1,2"""
+    reference: str = "dapo"
+    """method Delta_m% is measured against, paired by seed (skipped if not run)"""
+    sweep: Annotated[str | None, unset("no sweep")] = None
+    """lambda=0.1,0.3,...: add mt-grpo at each lambda and plot worst vs average accuracy"""
+    thresholds: Floats = (0.3, 0.4, 0.5)
+    """worst-task accuracy levels for the steps-to-threshold columns"""
+    workers: int = 1
+    """worker processes running the runs in parallel (1 thread each)"""
+    out: Annotated[Path | None, unset("write nothing")] = None
+    """write results.json and figure.png (and sweep.png with --sweep) in this directory"""
+    quiet: bool = False
+    """no progress bar"""
+
+    def check(self) -> None:
+        at_least("workers", self.workers, 1)
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
+        if not all(0.0 < t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"--thresholds must lie in (0, 1], got {list(self.thresholds)}")
+
+
+SWEEP_KNOBS = ("lambda",)
+
+
+def sweep_methods(text: str) -> list[str]:
+    """`--sweep lambda=0.1,0.3` -> ["mt-grpo:0.1", "mt-grpo:0.3"]."""
+    knob, sep, values = text.partition("=")
+    if not sep or knob.strip() not in SWEEP_KNOBS:
+        raise ValueError(f"--sweep must look like lambda=0.05,0.1 (knobs: {list(SWEEP_KNOBS)}), got {text!r}")
+    try:
+        lams = [float(x) for x in values.split(",") if x.strip()]
+    except ValueError as err:
+        raise ValueError(f"--sweep values must be numbers, got {values!r}") from err
+    if not lams:
+        raise ValueError(f"--sweep needs at least one value, got {text!r}")
+    return [f"mt-grpo:{x:g}" for x in lams]
+
+
+def chosen_methods(options: HarnessOptions, default: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(methods to run, the swept ones): --sweep's mt-grpo lambdas, then --methods (default grpo,dapo with a sweep,
+    else `default`), without repeats."""
+    swept = sweep_methods(options.sweep) if options.sweep else []
+    listed = list(options.methods) or (["grpo", "dapo"] if swept else list(default))
+    methods = list(dict.fromkeys(swept + listed))
+    for m in methods:
+        parse_method(m)
+    return methods, swept
+
+
+def check_methods(
+    methods: Sequence[str],
+    num_tasks: int,
+    batch_size: int,
+    group_size: int,
+    sampler: dict[str, Any],
+    rule: RuleOptions,
+) -> None:
+    """Build each method's controller once, so that what cannot be built (a user's rule that does not import, a
+    sampler setting a method cannot take) is refused before any run starts."""
+    from mtgrpo_core.controller import Controller
+
+    for m in methods:
+        Controller.from_method(m, num_tasks, batch_size, group_size, rule_kwargs=rule.kwargs_for(m), **sampler)

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaln
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 
 class FilterRateEstimator(Protocol):

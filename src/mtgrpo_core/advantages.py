@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 StdKind = Literal["biased", "unbiased"]
 ZeroGradientFilter = Literal["lenient", "strict"]

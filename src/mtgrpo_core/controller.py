@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
 from mtgrpo_core.sampler import BatchBuilder, RatioPreservingSampler

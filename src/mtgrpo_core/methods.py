@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import WeightingRule
 from mtgrpo_core.rule_registry import build_rule
 

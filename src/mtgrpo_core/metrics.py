@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 
 def _accuracies(name: str, value: ArrayLike, ndim: int = 1) -> NDArray[np.float64]:

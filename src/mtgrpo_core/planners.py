@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEstimator, plan_requests, posterior_of
 from mtgrpo_core.selection import select_by_ratio, select_first
 from mtgrpo_core.targets import CountScheme, draw_counts

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.acceptance import FilterRateEstimator, inflation
 from mtgrpo_core.advantages import zero_gradient_mask
 from mtgrpo_core.batch_ledger import BatchLedger

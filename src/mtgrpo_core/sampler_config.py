@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.planners import planner_names
 from mtgrpo_core.targets import COUNT_SCHEMES
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 
 def guard_window(floor: float, miss: float) -> int:

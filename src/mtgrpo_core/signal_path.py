@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
 from mtgrpo_core.signals import (
     DEFAULT_IMPROVEMENT_REDUCE,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPS = 1e-8

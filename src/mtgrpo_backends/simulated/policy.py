@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit, logit
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import group_advantages
 from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
 

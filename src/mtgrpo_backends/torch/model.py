@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 
 class KVCache:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 
 Aggregation = Literal["token-mean", "seq-mean"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean")

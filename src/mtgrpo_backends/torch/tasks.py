@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
 
 ALPHABET = "0123456789+-*=:,[]() abcdefghijklmnopqrstuvwxyz"

@@ -18,7 +18,7 @@ import torch
 
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
-from mtgrpo_core import _validate as v
+from mtgrpo_core import checks as v
 from mtgrpo_core.reward_protocol import CORRECT
 
 CACHE_ENV = "MTGRPO_CACHE_DIR"

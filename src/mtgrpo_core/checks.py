@@ -1,4 +1,4 @@
-"""Argument checks shared by every public entry point.
+"""Argument checks shared by every public entry point of the core and the backends (a public module).
 
 Each check raises ValueError or TypeError whose message names the argument, the bad value and what was
 expected. Nothing is clipped or repaired here: a bad input is refused.

@@ -93,7 +93,11 @@ class SamplerOptions:
     planner: Annotated[str | None, unset("the method's, else paper")] = None
     """request planner: paper, or beyond the paper posterior or joint (docs/sampler.md)"""
     confidence: Annotated[float | None, unset("0.9")] = None
-    """per-task probability of filling the target that the posterior planner aims at"""
+    """probability target: per task (posterior planner) or of the whole batch in one round (joint planner)"""
+    guard_floor: Annotated[float | None, unset("0.02")] = None
+    """no-signal guard: informative rate below which a long dry run makes a task barren (0: guard off)"""
+    guard_probe: Annotated[int | None, unset("ceil(B / K)")] = None
+    """no-signal guard: probe groups per step of a barren task"""
 
     def overrides(self) -> dict[str, Any]:
         """The settings given (to pass to SamplerConfig / Controller.from_method)."""

@@ -1,7 +1,9 @@
 """Two REAL processes (torchrun, gloo, GRPOConfig(use_cpu=True)) train MTGRPOTrainer with dynamic sampling.
 
 Run as a script, this file is the worker: each rank writes what it decided and what reached its loss. The test
-checks that both ranks logged the same weights, drew the same batches and trained disjoint slices of them.
+checks that both ranks logged the same weights, drew the same batches and trained disjoint slices of them. In
+"resume" mode each rank trains with `steps_per_generation=2`, then resumes a second trainer from the checkpoint
+inside the first generation batch (each rank restores its own slice of the buffered batch) and compares.
 (`accelerate launch --cpu --num_processes 2` would silently run ONE process: torchrun is used instead.)
 """
 
@@ -21,7 +23,7 @@ GROUP = 4
 STEPS = 3
 
 
-def _worker(out_dir: str) -> None:
+def _worker(out_dir: str, mode: str = "train") -> None:
     import torch
     from datasets import Dataset
 
@@ -40,12 +42,17 @@ def _worker(out_dir: str) -> None:
             super().__init__(*args, **kwargs)
             self.trained: list[dict[str, Any]] = []
             self.draws: list[list[int]] = []
+            self.weights_after: list[list[float]] = []
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             out = super()._generate_and_score_completions(inputs)
             assert self.last_batch is not None
             self.draws.append([int(k) for k in self.last_batch.keys])
             return out
+
+        def _after_optimizer_step(self) -> None:
+            super()._after_optimizer_step()
+            self.weights_after.append(self.controller.weights.tolist())
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
             trained = inputs["completion_mask"].sum(dim=1) > 0
@@ -60,32 +67,54 @@ def _worker(out_dir: str) -> None:
             return super()._compute_loss(model, inputs)
 
     tokenizer = build_char_tokenizer(letters)
-    torch.manual_seed(0)
-    config = MTGRPOConfig(
-        output_dir=out_dir,
-        method="mt-grpo:0.2",
-        per_device_train_batch_size=8,
-        num_generations=GROUP,
-        max_completion_length=6,
-        max_steps=STEPS,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-    )
     dataset = Dataset.from_list([{"prompt": letters[i % 7] * 3 + str(i % 10), "task": tasks[i % 3]} for i in range(60)])
-    trainer = Worker(
-        model=build_tiny_model(tokenizer),
-        reward_funcs=reward,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+
+    def make(output_dir: str, **overrides: Any) -> Worker:
+        torch.manual_seed(0)
+        settings: dict[str, Any] = {
+            "output_dir": output_dir,
+            "method": "mt-grpo:0.2",
+            "per_device_train_batch_size": 8,
+            "num_generations": GROUP,
+            "max_completion_length": 6,
+            "max_steps": STEPS,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": [],
+            "use_cpu": True,
+            "bf16": False,
+            "seed": 0,
+            "disable_tqdm": True,
+            "gradient_checkpointing": False,
+            **overrides,
+        }
+        model = build_tiny_model(tokenizer)
+        return Worker(
+            model=model,
+            reward_funcs=reward,
+            args=MTGRPOConfig(**settings),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+
+    if mode == "resume":
+        settings = {"steps_per_generation": 2, "per_device_train_batch_size": 4}
+        first = make(str(Path(out_dir, "a")), save_strategy="steps", save_steps=1, **settings)
+        first.train()
+        second = make(str(Path(out_dir, "b")), **settings)
+        second.train(resume_from_checkpoint=str(Path(out_dir, "a", "checkpoint-1")))
+        params = dict(first.model.named_parameters())
+        diff = max(float((p - params[n]).abs().max()) for n, p in second.model.named_parameters())
+        record: dict[str, Any] = {
+            "world": first.accelerator.num_processes,
+            "weights": [first.weights_after, second.weights_after],
+            "draws": [first.draws, second.draws],
+            "max_param_diff": diff,
+        }
+        Path(out_dir, f"resume{first.accelerator.process_index}.json").write_text(json.dumps(record))
+        return
+    trainer = make(out_dir)
     trainer.train()
     rank = trainer.accelerator.process_index
     weights = [[h[f"mtgrpo/weight/{t}"] for t in tasks] for h in trainer.state.log_history if "loss" in h]
@@ -99,7 +128,7 @@ def _worker(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path) -> None:
+def _torchrun(tmp_path: Path, *args: str) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -109,6 +138,7 @@ def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path
         "2",
         __file__,
         str(tmp_path),
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -119,6 +149,10 @@ def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path
         log, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish in 240 s:\n{log.decode()[-3000:]}")
     assert proc.returncode == 0, log.decode()[-3000:]
+
+
+def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path) -> None:
+    _torchrun(tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["weights"] == ranks[1]["weights"] and len(ranks[0]["weights"]) == STEPS
@@ -136,5 +170,20 @@ def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path
         assert items[0]["num_items"] == sum(t["local_items"] for t in items)
 
 
+def test_two_processes_resume_inside_a_generation_batch_exactly(tmp_path: Path) -> None:
+    _torchrun(tmp_path, "resume")
+    ranks = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in (0, 1)]
+    for r in (0, 1):  # the checkpoint holds each rank's slice of the generation batch it was saved inside
+        assert (tmp_path / "a" / "checkpoint-1" / f"mtgrpo_generation_batch_rank{r}.pt").exists()
+    assert [r["world"] for r in ranks] == [2, 2]
+    for r in ranks:
+        uninterrupted, resumed = r["weights"]
+        assert len(uninterrupted) == STEPS and resumed == uninterrupted[1:]  # the controller after steps 2, 3
+        first_draws, resumed_draws = r["draws"]
+        assert resumed_draws == first_draws[1:]  # the batch inside which it resumed is not drawn again
+        assert r["max_param_diff"] == 0.0  # each rank restored its own slice of the buffered batch
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["draws"] == ranks[1]["draws"]
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], *sys.argv[2:])

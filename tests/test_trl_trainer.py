@@ -57,7 +57,8 @@ class Recorder(MTGRPOTrainer):
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         keys = ("mtgrpo_row", "mtgrpo_task", "completion_mask", "advantages", "num_items_in_batch")
-        self.loss_inputs.append({"step": len(self.batches) - 1, **{k: inputs[k].clone() for k in keys}})
+        if "mtgrpo_row" in inputs:  # a training batch (evaluation batches are TRL's own)
+            self.loss_inputs.append({"step": len(self.batches) - 1, **{k: inputs[k].clone() for k in keys}})
         return super()._compute_loss(model, inputs)
 
     def _after_optimizer_step(self) -> None:
@@ -67,7 +68,13 @@ class Recorder(MTGRPOTrainer):
 
 
 def make_trainer(
-    out: Path, method: str = "mt-grpo:0.2", dataset: Dataset | None = None, reward: Any = toy_reward, **overrides: Any
+    out: Path,
+    method: str = "mt-grpo:0.2",
+    dataset: Dataset | None = None,
+    reward: Any = toy_reward,
+    recorder: type[Recorder] = Recorder,
+    eval_dataset: Dataset | None = None,
+    **overrides: Any,
 ) -> Recorder:
     tokenizer = build_char_tokenizer(LETTERS)
     torch.manual_seed(0)
@@ -89,11 +96,12 @@ def make_trainer(
         "gradient_checkpointing": False,
         **overrides,
     }
-    return Recorder(
+    return recorder(
         model=build_tiny_model(tokenizer),
         reward_funcs=reward,
         args=MTGRPOConfig(**settings),
         train_dataset=toy_dataset() if dataset is None else dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
 
@@ -188,6 +196,19 @@ def test_round_budget_running_out_trains_on_accepted_groups_and_logs_shortfall(t
         assert (mask_sums[~chosen] == 0).all() and (record["advantages"][~chosen] == 0).all()
         assert (mask_sums[chosen] > 0).all()
         assert int(record["num_items_in_batch"]) == int(mask_sums.sum())
+    # a value that does not exist is left out of the log, never logged as None or NaN
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    for h in logged:
+        assert all(v is not None and math.isfinite(v) for k, v in h.items() if k.startswith("mtgrpo/"))
+    untrained = [
+        (h, name)
+        for h, batch in zip(logged, trainer.batches, strict=True)
+        for k, name in enumerate(TASKS)
+        if batch.report.generated[k] > 0 and batch.report.realized_counts[k] == 0
+    ]
+    assert untrained  # some task had rollouts but no trained sample: a reward, but no improvement
+    for h, name in untrained:
+        assert f"mtgrpo/reward/{name}" in h and f"mtgrpo/improvement/{name}" not in h
 
 
 def test_grpo_generates_exactly_the_targets_without_filtering(tmp_path: Path) -> None:

@@ -1,14 +1,16 @@
-"""What the TRL backend logs of each batch conversation: per-task weights, filter rates and shares; rounds and
-generation; a warning when the round budget runs out."""
+"""What the TRL backend logs: per-task weights, filter rates and shares of each batch conversation; rounds and
+generation; a warning when the round budget runs out; per-task signals (train and eval), absent values left out."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.sampler import BatchReport
 
 logger = logging.getLogger(__name__)
@@ -35,3 +37,26 @@ def log_batch(metrics: Any, task_names: Sequence[str], report: BatchReport, shor
             int(report.realized_counts.sum()) + shortfall,
             [task_names[k] for k in report.short_tasks],
         )
+
+
+def log_signals(
+    metrics: Any, task_names: Sequence[str], signals: TaskSignals, per_sample_improvement: bool = True
+) -> None:
+    """Append a step's per-task J_k, accuracy and (if given) I_k; a value that does not exist (a task without
+    rollouts; a per-sample I_k of a task without a trained sample, which TaskSignals records as 0) is appended as
+    NaN, which TRL's averaging skips and `drop_absent` leaves out of the log."""
+    for k, name in enumerate(task_names):
+        present = bool(signals.present[k])
+        metrics[f"mtgrpo/reward/{name}"].append(float(signals.reward[k]) if present else math.nan)
+        if signals.accuracy is not None:
+            metrics[f"mtgrpo/accuracy/{name}"].append(float(signals.accuracy[k]) if present else math.nan)
+        if signals.improvement is not None:
+            measured = present and not (per_sample_improvement and k in signals.untrained)
+            metrics[f"mtgrpo/improvement/{name}"].append(float(signals.improvement[k]) if measured else math.nan)
+
+
+def drop_absent(metrics: dict[str, list[float]], prefix: str = "mtgrpo/") -> None:
+    """Remove this logging window's MT-GRPO metrics that hold no finite value (TRL would log them as None)."""
+    for key in [k for k, values in metrics.items() if k.startswith(prefix)]:
+        if not any(math.isfinite(x) for x in metrics[key]):
+            del metrics[key]

@@ -10,7 +10,6 @@ next weights. Every decision uses only TRL's gathered rewards and seeded generat
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -27,16 +26,19 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.grpo_trainer import GRPOTrainer
 
 from mtgrpo_backends.torch.ops import sequence_surrogate
+from mtgrpo_backends.trl import checkpoint_state
 from mtgrpo_backends.trl.batch_assembly import collect_rows
+from mtgrpo_backends.trl.checkpoint_state import STATE_FILE, PendingStep
 from mtgrpo_backends.trl.config import MTGRPOConfig
+from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
-from mtgrpo_backends.trl.step_log import log_batch
-from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, StepFacts, check_needs, step_signals
+from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
+from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, check_needs, step_signals
 from mtgrpo_core.prompt_pool import task_ids_of
 from mtgrpo_core.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
-STATE_FILE = "mtgrpo_state.json"
+__all__ = ["STATE_FILE", "MTGRPOTrainer", "check_trl_version"]
 
 
 def check_trl_version(version: str) -> None:
@@ -63,14 +65,6 @@ class _StepData:
     group_pos: list[int] = field(default_factory=list)
     group_task: list[int] = field(default_factory=list)
     rewards: list[NDArray[np.float64]] = field(default_factory=list)
-
-
-@dataclass
-class _PendingStep:
-    """The current step's facts, waiting for the surrogate values measured after each of its optimizer steps."""
-
-    facts: StepFacts
-    surrogate_rows: list[NDArray[np.float64]] = field(default_factory=list)
 
 
 class _StepEndHook(TrainerCallback):
@@ -140,7 +134,10 @@ class MTGRPOTrainer(GRPOTrainer):
         self._reward_change = (
             RewardChangeImprovement(num_tasks) if needs_improvement and cfg.improvement == "reward-change" else None
         )
-        self._pending: _PendingStep | None = None
+        if self.eval_dataset is not None:
+            check_eval_datasets(self.eval_dataset, cfg.task_column, self.task_names)
+        self._eval_signals = EvalSignals(self.task_names, cfg.correct_reward)
+        self._pending: PendingStep | None = None
         self._last_rewards: NDArray[np.float64] | None = None
         self._capturing = False
         self._captured_logps: torch.Tensor | None = None
@@ -207,10 +204,14 @@ class MTGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> torch.Tensor:
         """GRPOTrainer's gathered rewards, kept (combined as GRPOTrainer combines them) for the controller."""
         per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self._training():
-            weights = self.reward_weights.to(per_func.device).unsqueeze(0)
-            total = (per_func * weights).nansum(dim=1)
-            bad = torch.isnan(per_func).all(dim=1) | ~torch.isfinite(total)
+        weights = self.reward_weights.to(per_func.device).unsqueeze(0)
+        total = (per_func * weights).nansum(dim=1).masked_fill(torch.isnan(per_func).all(dim=1), torch.nan)
+        if not self._training():  # evaluation: keep each rollout's task and reward for the per-task eval metrics
+            ids = self._eval_signals.task_ids([row.get(self.cfg.task_column) for row in inputs])
+            tasks = gather(torch.as_tensor(ids, device=per_func.device)).cpu().numpy()
+            self._eval_signals.add(tasks, total.double().cpu().numpy())
+        else:
+            bad = ~torch.isfinite(total)
             if bad.any():
                 row = int(bad.nonzero()[0, 0])
                 local = row - self.accelerator.process_index * len(inputs)
@@ -275,7 +276,7 @@ class MTGRPOTrainer(GRPOTrainer):
             rows_np[:, 1],
             np.asarray(batch.keys, dtype=np.int64),
         )
-        self._pending = _PendingStep(facts)
+        self._pending = PendingStep(facts)
 
     # -- the improvement signal I_k (Eq. 8) -----------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -349,44 +350,42 @@ class MTGRPOTrainer(GRPOTrainer):
         )
         if self._reward_change is not None:  # the documented approximation of I_k, from the signal path's J_k
             signals = replace(signals, improvement=self._reward_change.update(signals.reward))
-        metrics = self._metrics["train"]
-        for k, name in enumerate(self.task_names):
-            metrics[f"mtgrpo/reward/{name}"].append(float(signals.reward[k]))
-            metrics[f"mtgrpo/accuracy/{name}"].append(float(signals.accuracy[k]))  # type: ignore[index]
-            if signals.improvement is not None:
-                metrics[f"mtgrpo/improvement/{name}"].append(float(signals.improvement[k]))
+        log_signals(self._metrics["train"], self.task_names, signals, self._reward_change is None)
         self.controller.end_step(signals)
 
-    # -- checkpoints ----------------------------------------------------------------------------------------
+    # -- evaluation and logs --------------------------------------------------------------------------------
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's evaluation, then the per-task eval reward and accuracy of all its rollouts (eval_mtgrpo/...)."""
+        self._eval_signals.reset()
+        output = super().evaluation_loop(*args, **kwargs)
+        self._eval_signals.log_into(self._metrics["eval"])
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        drop_absent(self._metrics["train" if self._training() else "eval"])  # no None for an absent value
+        super().log(logs, start_time)
+
+    # -- checkpoints (exact at any optimizer step: checkpoint_state.py) ------------------------------------
     def mtgrpo_state_dict(self) -> dict[str, Any]:
-        """The MT-GRPO state saved with each checkpoint: controller, prompt pools, improvement fallback."""
-        state = {"controller": self.controller.state_dict(), "prompt_pool": self.prompt_pool.state_dict()}
-        if self._reward_change is not None:
-            state["reward_change"] = self._reward_change.state_dict()
-        return state
+        """The MT-GRPO state saved with each checkpoint (JSON-native): tasks, controller, prompt pools,
+        improvement fallback and, in the middle of a generation batch, the step's pending facts."""
+        return checkpoint_state.state_dict(self)
 
     def load_mtgrpo_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `mtgrpo_state_dict` returned."""
-        self.controller.load_state_dict(state["controller"])
-        self.prompt_pool.load_state_dict(state["prompt_pool"])
-        if self._reward_change is not None:
-            self._reward_change.load_state_dict(state["reward_change"])
+        """Restore what `mtgrpo_state_dict` returned; refuses other tasks, and a refused state changes nothing."""
+        checkpoint_state.load_state_dict(self, state)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        if resume_from_checkpoint:  # refuse a checkpoint of other tasks or settings before TRL loads anything
+            checkpoint_state.check(self, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)  # type: ignore[no-untyped-call]
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.mtgrpo_state_dict(), f)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        checkpoint_state.save(self, folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[no-untyped-call]
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, STATE_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer"
-            )
-        with open(path, encoding="utf-8") as f:
-            self.load_mtgrpo_state_dict(json.load(f))
+        if checkpoint is not None:
+            checkpoint_state.load(self, checkpoint)

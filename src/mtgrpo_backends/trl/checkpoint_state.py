@@ -1,0 +1,197 @@
+"""MT-GRPO's part of a TRL checkpoint, exact at any optimizer step.
+
+A controller step is one generation batch, which may span several optimizer steps (`steps_per_generation`,
+`num_iterations`). A checkpoint written in the middle of one holds, besides TRL's own files:
+- `mtgrpo_state.json` (main process): the task names, the controller, the prompt-pool cursors, the reward-change
+  fallback state and, mid-batch, the step's pending facts (StepFacts arrays and the surrogate rows measured so far)
+  with TRL's micro-step counter;
+- `mtgrpo_generation_batch_rank<r>.pt` (every process, mid-batch only): TRL's buffered generation batch
+  (`_buffered_inputs`, this process's slices), so that the resumed run trains on the very same tensors instead of
+  regenerating them. Saving the tensors (rather than replaying generation from saved RNG states) is exact with any
+  generation backend (vLLM included) and costs no generation time; its size is one local generation batch of ids,
+  masks and per-token log-probabilities (about 1.6 MB per process for 64 rollouts of 1024 tokens; docs/trl.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from transformers.trainer_utils import get_last_checkpoint
+
+from mtgrpo_core import StepFacts
+
+if TYPE_CHECKING:
+    from mtgrpo_backends.trl.trainer import MTGRPOTrainer
+
+STATE_FILE = "mtgrpo_state.json"
+BUFFER_FILE = "mtgrpo_generation_batch_rank{rank}.pt"
+STATE_FORMAT = 2
+_INT_FACTS = frozenset({"rollout_task", "sample_task", "surrogate_task"})
+
+
+@dataclass
+class PendingStep:
+    """The current step's facts, waiting for the surrogate values measured after each of its optimizer steps."""
+
+    facts: StepFacts
+    surrogate_rows: list[NDArray[np.float64]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-native form; floats round-trip exactly (json writes the shortest exact repr)."""
+        facts = {f.name: _listed(getattr(self.facts, f.name)) for f in fields(StepFacts)}
+        return {"facts": facts, "surrogate_rows": [rows.tolist() for rows in self.surrogate_rows]}
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> PendingStep:
+        arrays: dict[str, Any] = {
+            name: None if value is None else np.asarray(value, np.int64 if name in _INT_FACTS else np.float64)
+            for name, value in state["facts"].items()
+        }
+        rows = [np.asarray(r, dtype=np.float64).reshape(-1, 4) for r in state["surrogate_rows"]]
+        return cls(StepFacts(**arrays), rows)
+
+
+def _listed(value: Any) -> list[Any] | None:
+    return None if value is None else np.asarray(value).tolist()
+
+
+def check_tasks(saved: list[str], current: list[str], where: str) -> None:
+    """Refuse a resume whose tasks differ from the checkpoint's (names, order or count), naming both lists."""
+    if saved == current:
+        return
+    fix = (
+        f"set MTGRPOConfig.tasks={saved!r} (the weights are kept in that order)"
+        if sorted(saved) == sorted(current)
+        else "resume with the same tasks, or start a new run"
+    )
+    raise ValueError(
+        f"{where} was trained on tasks {saved} ({len(saved)}, in weight order) but this trainer has tasks "
+        f"{current} ({len(current)}): the per-task state would move to other tasks; {fix}"
+    )
+
+
+def _generate_every(trainer: MTGRPOTrainer) -> int:
+    return cast(int, trainer.cfg.steps_per_generation) * trainer.num_iterations
+
+
+def state_dict(trainer: MTGRPOTrainer) -> dict[str, Any]:
+    """The JSON-native MT-GRPO state of a trainer (see the module docstring)."""
+    state: dict[str, Any] = {
+        "format": STATE_FORMAT,
+        "tasks": list(trainer.task_names),
+        "controller": trainer.controller.state_dict(),
+        "prompt_pool": trainer.prompt_pool.state_dict(),
+        "pending": None,
+    }
+    if trainer._reward_change is not None:
+        state["reward_change"] = trainer._reward_change.state_dict()
+    if trainer._pending is not None:
+        state["pending"] = {
+            "trl_step": trainer._step,
+            "generate_every": _generate_every(trainer),
+            "steps_per_generation": trainer.cfg.steps_per_generation,
+            "num_processes": trainer.accelerator.num_processes,
+            **trainer._pending.to_json(),
+        }
+    return state
+
+
+def check_compatible(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) -> None:
+    """Refuse a state of other tasks, or one saved inside a generation batch under other generation settings."""
+    saved = state.get("tasks", state.get("prompt_pool", {}).get("task_names"))  # format 1 had only the pool's
+    check_tasks(list(saved or []), list(trainer.task_names), where)
+    pending = state.get("pending")
+    if pending is not None:
+        settings = {
+            "steps_per_generation * num_iterations": (pending["generate_every"], _generate_every(trainer)),
+            "steps_per_generation": (pending["steps_per_generation"], trainer.cfg.steps_per_generation),
+            "number of processes": (pending["num_processes"], trainer.accelerator.num_processes),
+        }
+        changed = {name: pair for name, pair in settings.items() if pair[0] != pair[1]}
+        if changed:
+            raise ValueError(
+                f"{where} was saved in the middle of a generation batch (micro-step {pending['trl_step']}); "
+                f"resuming it needs the same settings, but (saved, now) = {changed}; resume from a checkpoint "
+                f"whose global step is a multiple of {pending['generate_every']}, or keep the settings"
+            )
+
+
+def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = "the state") -> None:
+    """Restore `state_dict`'s state; a refused state leaves the trainer unchanged."""
+    check_compatible(trainer, state, where)
+    pending = state.get("pending")
+    before = state_dict(trainer)
+    try:
+        trainer.controller.load_state_dict(state["controller"])
+        trainer.prompt_pool.load_state_dict(state["prompt_pool"])
+        if trainer._reward_change is not None:
+            trainer._reward_change.load_state_dict(state["reward_change"])
+        trainer._pending = None if pending is None else PendingStep.from_json(pending)
+    except Exception:
+        trainer.controller.load_state_dict(before["controller"])
+        trainer.prompt_pool.load_state_dict(before["prompt_pool"])
+        if trainer._reward_change is not None:
+            trainer._reward_change.load_state_dict(before["reward_change"])
+        raise
+    if pending is not None:
+        trainer._step = int(pending["trl_step"])
+
+
+def save(trainer: MTGRPOTrainer, folder: str) -> None:
+    """Write the state (main process) and, mid generation batch, every process's buffered batch."""
+    if trainer.args.should_save:
+        with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state_dict(trainer), f)
+    if trainer._pending is not None and trainer._buffered_inputs is not None:
+        os.makedirs(folder, exist_ok=True)
+        buffered = [{k: _to_cpu(v) for k, v in part.items()} for part in trainer._buffered_inputs]
+        torch.save(buffered, os.path.join(folder, BUFFER_FILE.format(rank=trainer.accelerator.process_index)))
+
+
+def _to_cpu(value: Any) -> Any:
+    return value.detach().to("cpu").clone() if isinstance(value, torch.Tensor) else value
+
+
+def check(trainer: MTGRPOTrainer, checkpoint: str | bool) -> None:
+    """Refuse a checkpoint `load` would refuse, before TRL loads anything (`True`: the last one in output_dir)."""
+    folder: Any = checkpoint
+    if folder is True:
+        folder = get_last_checkpoint(str(trainer.args.output_dir))  # type: ignore[no-untyped-call]
+    if isinstance(folder, str):  # None: TRL says that output_dir holds no checkpoint
+        _read(trainer, folder)
+
+
+def _read(trainer: MTGRPOTrainer, checkpoint: str) -> dict[str, Any]:
+    path = os.path.join(checkpoint, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer")
+    with open(path, encoding="utf-8") as f:
+        state: dict[str, Any] = json.load(f)
+    check_compatible(trainer, state, f"checkpoint {checkpoint!r}")
+    name = BUFFER_FILE.format(rank=trainer.accelerator.process_index)
+    if state.get("pending") is not None and not os.path.exists(os.path.join(checkpoint, name)):
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint!r} was saved in the middle of a generation batch but has no {name} (the "
+            "batch being trained); copy the whole checkpoint folder, or resume from one at the end of a batch"
+        )
+    return state
+
+
+def load(trainer: MTGRPOTrainer, checkpoint: str) -> None:
+    """Restore what `save` wrote into `checkpoint`; refuses a checkpoint not written by MTGRPOTrainer."""
+    state = _read(trainer, checkpoint)
+    buffered: list[dict[str, Any]] | None = None
+    if state.get("pending") is not None:
+        device = trainer.accelerator.device  # loaded on the CPU first: torch.load cannot map to every device name
+        name = os.path.join(checkpoint, BUFFER_FILE.format(rank=trainer.accelerator.process_index))
+        parts = torch.load(name, map_location="cpu", weights_only=True)
+        buffered = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in parts]
+    load_state_dict(trainer, state, f"checkpoint {checkpoint!r}")
+    if buffered is not None:
+        trainer._buffered_inputs = cast(Any, buffered)  # TRL declares it None until its first generation

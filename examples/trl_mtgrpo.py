@@ -101,8 +101,6 @@ def controller_settings(a: ExampleArgs, tasks: list[str], batch_size: int, group
     """MTGRPOConfig's controller fields: the paper's settings (M_os = 3, M_acc = 5, multinomial targets, N_rs 10
     for 3 tasks and 2 for 9; IWU with AdamW, lr 0.025, weight decay 1e-5 for 3 tasks and 1e-4 for 9, I_k clipped
     to 0.2), overridden by --sampler.* and --rule.*."""
-    if a.sampler.confidence is not None:
-        raise ValueError(f"--sampler.confidence {a.sampler.confidence!r}: MTGRPOConfig does not take it yet")
     paper_rounds = 2 if a.cpu_smoke else (10 if len(tasks) <= 3 else 2)
     sampler = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "max_rounds": paper_rounds}
     sampler.update(a.sampler.check(batch_size, group_size))

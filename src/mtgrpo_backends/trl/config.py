@@ -38,7 +38,19 @@ class MTGRPOConfig(GRPOConfig):
         default=None, metadata={"help": "Zero-gradient filter: 'lenient', 'strict' or 'none' (None: the method's)."}
     )
     targets: str | None = field(default=None, metadata={"help": "'multinomial' (the paper's) or 'apportion'."})
-    planner: str | None = field(default=None, metadata={"help": "'paper' or 'posterior' request planning."})
+    planner: str | None = field(
+        default=None, metadata={"help": "Request planning: 'paper', or beyond the paper 'posterior' or 'joint'."}
+    )
+    confidence: float | None = field(
+        default=None,
+        metadata={"help": "Probability target: per task (posterior planner) or of the whole batch (joint planner)."},
+    )
+    guard_floor: float | None = field(
+        default=None, metadata={"help": "No-signal guard floor (0 turns it off; docs/sampler.md); None: 0.02."}
+    )
+    guard_probe: int | None = field(
+        default=None, metadata={"help": "No-signal guard: probe groups per step of a barren task; None: ceil(B / K)."}
+    )
     rule_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments of the weighting rule, e.g. {'lr': 0.025, 'weight_decay': 1e-5}."},
@@ -86,6 +98,16 @@ class MTGRPOConfig(GRPOConfig):
 
     def sampler_overrides(self) -> dict[str, Any]:
         """The sampler settings given here (None means: keep the method's or SamplerConfig's default)."""
-        names = ("oversample", "max_rounds", "max_inflation", "filtering", "targets", "planner")
+        names = (
+            "oversample",
+            "max_rounds",
+            "max_inflation",
+            "filtering",
+            "targets",
+            "planner",
+            "confidence",
+            "guard_floor",
+            "guard_probe",
+        )
         chosen = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         return {**chosen, "correct_reward": self.correct_reward}

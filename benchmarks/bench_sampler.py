@@ -23,6 +23,9 @@ VARIANTS = {
     "posterior planner (q=0.8)": dict(targets="apportion", planner="posterior", confidence=0.8),
     "joint planner (q=0.9)": dict(targets="apportion", planner="joint", confidence=0.9),
     "joint planner (q=0.5)": dict(targets="apportion", planner="joint", confidence=0.5),
+    "joint (q=0.9) + carry-over 1": dict(targets="apportion", planner="joint", confidence=0.9, carry_over=1),
+    "joint (q=0.5) + carry-over 1": dict(targets="apportion", planner="joint", confidence=0.5, carry_over=1),
+    "posterior (q=0.9) + carry-over 1": dict(targets="apportion", planner="posterior", confidence=0.9, carry_over=1),
 }
 
 

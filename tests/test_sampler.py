@@ -367,7 +367,14 @@ class TwiceTheDeficit:
     def plan(self, view: PlanView, rng: np.random.Generator) -> np.ndarray:
         return 2 * view.deficit
 
-    def select(self, tasks: np.ndarray, accepted: np.ndarray, targets: np.ndarray, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    def select(
+        self,
+        tasks: np.ndarray,
+        accepted: np.ndarray,
+        targets: np.ndarray,
+        rng: np.random.Generator,
+        carried: np.ndarray,
+    ):  # type: ignore[no-untyped-def]
         return accepted[: self.batch_size]
 
 

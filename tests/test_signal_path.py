@@ -70,10 +70,11 @@ def _simulated() -> StepFacts:
         solvable=np.ones(g, dtype=bool),
         offset=np.zeros(g),
         prob=np.full(g, 0.5),
+        format_prob=np.full(g, 0.5),
         correct=REWARDS == 1.0,
         formatted=REWARDS == 0.1,
     )
-    return simulated_facts(everything, everything.take(TRAINED), adv, after)
+    return simulated_facts(everything, everything.take(TRAINED), adv, adv, after)
 
 
 def _torch() -> StepFacts:
@@ -137,8 +138,8 @@ def test_bad_facts_are_refused_with_the_argument_named() -> None:
         step_signals(StepFacts([0], [1.0], sample_task=[0], surrogate_before=[0.0]), 1)
     with pytest.raises(ValueError, match="sample_task is None"):
         step_signals(StepFacts([0], [1.0], sample_advantage=[0.5]), 1)
-    with pytest.raises(ValueError, match="task 1 has trained samples but no generated rollout"):
-        step_signals(StepFacts([0], [1.0], sample_task=[1], sample_advantage=[0.5]), 2)
+    carried_only = step_signals(StepFacts([0], [1.0], sample_task=[1], sample_advantage=[0.5]), 2)
+    assert carried_only.present.tolist() == [True, False]  # trained on carried groups only: absent this step
     with pytest.raises(ValueError, match=r"task_ids holds unknown task id 3; expected ids in \[0, 2\)"):
         step_signals(StepFacts([3], [1.0]), 2)
     with pytest.raises(ValueError, match="rewards must be finite"):

@@ -75,12 +75,12 @@ def test_only_informative_batch_groups_teach_and_transfer_spreads() -> None:
     groups = policy.generate([400, 0])
     zero = zero_gradient_mask(groups.rewards, filter="lenient")
     before = policy.skill.copy(), policy.format_logit.copy()
-    advantage, after = policy.train_step(groups.take(np.flatnonzero(zero)))
+    advantage, _, after = policy.train_step(groups.take(np.flatnonzero(zero)))
     np.testing.assert_array_equal(policy.skill, before[0])
     np.testing.assert_array_equal(policy.format_logit, before[1])
     np.testing.assert_array_equal(advantage, 0.0)
     np.testing.assert_array_equal(after, 0.0)
-    advantage, after = policy.train_step(groups.take(np.flatnonzero(~zero)))
+    advantage, _, after = policy.train_step(groups.take(np.flatnonzero(~zero)))
     gain = policy.skill - before[0]
     assert gain[0] > 0
     assert gain[1] == pytest.approx(-0.5 * gain[0])  # negative transfer from task 0 to task 1

@@ -34,6 +34,7 @@ class BatchLedger:
         self._rewards: list[NDArray[np.float64] | None] = []
         self._informative: list[NDArray[np.bool_]] = []
         self._accepted: list[NDArray[np.bool_]] = []
+        self._carried: list[NDArray[np.bool_]] = []
 
     def requested(self, counts: NDArray[np.int64]) -> None:
         """Book a request of counts[k] groups of task k."""
@@ -71,17 +72,39 @@ class BatchLedger:
                 "reported twice)"
             )
         self.pending -= per_task
+        self._append(tasks, keys, rewards, informative, accepted, carried=False)
+        if rewards is not None:
+            self._reward_sum += np.bincount(tasks, weights=rewards.sum(axis=1), minlength=self.num_tasks)
+            self._reward_n += per_task * self.group_size
+
+    def record_carried(self, tasks: NDArray[np.int64], keys: KeyArray, rewards: NDArray[np.float64] | None) -> None:
+        """Book informative groups kept from earlier steps: accepted, but neither generated nor reported this step
+        (J_k counts this step's rollouts only)."""
+        ones = np.ones(tasks.shape[0], dtype=np.bool_)
+        self._append(tasks, self._keys.add("carried keys", keys), rewards, ones, ones, carried=True)
+
+    def _append(
+        self,
+        tasks: NDArray[np.int64],
+        keys: KeyArray,
+        rewards: NDArray[np.float64] | None,
+        informative: NDArray[np.bool_],
+        accepted: NDArray[np.bool_],
+        carried: bool,
+    ) -> None:
         self._tasks.append(tasks)
         self._keys.commit(keys)
         self._rewards.append(rewards)
         self._informative.append(informative)
         self._accepted.append(accepted)
+        self._carried.append(np.full(tasks.shape[0], carried))
         self.accepted += np.bincount(tasks[accepted], minlength=self.num_tasks)
-        if rewards is not None:
-            self._reward_sum += np.bincount(tasks, weights=rewards.sum(axis=1), minlength=self.num_tasks)
-            self._reward_n += per_task * self.group_size
 
     # -- the reported columns, in report order ----------------------------------------------------------------
+    def carried(self) -> NDArray[np.bool_]:
+        """True at groups kept from an earlier step (booked before this step's reports)."""
+        return np.concatenate(self._carried) if self._carried else np.zeros(0, dtype=np.bool_)
+
     def tasks(self) -> NDArray[np.int64]:
         return np.concatenate(self._tasks) if self._tasks else np.zeros(0, dtype=np.int64)
 

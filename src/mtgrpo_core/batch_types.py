@@ -35,6 +35,8 @@ class BatchReport:
     groups were reported without rewards).
     weights: the weights the sampler aimed at (the rule's z, with barren tasks at 0 when the no-signal guard
     acts). barren_tasks: tasks the guard sampled only by probes this step (`signal_guard`).
+    carried_counts: groups of each task in the batch that were kept from an earlier step (`carry_pool`; they are
+    in `accepted` and `realized_counts`, not in `generated` or `informative`). kept_counts: groups kept for later.
     """
 
     weights: NDArray[np.float64]
@@ -49,6 +51,8 @@ class BatchReport:
     short_tasks: tuple[int, ...]
     mean_reward: NDArray[np.float64]
     barren_tasks: tuple[int, ...] = ()
+    carried_counts: NDArray[np.int64] | None = None
+    kept_counts: NDArray[np.int64] | None = None
 
     @property
     def realized_shares(self) -> NDArray[np.float64]:
@@ -61,13 +65,19 @@ class Batch:
     """The groups that form the training batch, in report order, and the conversation's report.
 
     keys: exactly as reported, in the batch's key dtype (see `report_keys`). rewards: (len, N), or None if any
-    report came without rewards.
+    report came without rewards. staleness: (len,) steps since each group was generated (0: this step; > 0: kept
+    from an earlier step: train it with the importance ratio against the policy that generated it).
+    kept: keys of groups the sampler keeps for later steps (the trainer keeps their data and log-probabilities).
+    released: keys of this step's groups (and expired kept ones) that the trainer may free now.
     """
 
     tasks: NDArray[np.int64]
     keys: KeyArray
     rewards: NDArray[np.float64] | None
     report: BatchReport
+    staleness: NDArray[np.int64] | None = None
+    kept: KeyArray | None = None
+    released: KeyArray | None = None
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mtgrpo_core.sampler_config import SamplerConfig
 
 Counts = NDArray[np.int64]
+Flags = NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class Planner(Protocol):
         """Counts of prompts per task to generate next, shape (K,); None (or all zeros) ends the conversation."""
         ...
 
-    def select(self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator) -> Counts:
-        """Report positions forming the batch, from `accepted` (report positions, ascending) of groups `tasks`."""
+    def select(
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+    ) -> Counts:
+        """Report positions forming the batch, from `accepted` (report positions, ascending) of groups `tasks`;
+        carried (n,) marks groups kept from an earlier step."""
         ...
 
 
@@ -142,8 +146,10 @@ class PaperPlanner:
             return None
         return oversampled_request(self.scheme, deficit * view.inflation, self.total, rng)  # step 5
 
-    def select(self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator) -> Counts:
-        return select_by_ratio(tasks, accepted, targets, self.batch_size, rng)
+    def select(
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+    ) -> Counts:
+        return select_by_ratio(tasks, accepted, targets, self.batch_size, rng, carried)
 
 
 class PosteriorPlanner(PaperPlanner):
@@ -185,7 +191,9 @@ class DapoPlanner(PaperPlanner):
             return None
         return oversampled_request(self.scheme, view.weights * view.inflation, self.total, rng)
 
-    def select(self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator) -> Counts:
+    def select(
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+    ) -> Counts:
         return select_first(accepted, self.batch_size)
 
 
@@ -202,7 +210,9 @@ class NoFilterPlanner:
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:
         return view.targets.copy() if view.round == 0 else None
 
-    def select(self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator) -> Counts:
+    def select(
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+    ) -> Counts:
         return select_first(accepted, self.batch_size)
 
 

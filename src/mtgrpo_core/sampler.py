@@ -25,6 +25,7 @@ from mtgrpo_core.acceptance import FilterRateEstimator, inflation
 from mtgrpo_core.advantages import zero_gradient_mask
 from mtgrpo_core.batch_ledger import BatchLedger
 from mtgrpo_core.batch_types import Batch, BatchReport, Request
+from mtgrpo_core.carry_pool import CarryPool
 from mtgrpo_core.planners import Planner, PlanView, default_estimator, planner_for
 from mtgrpo_core.sampler_config import SamplerConfig
 from mtgrpo_core.signal_guard import NoSignalGuard
@@ -51,6 +52,7 @@ class BatchBuilder:
         planner: Planner,
         rng: np.random.Generator,
         guard: NoSignalGuard | None = None,
+        carry: CarryPool | None = None,
     ) -> None:
         self.config = config
         self._k = int(weights.shape[0])
@@ -67,6 +69,11 @@ class BatchBuilder:
         self._done = False
         self._finished = False
         self._ledger = BatchLedger(self._k, config.group_size)
+        self._carry = carry
+        offered = carry.offer() if carry is not None else None
+        self._carried_staleness = np.zeros(0, dtype=np.int64) if offered is None else offered.staleness
+        if offered is not None and len(offered):
+            self._ledger.record_carried(offered.tasks, offered.keys, offered.rewards)
 
     @property
     def num_tasks(self) -> int:
@@ -153,9 +160,18 @@ class BatchBuilder:
         cfg, ledger = self.config, self._ledger
         tasks = ledger.tasks()
         info = ledger.informative()
-        idx = self._planner.select(tasks, ledger.accepted_positions(), self.targets, self._rng)
+        carried = ledger.carried()
+        idx = self._planner.select(tasks, ledger.accepted_positions(), self.targets, self._rng, carried)
         realized = np.bincount(tasks[idx], minlength=self._k)
-        informative = np.bincount(tasks[info], minlength=self._k)
+        informative = np.bincount(tasks[info & ~carried], minlength=self._k)
+        staleness = np.zeros(tasks.shape[0], dtype=np.int64)
+        staleness[: self._carried_staleness.shape[0]] = self._carried_staleness  # carried groups are booked first
+        in_batch = np.zeros(tasks.shape[0], dtype=np.bool_)
+        in_batch[idx] = True
+        kept = np.zeros(tasks.shape[0], dtype=np.bool_)
+        if self._carry is not None:  # informative groups not used wait for a later step, within the bound
+            spare = np.flatnonzero(info & ~in_batch)
+            kept[spare] = self._carry.store(tasks[spare], ledger.keys(spare), ledger.rewards(spare), staleness[spare])
         if cfg.filtering != "none":
             self._estimator.update(ledger.generated, informative)
         if self._guard is not None:
@@ -175,8 +191,18 @@ class BatchBuilder:
             short_tasks=tuple(int(k) for k in short),
             mean_reward=ledger.mean_reward(),
             barren_tasks=tuple(int(k) for k in np.flatnonzero(self.barren)),
+            carried_counts=np.bincount(tasks[idx][carried[idx]], minlength=self._k),
+            kept_counts=np.bincount(tasks[kept], minlength=self._k),
         )
-        return Batch(tasks=tasks[idx], keys=ledger.keys(idx), rewards=ledger.rewards(idx), report=report)
+        return Batch(
+            tasks=tasks[idx],
+            keys=ledger.keys(idx),
+            rewards=ledger.rewards(idx),
+            report=report,
+            staleness=staleness[idx],
+            kept=ledger.keys(np.flatnonzero(kept)),
+            released=ledger.keys(np.flatnonzero(~in_batch & ~kept)),
+        )
 
 
 class RatioPreservingSampler:
@@ -207,6 +233,7 @@ class RatioPreservingSampler:
         guarded = config.filtering != "none" and config.guard_floor > 0
         probe = -(-config.batch_size // self._k) if config.guard_probe is None else config.guard_probe
         self.guard = NoSignalGuard(self._k, config.guard_floor, probe=probe) if guarded else None
+        self.carry = CarryPool(self._k, config.carry_over) if config.carry_over > 0 else None
 
     @property
     def num_tasks(self) -> int:
@@ -217,7 +244,7 @@ class RatioPreservingSampler:
         z = v.simplex("weights", weights, self._k)
         step = v.positive_int("step", step, minimum=0)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard)
+        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard, self.carry)
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, config and estimator state; JSON-native types only (`json.dumps` works as is)."""
@@ -228,6 +255,7 @@ class RatioPreservingSampler:
             "config": self.config.to_dict(),
             "estimator": self.estimator.state_dict(),
             "guard": None if self.guard is None else self.guard.state_dict(),
+            "carry": None if self.carry is None else self.carry.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -240,12 +268,20 @@ class RatioPreservingSampler:
         seed = v.positive_int("state['seed']", state["seed"], minimum=0)
         if (state.get("guard") is None) != (self.guard is None):
             raise ValueError(f"state['guard'] is {state.get('guard')!r}, but this sampler's guard is {self.guard}")
-        backup = self.estimator.state_dict()
-        self.estimator.load_state_dict(state["estimator"])
-        if self.guard is not None:
-            try:
+        if (state.get("carry") is None) != (self.carry is None):
+            raise ValueError(f"state['carry'] is {state.get('carry')!r}, but this sampler's carry-over is {self.carry}")
+        backup = self.state_dict()
+        try:
+            self.estimator.load_state_dict(state["estimator"])
+            if self.guard is not None:
                 self.guard.load_state_dict(state["guard"])
-            except Exception:
-                self.estimator.load_state_dict(backup)
-                raise
+            if self.carry is not None:
+                self.carry.load_state_dict(state["carry"])
+        except Exception:
+            self.estimator.load_state_dict(backup["estimator"])
+            if self.guard is not None:
+                self.guard.load_state_dict(backup["guard"])
+            if self.carry is not None:
+                self.carry.load_state_dict(backup["carry"])
+            raise
         self.seed = seed

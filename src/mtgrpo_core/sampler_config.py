@@ -43,6 +43,10 @@ class SamplerConfig:
         is sampled only by probe groups until one is informative. 0 turns the guard off; it is off without
         filtering.
     guard_probe: groups per step that keep testing a barren task; None: the uniform share ceil(B / K).
+    carry_over: steps an informative group that was generated but not needed may wait to be trained
+        (`carry_pool`, beyond the paper); 0 (default) is strictly on-policy, as in the paper. A trainer that turns
+        it on keeps the generating policy's log-probabilities of every kept group and trains carried groups with
+        the clipped importance ratio against them.
     correct_reward: reward that counts as correct for the strict filter.
     """
 
@@ -60,6 +64,7 @@ class SamplerConfig:
     correct_reward: float = 1.0
     guard_floor: float = 0.02
     guard_probe: int | None = None
+    carry_over: int = 0
 
     def __post_init__(self) -> None:
         v.positive_int("batch_size", self.batch_size)
@@ -73,6 +78,7 @@ class SamplerConfig:
         v.real_in_range("confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
         v.real_in_range("correct_reward", self.correct_reward)
         v.real_in_range("guard_floor", self.guard_floor, 0.0, 1.0, high_open=True)
+        v.positive_int("carry_over", self.carry_over, minimum=0)
         if self.guard_probe is not None:
             v.positive_int("guard_probe", self.guard_probe, minimum=0)
         for name in ("ratio_constraint", "acceptance_aware"):

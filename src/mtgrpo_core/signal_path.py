@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
@@ -59,6 +59,8 @@ def step_signals(
     improvement I_k: `task_improvement(before, after, reduce=improvement_reduce)` over task k's surrogate samples.
     mean_abs_advantage r_k: mean |A| over task k's trained samples.
     A task with rollouts but no trained sample has no I_k or r_k: TaskSignals records 0 and lists it as untrained.
+    A task with trained samples but no rollout this step (all of them carried over from an earlier step) is
+    absent: J_k is a measurement of the current policy, so its signals wait for a step that generates for it.
     """
     if not isinstance(facts, StepFacts):
         raise TypeError(f"facts must be a StepFacts, got {type(facts).__name__}")
@@ -80,26 +82,13 @@ def step_signals(
             raise ValueError("facts.surrogate_task (or facts.sample_task) is needed with the surrogate values")
         assert facts.surrogate_before is not None and facts.surrogate_after is not None
         improvement = task_improvement(facts.surrogate_before, facts.surrogate_after, task, k, improvement_reduce)
-    present = ~np.isnan(reward)
     return TaskSignals.build(
         reward=reward,
-        present=present,
-        improvement=_absent_as_nan(improvement, present),
-        mean_abs_advantage=_absent_as_nan(mean_abs, present),
+        present=~np.isnan(reward),
+        improvement=improvement,
+        mean_abs_advantage=mean_abs,
         accuracy=accuracy,
     )
-
-
-def _absent_as_nan(values: NDArray[np.float64] | None, present: NDArray[np.bool_]) -> NDArray[np.float64] | None:
-    if values is None:
-        return None
-    stray = ~present & ~np.isnan(values)
-    if stray.any():
-        raise ValueError(
-            f"task {int(np.argmax(stray))} has trained samples but no generated rollout in facts.rollout_task: "
-            "list every rollout of the step, trained or not"
-        )
-    return values
 
 
 def check_needs(needs: Iterable[str], provided: Iterable[str], rule: str, backend: str) -> None:

@@ -67,36 +67,53 @@ def build_controller(method: str, num_tasks: int, spec: RunSpec) -> Controller:
     )
 
 
-def step_facts(everything: Groups, batch: Groups, advantage: NDArray[Any], after: NDArray[Any]) -> StepFacts:
-    """The step's facts for the core's signal path: every generated rollout, and the batch's rollouts with their
-    advantages and clipped surrogate before (= A) and after the update."""
-    n = everything.rewards.shape[1]
+def step_facts(
+    generated: Groups, batch: Groups, advantage: NDArray[Any], before: NDArray[Any], after: NDArray[Any]
+) -> StepFacts:
+    """The step's facts for the core's signal path: every rollout generated this step, and the batch's rollouts
+    with their advantages and clipped surrogate before and after the update."""
+    n = generated.rewards.shape[1]
     return StepFacts(
-        rollout_task=np.repeat(everything.task, n),
-        rollout_reward=everything.rewards.ravel(),
+        rollout_task=np.repeat(generated.task, n),
+        rollout_reward=generated.rewards.ravel(),
         sample_task=np.repeat(batch.task, n),
         sample_advantage=advantage.ravel(),
-        surrogate_before=advantage.ravel(),
+        surrogate_before=before.ravel(),
         surrogate_after=after.ravel(),
     )
 
 
-def _train_step(ctrl: Controller, policy: SimulatedPolicy, improvement_reduce: str) -> tuple[BatchReport, int]:
+@dataclass
+class _Kept:
+    """Groups the sampler keeps for later steps (carry-over), by key; keys count up over the whole run."""
+
+    groups: Groups
+    keys: NDArray[np.int64]
+    next_key: int = 0
+
+
+def _train_step(
+    ctrl: Controller, policy: SimulatedPolicy, improvement_reduce: str, kept: _Kept
+) -> tuple[BatchReport, int]:
     """One training step (Algorithm 1): the batch conversation, the GRPO step, the controller's weight update."""
     builder = ctrl.begin_step()
     parts: list[Groups] = []
-    n = 0
+    first = kept.next_key
     while (request := builder.next_request()) is not None:
         g = policy.generate(request.counts)
-        builder.report_arrays(g.task, np.arange(n, n + len(g)), rewards=g.rewards)
+        builder.report_arrays(g.task, np.arange(kept.next_key, kept.next_key + len(g)), rewards=g.rewards)
         parts.append(g)
-        n += len(g)
+        kept.next_key += len(g)
     batch = builder.finish()
-    everything = Groups.concat(parts)
-    trained = everything.take(np.asarray(batch.keys, dtype=np.int64))
-    advantage, after = policy.train_step(trained)
-    facts = step_facts(everything, trained, advantage, after)
+    generated = Groups.concat(parts) if parts else Groups.empty(policy.group_size)
+    pool = Groups.concat([kept.groups, generated])  # keys ascending: kept ones, then this step's
+    pool_keys = np.concatenate([kept.keys, np.arange(first, kept.next_key)])
+    trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
+    advantage, before, after = policy.train_step(trained)
+    facts = step_facts(generated, trained, advantage, before, after)
     ctrl.end_step(step_signals(facts, ctrl.num_tasks, improvement_reduce=improvement_reduce))
+    kept_keys = np.asarray(batch.kept, dtype=np.int64) if batch.kept is not None else np.zeros(0, np.int64)
+    kept.groups, kept.keys = pool.take(np.searchsorted(pool_keys, kept_keys)), kept_keys
     return batch.report, len(batch)
 
 
@@ -110,9 +127,10 @@ def run_one(suite: Suite, spec: RunSpec, on_step: Callable[[], None] | None = No
     weights, shares = np.zeros((t, k)), np.zeros((t, k))
     rounds, groups, batch = (np.zeros(t, dtype=np.int64) for _ in range(3))
     exhausted = np.zeros(t, dtype=bool)
+    kept = _Kept(Groups.empty(spec.group_size), np.zeros(0, dtype=np.int64))
     for step in range(t):
         try:
-            report, batch[step] = _train_step(ctrl, policy, spec.improvement_reduce)
+            report, batch[step] = _train_step(ctrl, policy, spec.improvement_reduce, kept)
         except ValueError as err:
             raise ValueError(f"method {spec.method!r}, seed {spec.seed}, step {step}: {err}") from err
         weights[step], shares[step] = report.weights, report.realized_shares

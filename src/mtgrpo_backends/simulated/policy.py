@@ -17,9 +17,11 @@ Model (all randomness from numpy Generators seeded explicitly):
   ds_k = eta_k sum_j T_kj g_j;  dphi_k = eta_k h_k with h_k the task's own format gradient.
 - Held-out accuracy: the EXPECTED accuracy over a fixed held-out set of prompts drawn once per seed (no rollout
   sampling noise; the finite set keeps the prompt-sampling noise of a real test set).
-- Surrogate values for I_k (Eq. 8): `train_step` returns, for every rollout of the batch, the PPO clipped
-  surrogate min(r A, clip(r, 1-e_lo, 1+e_hi) A) before the update (r = 1: the value is A) and after it
-  (r = pi_new(y) / pi_old(y) under this model); the core's signal path reduces them per task.
+- Groups kept from an earlier step (carry-over) are trained as PPO trains them: each rollout's gradient is
+  weighted by the importance ratio r = pi_current(y) / pi_generating(y) and is zero where the clipped surrogate
+  min(r A, clip(r, 1-e_lo, 1+e_hi) A) is clipped; a fresh group has r = 1 exactly.
+- Surrogate values for I_k (Eq. 8): `train_step` returns, for every rollout of the batch, the clipped surrogate
+  before the update (r = 1 for a fresh group: the value is A) and after it; the core's signal path reduces them.
 """
 
 from __future__ import annotations
@@ -59,13 +61,14 @@ class TaskModel:
 
 @dataclass(frozen=True)
 class Groups:
-    """Generated prompt groups: task (n,), solvable (n,), offset (n,), prob (n,) at generation, correct and
-    formatted (n, N) bool."""
+    """Generated prompt groups: task (n,), solvable (n,), offset (n,), prob and format_prob (n,) at generation (the
+    generating policy's), correct and formatted (n, N) bool."""
 
     task: NDArray[np.int64]
     solvable: NDArray[np.bool_]
     offset: NDArray[np.float64]
     prob: NDArray[np.float64]
+    format_prob: NDArray[np.float64]
     correct: NDArray[np.bool_]
     formatted: NDArray[np.bool_]
 
@@ -79,14 +82,20 @@ class Groups:
 
     def take(self, index: ArrayLike) -> Groups:
         i = np.asarray(index, dtype=np.int64)
-        return Groups(self.task[i], self.solvable[i], self.offset[i], self.prob[i], self.correct[i], self.formatted[i])
+        return Groups(*(getattr(self, f)[i] for f in _GROUP_FIELDS))
+
+    @staticmethod
+    def empty(group_size: int) -> Groups:
+        """No groups (rollout columns of width group_size)."""
+        flat, bools = np.zeros(0), np.zeros((0, group_size), dtype=np.bool_)
+        return Groups(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_), flat, flat, flat, bools, bools)
 
     @staticmethod
     def concat(parts: list[Groups]) -> Groups:
         return Groups(*(np.concatenate([getattr(p, f) for p in parts]) for f in _GROUP_FIELDS))
 
 
-_GROUP_FIELDS = ("task", "solvable", "offset", "prob", "correct", "formatted")
+_GROUP_FIELDS = ("task", "solvable", "offset", "prob", "format_prob", "correct", "formatted")
 
 
 def zero_gradient_probability(
@@ -162,38 +171,44 @@ class SimulatedPolicy:
         solvable = rng.random(n) >= self._unsolvable[task]
         offset = rng.standard_normal(n) * self._spread[task]
         prob = expit(self.skill[task] + offset) * solvable
+        format_prob = self.format_rate[task]
         draws = rng.random((2, n, self.group_size))
         correct = draws[0] < prob[:, None]
-        formatted = ~correct & (draws[1] < self.format_rate[task][:, None])
-        return Groups(task, solvable, offset, prob, correct, formatted)
+        formatted = ~correct & (draws[1] < format_prob[:, None])
+        return Groups(task, solvable, offset, prob, format_prob, correct, formatted)
 
-    def train_step(self, batch: Groups) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """One GRPO step on the batch's groups. Returns, per rollout (n, N), the advantage A (= the clipped
-        surrogate before the update) and the clipped surrogate after it."""
+    def train_step(self, batch: Groups) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """One GRPO step on the batch's groups. Returns, per rollout (n, N), the advantage A and the clipped
+        surrogate before and after the update (before = A for a fresh group)."""
         k = self.num_tasks
         if len(batch) == 0:
             empty = np.zeros((0, self.group_size))
-            return empty, empty
+            return empty, empty, empty
         adv = group_advantages(batch.rewards, method="grpo")
-        f_old = self.format_rate[batch.task]
-        grad_s = (adv * (batch.correct - batch.prob[:, None])).sum(axis=1)
-        grad_phi = (adv * ~batch.correct * (batch.formatted - f_old[:, None])).sum(axis=1)
+        ratio = self._ratio(batch)  # 1 for fresh groups
+        low, high = 1.0 - CLIP_LOW, 1.0 + CLIP_HIGH
+        active = ((adv > 0) & (ratio < high)) | ((adv < 0) & (ratio > low))  # where the clipped surrogate has slope
+        weight = np.where(active, adv * ratio, 0.0)
+        p_cur = (expit(self.skill[batch.task] + batch.offset) * batch.solvable)[:, None]
+        f_cur = self.format_rate[batch.task][:, None]
+        grad_s = (weight * (batch.correct - p_cur)).sum(axis=1)
+        grad_phi = (weight * ~batch.correct * (batch.formatted - f_cur)).sum(axis=1)
         rows = len(batch) * self.group_size  # the loss is the mean over the batch's rollouts
         g_s = np.bincount(batch.task, weights=grad_s, minlength=k) / rows
         g_phi = np.bincount(batch.task, weights=grad_phi, minlength=k) / rows
+        before = np.minimum(ratio * adv, np.clip(ratio, low, high) * adv)
         self.skill = self.skill + self._speed * (self.transfer @ g_s)
         self.format_logit = self.format_logit + self._speed * g_phi
-        ratio = self._ratio(batch, f_old)
-        low, high = 1.0 - CLIP_LOW, 1.0 + CLIP_HIGH
-        return adv, np.minimum(ratio * adv, np.clip(ratio, low, high) * adv)
+        after_ratio = self._ratio(batch)
+        return adv, before, np.minimum(after_ratio * adv, np.clip(after_ratio, low, high) * adv)
 
-    def _ratio(self, batch: Groups, f_old: NDArray[np.float64]) -> NDArray[np.float64]:
-        """pi_new(y) / pi_old(y) for every rollout of the batch, shape (n, N). Branches for outcomes of probability
-        0 (a wrong answer at p = 1, a correct one at an unsolvable prompt) are never selected."""
+    def _ratio(self, batch: Groups) -> NDArray[np.float64]:
+        """pi_current(y) / pi_generating(y) for every rollout of the batch, shape (n, N). Branches for outcomes of
+        probability 0 (a wrong answer at p = 1, a correct one at an unsolvable prompt) are never selected."""
         p_old = batch.prob[:, None]
         p_new = (expit(self.skill[batch.task] + batch.offset) * batch.solvable)[:, None]
         f_new = self.format_rate[batch.task][:, None]
-        f_o = f_old[:, None]
+        f_o = batch.format_prob[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             correct = np.where(p_old > 0, p_new / p_old, 1.0)
             wrong = (1 - p_new) / (1 - p_old)

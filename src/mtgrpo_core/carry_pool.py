@@ -1,0 +1,95 @@
+"""Carry-over (beyond the paper): informative groups generated but not needed are kept for the next steps.
+
+Any planner that throws informative surplus away pays for it: the paper's 3-task case cannot go below about 2.5
+prompts generated per prompt used without many rounds. Keeping the surplus for at most `max_staleness` later
+steps (trained then with the clipped importance ratio against the policy that generated it) lets the next batch
+start from it. The sampler offers the kept groups at the start of each conversation, before any request; the
+batch says which of its groups are carried (and how stale), which groups it keeps, and which the trainer may free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mtgrpo_core import checks as v
+from mtgrpo_core.report_keys import KeyArray
+
+
+@dataclass(frozen=True)
+class CarriedGroups:
+    """Groups kept from earlier steps: task (n,), key (n,), rewards (n, N) or None, staleness (n,) >= 1 (steps
+    since they were generated, as of the step that offers them)."""
+
+    tasks: NDArray[np.int64]
+    keys: KeyArray
+    rewards: NDArray[np.float64] | None
+    staleness: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.tasks.shape[0])
+
+
+class CarryPool:
+    """The kept groups between steps; explicit, JSON-native state."""
+
+    KIND = "carry_pool"
+
+    def __init__(self, num_tasks: int, max_staleness: int) -> None:
+        self._k = v.positive_int("num_tasks", num_tasks)
+        self.max_staleness = v.positive_int("max_staleness", max_staleness)
+        self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
+
+    def offer(self) -> CarriedGroups:
+        """The groups kept for the coming step (each one step staler than when stored)."""
+        return self._groups
+
+    def store(
+        self,
+        tasks: NDArray[np.int64],
+        keys: KeyArray,
+        rewards: NDArray[np.float64] | None,
+        staleness: NDArray[np.int64],
+    ) -> NDArray[np.bool_]:
+        """Keep the groups whose staleness at the next step (staleness + 1) is within the bound; replaces what was
+        kept. Returns the mask of the groups kept."""
+        keep = staleness + 1 <= self.max_staleness
+        self._groups = CarriedGroups(
+            tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1
+        )
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        g = self._groups
+        return {
+            "kind": self.KIND,
+            "num_tasks": self._k,
+            "max_staleness": self.max_staleness,
+            "tasks": g.tasks.tolist(),
+            "keys": g.keys.tolist(),
+            "key_dtype": str(g.keys.dtype),
+            "rewards": None if g.rewards is None else g.rewards.tolist(),
+            "staleness": g.staleness.tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, self.KIND, self._k)
+        if state.get("max_staleness") != self.max_staleness:
+            raise ValueError(f"state['max_staleness'] is {state.get('max_staleness')!r}, expected {self.max_staleness}")
+        tasks = v.task_ids("state['tasks']", state.get("tasks", []), self._k)
+        staleness = v.int_array("state['staleness']", state.get("staleness", []), ndim=1)
+        try:
+            keys = np.asarray(state.get("keys", []), dtype=np.dtype(state.get("key_dtype", "int64")))
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ValueError(f"state['keys'] do not fit state['key_dtype'] {state.get('key_dtype')!r}: {err}") from err
+        rewards = None if state.get("rewards") is None else v.finite_array("state['rewards']", state["rewards"])
+        n = tasks.shape[0]
+        if keys.shape != (n,) or staleness.shape != (n,) or (rewards is not None and rewards.shape[0] != n):
+            raise ValueError(f"state holds {n} kept groups but keys, staleness or rewards of other lengths")
+        if n and (staleness.min() < 1 or staleness.max() > self.max_staleness):
+            raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
+        self._groups = CarriedGroups(tasks, keys, rewards, staleness)

@@ -5,14 +5,34 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
 
-CHECKPOINT_FORMAT = "mtgrpo-torch-train/2"
+CHECKPOINT_FORMAT = "mtgrpo-torch-train/3"
+
+
+def _group_payload(key: int, g: GeneratedGroup) -> dict[str, Any]:
+    """A kept group (carry-over) as tensors and plain values, so that a checkpoint loads with weights_only."""
+    return {
+        "key": key,
+        "task": g.task,
+        "prompt": list(g.prompt),
+        "completions": g.completions,
+        "masks": g.masks,
+        "rewards": torch.from_numpy(g.rewards.copy()),
+        "old_logp": g.old_logp,
+    }
+
+
+def _group_from(p: dict[str, Any]) -> tuple[int, GeneratedGroup]:
+    group = GeneratedGroup(p["task"], p["prompt"], p["completions"], p["masks"], p["rewards"].numpy(), p["old_logp"])
+    return int(p["key"]), group
 
 
 def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, suite: Suite) -> None:
@@ -30,6 +50,8 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
         "prompt_rng": state.prompt_rng.bit_generator.state,
         "generator": state.generator.get_state(),
         "ref_model": None if state.ref_model is None else state.ref_model.state_dict(),
+        "next_key": state.next_key,
+        "kept": [_group_payload(k, g) for k, g in state.kept.items()],
         "history": state.history,
         "evals": state.evals,
     }
@@ -58,5 +80,7 @@ def load_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
     if state.ref_model is not None and payload["ref_model"] is not None:
         state.ref_model.load_state_dict(payload["ref_model"])
     state.step = int(payload["step"])
+    state.next_key = int(payload["next_key"])
+    state.kept = dict(_group_from(p) for p in payload["kept"])
     state.history = list(payload["history"])
     state.evals = list(payload["evals"])

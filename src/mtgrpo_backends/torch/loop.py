@@ -15,6 +15,7 @@ run continues exactly as an uninterrupted one would (bit for bit on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,10 +69,9 @@ def step_facts(
 ) -> StepFacts:
     """This loop's facts for the core's signal path: every generated group's rollouts; the trained rows' tasks,
     advantages and per-sequence surrogate before and after the update (None when I_k is not needed)."""
-    n = generated[0].rewards.shape[0]
     return StepFacts(
-        rollout_task=np.repeat([g.task for g in generated], n),
-        rollout_reward=np.concatenate([g.rewards for g in generated]),
+        rollout_task=np.concatenate([np.full(g.rewards.shape[0], g.task) for g in generated] or [np.zeros(0, int)]),
+        rollout_reward=np.concatenate([g.rewards for g in generated] or [np.zeros(0)]),
         sample_task=row_task.cpu().numpy(),
         sample_advantage=advantages.double().cpu().numpy(),
         surrogate_before=before,
@@ -88,7 +88,7 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     # 1. rollout + score inside the controller's batch conversation (filter / sample)
     builder = ctrl.begin_step()
     timer.lap("core")
-    pool: dict[int, GeneratedGroup] = {}
+    fresh: dict[int, GeneratedGroup] = {}
     failures = 0
     while (request := builder.next_request()) is not None:
         timer.lap("core")
@@ -99,14 +99,16 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
             model, suite, tokenizer, problems, n, config.temperature, state.generator, config.reward_errors_as_zero
         )
         failures += failed
-        keys = range(len(pool), len(pool) + len(groups))
-        pool.update(zip(keys, groups, strict=True))
+        keys = range(state.next_key, state.next_key + len(groups))
+        state.next_key += len(groups)
+        fresh.update(zip(keys, groups, strict=True))
         timer.lap("generate")
         builder.report_arrays([g.task for g in groups], list(keys), rewards=np.stack([g.rewards for g in groups]))
     batch = builder.finish()
     report = batch.report
 
-    # 2. advantages of the selected groups
+    # 2. advantages of the selected groups (some may be carried from an earlier step: see carry-over)
+    pool = {**state.kept, **fresh}
     chosen = [pool[int(key)] for key in batch.keys]
     row_task = torch.tensor([g.task for g in chosen for _ in range(n)], dtype=torch.long, device=config.device)
     rewards = torch.tensor(np.stack([g.rewards for g in chosen]) if chosen else np.zeros((0, n)), device=config.device)
@@ -120,10 +122,12 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
         ids, mask, start = _training_tensors(chosen, tokenizer.pad_id, config.device)
         cmask = mask[:, start:].float()
         with torch.no_grad():
-            old_logp = completion_logprobs(model, ids, mask, start, config.temperature)
+            pre_logp = completion_logprobs(model, ids, mask, start, config.temperature)
+            old_logp = _generating_logprobs(pre_logp, chosen, n)
             ref_logp = None
             if state.ref_model is not None:
                 ref_logp = completion_logprobs(state.ref_model, ids, mask, start, config.temperature)
+        state.kept = _keep(state, config, tokenizer, pool, fresh, batch.kept)
         stats = _update(state, config, ids, mask, start, cmask, old_logp, adv, ref_logp)
         timer.lap("update")
 
@@ -136,14 +140,16 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
                 .double()
                 .cpu()
                 .numpy()
-                for logp in (old_logp, new_logp)
+                for logp in (pre_logp, new_logp)
             )
             timer.lap("update")
-    elif "improvement" in ctrl.needs:  # no group survived the filter: nothing was trained
-        before = after = np.zeros(0)
+    else:
+        state.kept = _keep(state, config, tokenizer, pool, fresh, batch.kept)
+        if "improvement" in ctrl.needs:  # no group survived the filter: nothing was trained
+            before = after = np.zeros(0)
 
     # 5. next task weights: the core's signal path turns the step's facts into J, accuracy, I and mean |A|
-    facts = step_facts(list(pool.values()), row_task, adv, before, after)
+    facts = step_facts(list(fresh.values()), row_task, adv, before, after)
     signals = step_signals(facts, k_tasks, improvement_reduce=config.improvement_reduce)
     ctrl.end_step(signals)
     state.step += 1
@@ -159,6 +165,8 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
         "generated": report.generated.tolist(),
         "zero_gradient_rate": (1.0 - report.informative / np.maximum(report.generated, 1)).tolist(),
         "budget_exhausted": report.budget_exhausted,
+        "carried_counts": None if report.carried_counts is None else report.carried_counts.tolist(),
+        "barren_tasks": list(report.barren_tasks),
         "train_reward": report.mean_reward.tolist(),
         "train_accuracy": None if signals.accuracy is None else signals.accuracy.tolist(),
         "improvement": None if signals.improvement is None else signals.improvement.tolist(),
@@ -168,6 +176,42 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     }
     state.history.append(row)
     return row
+
+
+def _generating_logprobs(pre_logp: torch.Tensor, chosen: list[GeneratedGroup], n: int) -> torch.Tensor:
+    """Per-token log-probs of the policy that generated each row: the current one (pre_logp) for this step's
+    groups, the stored ones for groups carried from an earlier step (their ratio is then off 1 and clipped)."""
+    if all(g.old_logp is None for g in chosen):
+        return pre_logp
+    old = pre_logp.clone()
+    for j, g in enumerate(chosen):
+        if g.old_logp is not None:
+            old[j * n : (j + 1) * n, : g.old_logp.shape[1]] = g.old_logp.to(old.device)
+    return old
+
+
+def _keep(
+    state: TrainState,
+    config: TrainConfig,
+    tokenizer: CharTokenizer,
+    pool: dict[int, GeneratedGroup],
+    fresh: dict[int, GeneratedGroup],
+    kept_keys: Any,
+) -> dict[int, GeneratedGroup]:
+    """The groups the sampler keeps for later steps, each with its generating policy's log-probs: for this step's
+    groups computed now, before the update (one forward pass over them); carried ones keep theirs."""
+    keys = [] if kept_keys is None else [int(k) for k in kept_keys]
+    new = [k for k in keys if k in fresh]
+    kept = {k: pool[k] for k in keys}
+    if new:
+        groups = [fresh[k] for k in new]
+        ids, mask, start = _training_tensors(groups, tokenizer.pad_id, config.device)
+        with torch.no_grad():
+            logp = completion_logprobs(state.model, ids, mask, start, config.temperature).cpu()
+        n = config.group_size
+        for j, (k, g) in enumerate(zip(new, groups, strict=True)):
+            kept[k] = dataclasses.replace(g, old_logp=logp[j * n : (j + 1) * n, : g.completions.shape[1]].clone())
+    return kept
 
 
 def _update(

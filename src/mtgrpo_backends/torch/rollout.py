@@ -23,6 +23,7 @@ class GeneratedGroup:
     completions: torch.Tensor  # (N, C) token ids
     masks: torch.Tensor  # (N, C)
     rewards: np.ndarray  # (N,)
+    old_logp: torch.Tensor | None = None  # (N, C): the generating policy's log-probs, kept for carry-over
 
 
 def generate_groups(

@@ -11,6 +11,7 @@ import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import check_vocab
+from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
 from mtgrpo_core import Controller
 
@@ -26,6 +27,8 @@ class TrainState:
     generator: torch.Generator
     ref_model: torch.nn.Module | None = None
     step: int = 0
+    next_key: int = 0  # group keys count up over the run (carried groups keep theirs)
+    kept: dict[int, GeneratedGroup] = field(default_factory=dict)  # groups the sampler keeps for later steps
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
 

@@ -1,0 +1,59 @@
+"""Carry-over in the PyTorch loop: kept groups store the generating policy's log-probabilities and are trained with
+the clipped ratio against them; without carry-over nothing is kept and nothing changes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.loop import _training_tensors, train, train_step
+from mtgrpo_backends.torch.model import CharGPT, completion_logprobs
+from mtgrpo_backends.torch.state import make_state
+from tests.test_torch_loop import TINY, TOK, _config, _suite
+
+
+def test_kept_groups_carry_the_generating_policys_log_probs_and_are_trained_once() -> None:
+    config = _config("mt-grpo:0.2", steps=8)
+    config.sampler.update({"planner": "joint", "carry_over": 1})
+    state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
+    trained_carried = 0
+    for _ in range(8):
+        snapshot = copy.deepcopy(state.model)
+        kept_before = set(state.kept)
+        row = train_step(state, config, _suite(), TOK)
+        trained_carried += sum(row["carried_counts"])
+        assert set(state.kept).isdisjoint(kept_before)  # staleness bound 1: a kept group waits one step at most
+        for group in state.kept.values():  # kept this step: log-probs of the policy before this step's update
+            assert group.old_logp is not None and group.old_logp.shape == group.completions.shape
+            ids, mask, start = _training_tensors([group], TOK.pad_id, "cpu")
+            with torch.no_grad():
+                want = completion_logprobs(snapshot, ids, mask, start, config.temperature)
+            torch.testing.assert_close(group.old_logp, want[:, : group.completions.shape[1]])
+    assert trained_carried > 0
+
+
+def test_without_carry_over_nothing_is_kept() -> None:
+    config = _config("mt-grpo:0.2", steps=3)
+    state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
+    for _ in range(3):
+        row = train_step(state, config, _suite(), TOK)
+        assert state.kept == {} and sum(row["carried_counts"]) == 0
+
+
+def test_resume_with_kept_groups_continues_bit_for_bit(tmp_path: Path) -> None:
+    def config(steps: int) -> TrainConfig:
+        c = _config("mt-grpo:0.2", steps=steps)
+        c.sampler.update({"planner": "joint", "carry_over": 1})
+        return c
+
+    whole = train(config(4), CharGPT(TINY, seed=0), _suite(), TOK)
+    ckpt = tmp_path / "run.pt"
+    first = train(config(2), CharGPT(TINY, seed=0), _suite(), TOK, checkpoint=ckpt)
+    assert first.kept, "the checkpoint must hold kept groups for this test to mean anything"
+    resumed = train(config(4), CharGPT(TINY, seed=0), _suite(), TOK, resume=ckpt)
+    assert resumed.controller.state_dict() == whole.controller.state_dict()
+    for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
+        assert torch.equal(a, b)

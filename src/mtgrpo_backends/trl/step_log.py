@@ -16,17 +16,27 @@ from mtgrpo_core.sampler import BatchReport
 logger = logging.getLogger(__name__)
 
 
-def log_batch(metrics: Any, task_names: Sequence[str], report: BatchReport, shortfall: int, warn: bool) -> None:
+def log_batch(
+    metrics: Any, task_names: Sequence[str], report: BatchReport, shortfall: int, rollouts_per_group: int, warn: bool
+) -> None:
     """Append the report's figures to TRL's metric lists (`trainer._metrics["train"]`); warn (on one process)
-    when the round budget ran out."""
+    when the round budget ran out or the no-signal guard sampled a task only by probes."""
+    if report.barren_tasks and warn:
+        logger.warning(
+            "MT-GRPO: no informative group of %s in a long run of its groups: sampled only by probes until one is "
+            "informative (the no-signal guard, docs/sampler.md)",
+            [task_names[k] for k in report.barren_tasks],
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
         filtered = np.where(report.generated > 0, 1.0 - report.informative / report.generated, np.nan)
     for k, name in enumerate(task_names):
         metrics[f"mtgrpo/weight/{name}"].append(float(report.weights[k]))
         metrics[f"mtgrpo/filtered_ratio/{name}"].append(float(filtered[k]))
         metrics[f"mtgrpo/batch_share/{name}"].append(float(report.realized_shares[k]))
+        metrics[f"mtgrpo/barren/{name}"].append(float(k in report.barren_tasks))
     metrics["mtgrpo/rounds"].append(float(report.rounds))
     metrics["mtgrpo/generated_groups"].append(float(report.generated.sum()))
+    metrics["mtgrpo/generated_rollouts"].append(float(report.generated.sum() * rollouts_per_group))
     metrics["mtgrpo/shortfall_groups"].append(float(shortfall))
     if report.budget_exhausted and warn:
         logger.warning(

@@ -264,6 +264,7 @@ class MTGRPOTrainer(GRPOTrainer):
             self.task_names,
             batch.report,
             self._batch_groups - len(batch),
+            self._group_size,
             self.accelerator.is_main_process,
         )
         self._metrics["train"]["mtgrpo/filler_groups"].append(float(sum(data.fillers)))

@@ -57,3 +57,22 @@ def test_resume_with_kept_groups_continues_bit_for_bit(tmp_path: Path) -> None:
     assert resumed.controller.state_dict() == whole.controller.state_dict()
     for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _zero_for_add(problem, completion: str) -> float:  # type: ignore[no-untyped-def]
+    """The add task never scores (a task without signal); the others as in the loop tests."""
+    return 0.0 if "+" in problem.prompt else (1.0 if completion[:1].isdigit() else 0.0)
+
+
+def test_a_task_without_signal_is_only_probed_in_the_loop() -> None:
+    config = _config("mt-grpo:0.2", steps=10)
+    config.sampler.update({"guard_floor": 0.2})  # a short window (31 groups) keeps the test fast
+    suite = _suite(reward=_zero_for_add)
+    dead = [t.name for t in suite.tasks].index("add-easy")
+    state = make_state(config, CharGPT(TINY, seed=0), suite, TOK)
+    rows = [train_step(state, config, suite, TOK) for _ in range(10)]
+    barren = [i for i, r in enumerate(rows) if dead in r["barren_tasks"]]
+    assert barren, "the dead task was never recognised"
+    for r in rows[barren[0] :]:
+        assert r["generated"][dead] <= 2 and r["sampling_weights"][dead] == 0.0  # probes only: ceil(B / K) = 2 groups
+        assert sum(r["realized_counts"]) == 4 or r["budget_exhausted"]

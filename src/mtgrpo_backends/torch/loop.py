@@ -159,6 +159,7 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     row = {
         "step": state.step,
         "weights": weights.tolist(),
+        "sampling_weights": report.weights.tolist(),  # the rule's, with barren tasks at 0 (no-signal guard)
         "target_counts": report.target_counts.tolist(),
         "realized_counts": report.realized_counts.tolist(),
         "rounds": report.rounds,

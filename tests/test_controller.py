@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ def run_steps(ctrl: Controller, steps: int, start: int = 0) -> list[np.ndarray]:
         reward = np.array([0.7, 0.4, 0.1]) + 0.01 * step
         signals = TaskSignals.build(
             reward=reward,
+            accuracy=reward,  # read by the reference preset's rule (mt-grpo-ref), ignored by the others
             improvement=np.array([0.02, 0.01, 0.0]) if "improvement" in ctrl.needs else None,
             mean_abs_advantage=np.array([0.3, 0.5, 0.2]) if "mean_abs_advantage" in ctrl.needs else None,
         )
@@ -42,6 +45,9 @@ def run_steps(ctrl: Controller, steps: int, start: int = 0) -> list[np.ndarray]:
         "mt-grpo-noinfl",
         "minimax",
         "minimax-reg:0.01",
+        "mt-grpo-ref:0.2",
+        "dapo-ref",
+        "grpo-ref",
     ],
 )
 def test_every_method_runs_and_restores_identically(method: str) -> None:
@@ -66,6 +72,9 @@ def test_method_strings_configure_rule_and_sampler() -> None:
     assert Controller.from_method("mt-grpo", 3, 8, 4, planner="posterior").sampler.config.planner == "posterior"
     assert parse_method("minimax-reg").rule_kwargs == {"eta": 0.01}
     assert set(METHOD_NAMES) >= {"grpo", "dapo", "sec-grpo", "sec-dapo", "iwu-only", "rps-only", "mt-grpo"}
+    ref = Controller.from_method("mt-grpo-ref:0.2", 3, 8, 4)
+    assert ref.needs == {"improvement"} and ref.rule.coupled_decay  # type: ignore[attr-defined]
+    assert json.dumps(ref.state_dict()) and parse_method("mt-grpo-ref").improvement_reduce == "sum"
 
 
 @pytest.mark.parametrize(
@@ -75,6 +84,8 @@ def test_method_strings_configure_rule_and_sampler() -> None:
         ("mt-grpo:abc", "lam must be a number"),
         ("dapo:0.1", "takes no ':value'"),
         ("mt-grpo:-1", "must be in"),
+        ("mt-grpo-ref:-1", "must be in"),
+        ("dapo-ref:0.1", "takes no ':value'"),
     ],
 )
 def test_bad_method_strings(method: str, match: str) -> None:

@@ -52,6 +52,7 @@ class Controller:
         """
         spec = parse_method(method)
         num_tasks = v.positive_int("num_tasks", num_tasks)
+        spec.check_sampler_overrides(dict(sampler_overrides))  # a reference preset refuses or warns by name
         settings = {**spec.sampler_settings, **sampler_overrides}
         config = SamplerConfig(batch_size=batch_size, group_size=group_size, **settings)
         rule = spec.build_rule(num_tasks, **dict(rule_kwargs or {}))

@@ -10,6 +10,8 @@
 "mt-grpo-noinfl[:lam]" IWU + RP-SAMPLER without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
 "minimax-reg[:eta]"   regularised reward-only weights (Subroutine 2) + RP-SAMPLER (eta defaults to 0.01)
+"mt-grpo-ref[:lam]"   the paper's reference code, 3-task scripts (reference_presets.py, docs/fidelity.md)
+"mt-grpo-ref9[:lam]"  the paper's reference code, 9-task scripts; "dapo-ref", "dapo-ref9", "grpo-ref" its baselines
 "module:Class"        a user's WeightingRule class, built as Class(num_tasks), with RP-SAMPLER
 
 Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "minimax", "sec", "uniform", "fixed").
@@ -22,6 +24,7 @@ from typing import Any
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import WeightingRule
+from mtgrpo_core.reference_presets import REFERENCE_PRESETS, ReferencePreset
 from mtgrpo_core.rule_registry import build_rule
 
 _DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
@@ -40,22 +43,42 @@ _TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
     "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_RPS, "acceptance_aware": False}),
     "minimax": ("minimax", None, None, _RPS),
     "minimax-reg": ("minimax", "eta", 0.01, _RPS),
+    **{n: (p.rule, p.arg, p.default, dict(p.sampler_settings)) for n, p in REFERENCE_PRESETS.items()},
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_TABLE)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A parsed method string: which rule with which arguments, and the sampler settings it implies."""
+    """A parsed method string: which rule with which arguments, and the sampler settings it implies.
+
+    preset: the reference code's preset (`reference_presets`) for the "*-ref" methods, else None. Its rule
+    arguments are in rule_kwargs; `build_rule` also takes `actor_lr` (the I_k clip scales with it) and warns
+    about or refuses overrides by name; `check_sampler_overrides` does the same for sampler settings.
+    """
 
     name: str
     rule: str
-    rule_kwargs: dict[str, float] = field(default_factory=dict)
+    rule_kwargs: dict[str, Any] = field(default_factory=dict)
     sampler_settings: dict[str, Any] = field(default_factory=dict)
+    preset: ReferencePreset | None = None
+
+    @property
+    def improvement_reduce(self) -> str | None:
+        """The I_k reduction the method was tuned with ("sum" for the reference presets); None: the backend's."""
+        return None if self.preset is None else self.preset.improvement_reduce
 
     def build_rule(self, num_tasks: int, **overrides: Any) -> WeightingRule:
         """Construct the weighting rule for K tasks; `overrides` go to the rule's constructor."""
-        return build_rule(self.rule, num_tasks, **{**self.rule_kwargs, **overrides})
+        if self.preset is None:
+            return build_rule(self.rule, num_tasks, **{**self.rule_kwargs, **overrides})
+        return build_rule(self.rule, num_tasks, **self.preset.rule_arguments(num_tasks, self.rule_kwargs, overrides))
+
+    def check_sampler_overrides(self, overrides: dict[str, Any]) -> None:
+        """Refuse (or warn about, where the released scripts vary it) a sampler setting that overrides one of a
+        reference preset's; other methods accept any override."""
+        if self.preset is not None:
+            self.preset.check_sampler_overrides(overrides)
 
 
 def parse_method(text: str) -> MethodSpec:
@@ -71,7 +94,8 @@ def parse_method(text: str) -> MethodSpec:
             f"WeightingRule class, got {text!r}"
         )
     rule, arg_name, default, settings = _TABLE[name]
-    kwargs: dict[str, float] = {}
+    preset = REFERENCE_PRESETS.get(name)
+    kwargs: dict[str, Any] = {} if preset is None else dict(preset.rule_kwargs)
     if arg_name is None:
         if arg:
             raise ValueError(f"method {name!r} takes no ':value' argument, got {text!r}")
@@ -82,7 +106,7 @@ def parse_method(text: str) -> MethodSpec:
             raise ValueError(f"method {text!r}: {arg_name} must be a number, got {arg!r}") from err
         assert value is not None
         kwargs[arg_name] = v.real_in_range(f"{arg_name} of method {text!r}", value, 0.0, None)
-    return MethodSpec(name=text.strip().lower(), rule=rule, rule_kwargs=kwargs, sampler_settings=dict(settings))
+    return MethodSpec(text.strip().lower(), rule, kwargs, dict(settings), preset)
 
 
 def _is_number(text: str) -> bool:

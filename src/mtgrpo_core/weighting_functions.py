@@ -138,11 +138,14 @@ def adamw_step(
     weight_decay: float,
     betas: tuple[float, float] = ADAMW_BETAS,
     eps: float = ADAMW_EPS,
+    decoupled: bool = True,
 ) -> tuple[NDArray[np.float64], AdamWState]:
     """The AdamW step on xi used in the paper's experiments (Section "Task weights", lr 0.025, wd 1e-5).
 
     Same update as torch.optim.AdamW (decoupled weight decay, bias-corrected moments, eps added to the
     corrected root second moment): xi <- xi (1 - lr wd) - lr mhat / (sqrt(vhat) + eps).
+    decoupled=False is torch.optim.Adam(weight_decay=wd) instead, the paper's reference code
+    (priority_decay.py): coupled L2, g <- g + wd xi before the moments, and no separate shrinkage.
     Returns the new logits and the new state; the inputs are not modified.
     """
     xi, g = _logits_and_grad(logits, grad)
@@ -156,12 +159,38 @@ def adamw_step(
     for name, arr in (("state.exp_avg", state.exp_avg), ("state.exp_avg_rms", state.exp_avg_rms)):
         if arr.shape != xi.shape:
             raise ValueError(f"{name} must have shape {xi.shape} like the logits, got {arr.shape}")
+    if not isinstance(decoupled, bool):
+        raise TypeError(f"decoupled must be a bool, got {v._show(decoupled)}")
+    shrink = 1.0 - lr_ * wd
+    if not decoupled:
+        g, shrink = g + wd * xi, 1.0
     step = state.step + 1
     m = b1 * state.exp_avg + (1.0 - b1) * g
     rms = np.hypot(np.sqrt(b2) * state.exp_avg_rms, np.sqrt(1.0 - b2) * np.abs(g))
     denom = rms / np.sqrt(1.0 - b2**step) + eps_
-    new_xi = xi * (1.0 - lr_ * wd) - (lr_ / (1.0 - b1**step)) * m / denom
+    new_xi = xi * shrink - (lr_ / (1.0 - b1**step)) * m / denom
     return np.asarray(new_xi, dtype=np.float64), AdamWState(step, m, rms)
+
+
+def accuracy_average(average: ArrayLike, accuracy: ArrayLike, present: ArrayLike, decay: float) -> NDArray[np.float64]:
+    """Moving average of per-task accuracy, a_k <- decay a_k + (1 - decay) acc_k at present tasks, shapes (K,).
+
+    The reward term of the IWU score in the paper's reference code (`batch_acc`, `update_batch_acc` in
+    priority_decay.py, decay 0.5, a_k = 0 before the first observation). Absent tasks keep a_k; their accuracy
+    entries are never read (they may be NaN). decay 0 is the step's accuracy.
+    """
+    a = v.finite_array("average", average, ndim=1)
+    acc = v.as_float_array("accuracy", accuracy, ndim=1)
+    if acc.shape != a.shape:
+        raise ValueError(f"accuracy must have shape {a.shape} (one per task), got {acc.shape}")
+    mask = _present_mask(present, a.shape[0])
+    seen = v.finite_array("accuracy at present tasks", acc[mask])
+    if ((seen < 0) | (seen > 1)).any():
+        raise ValueError(f"accuracy must be in [0, 1] at present tasks, got {seen.tolist()}")
+    d = v.real_in_range("decay", decay, 0.0, 1.0, high_open=True)
+    out = a.copy()
+    out[mask] = d * a[mask] + (1.0 - d) * seen
+    return out
 
 
 def sec_update(q_values: ArrayLike, reward: ArrayLike, alpha: float) -> NDArray[np.float64]:

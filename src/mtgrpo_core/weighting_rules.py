@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from mtgrpo_core import checks as v
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.reference_scoring import DEFAULT_REWARD_DECAY, RewardTerm
 from mtgrpo_core.rule_registry import register_rule
 
 IWU_OPTIMIZERS = ("adamw", "sgd")
@@ -93,8 +94,12 @@ class IWURule(_LogitRule):
     s_k = clip(I_k, -c, c) + lam J_k;  g_k = z_k (s_k - sum_j z_j s_j);  a step on xi;  z = softmax(xi).
     optimizer "adamw" (default, the paper's experiments: lr 0.025, weight decay 1e-5) or "sgd" (the
     subroutine's plain step xi <- xi - lr g, with the same decoupled decay xi *= 1 - lr weight_decay; pass
-    weight_decay=0 for the paper's exact step). improvement_clip None disables clipping.
-    Needs signals.improvement. No task present: the logits and optimiser state stay unchanged.
+    weight_decay=0 for the paper's exact step). coupled_decay=True: torch.optim.Adam's L2 form instead of
+    AdamW's (the reference code): weight_decay xi is added to g before the moments (no effect with sgd).
+    improvement_clip None disables clipping. reward_signal, reward_decay, score_absent: the reward term J_k
+    (default) or the reference code's accuracy moving average (`reference_scoring.RewardTerm`).
+    Needs signals.improvement (and signals.accuracy with reward_signal="accuracy_ema").
+    No task present: the logits, optimiser state and accuracy average stay unchanged.
     """
 
     kind = "iwu"
@@ -108,6 +113,10 @@ class IWURule(_LogitRule):
         optimizer: str = "adamw",
         weight_decay: float = 1e-5,
         improvement_clip: float | None = 0.2,
+        coupled_decay: bool = False,
+        reward_signal: str = "reward",
+        reward_decay: float = DEFAULT_REWARD_DECAY,
+        score_absent: bool = False,
     ) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
         self.lam = v.real_in_range("lam", lam, 0.0)
@@ -121,6 +130,10 @@ class IWURule(_LogitRule):
             if improvement_clip is None
             else v.real_in_range("improvement_clip", improvement_clip, 0.0, low_open=True)
         )
+        if not isinstance(coupled_decay, bool):
+            raise TypeError(f"coupled_decay must be a bool, got {v._show(coupled_decay)}")
+        self.coupled_decay = coupled_decay
+        self.reward_term = RewardTerm(self._k, reward_signal, reward_decay, score_absent)
         self._logits = np.zeros(self._k)
         self._adam = wf.AdamWState.zeros(self._k)
         self._z = wf.stable_softmax(self._logits)
@@ -129,21 +142,37 @@ class IWURule(_LogitRule):
         s = _checked_signals(signals, self._k)
         improvement = _required("improvement", s.improvement, "IWURule")
         v.finite_array("signals.improvement at present tasks", improvement[s.present])
+        return self.update_minibatches(s, improvement[None, :])
+
+    def update_minibatches(self, signals: TaskSignals, improvements: ArrayLike) -> NDArray[np.float64]:
+        """One step on xi per row of improvements (M, K), in order: the reference code takes one weight update
+        per PPO mini-batch with that mini-batch's I_k (`reference_scoring.minibatch_improvement`); the reward
+        term is folded in once. `update(signals)` is M = 1 with signals.improvement. Entries of absent tasks
+        are read as 0. All or nothing: a refused row leaves the rule unchanged."""
+        s = _checked_signals(signals, self._k)
+        rows = v.as_float_array("improvements", improvements, ndim=2)
+        if rows.shape[0] == 0 or rows.shape[1] != self._k:
+            raise ValueError(f"improvements must have shape (M >= 1, {self._k}), got {rows.shape}")
+        reward, scored, average = self.reward_term.evaluate(s)
+        v.finite_array("improvements at present tasks", rows[:, s.present])
         if not s.present.any():
             return self.weights
-        # Absent entries may be NaN; zero them so no NaN enters the arithmetic (the gradient ignores them).
-        improvement = np.where(s.present, improvement, 0.0)
-        if self.improvement_clip is not None:
-            improvement = np.clip(improvement, -self.improvement_clip, self.improvement_clip)
-        score = wf.iwu_score(improvement, np.where(s.present, s.reward, 0.0), self.lam)
-        g = _finite_or_refuse("gradient", wf.iwu_gradient(self._z, score, s.present))
-        if self.optimizer == "adamw":
-            logits, adam = wf.adamw_step(self._logits, g, self._adam, self.lr, self.weight_decay)
-        else:
-            logits = wf.regularised_step(self._logits, g, self.lr, self.lr * self.weight_decay)
-            adam = self._adam
-        self._logits = _finite_or_refuse("logits", logits)
-        self._adam = adam
+        logits, adam = self._logits, self._adam
+        # Absent tasks trained no sample: I_k = 0 (their entries may be NaN; the gradient ignores them unless
+        # score_absent, and then I_k = 0 is the reference code's value).
+        for improvement in np.where(s.present, rows, 0.0):
+            if self.improvement_clip is not None:
+                improvement = np.clip(improvement, -self.improvement_clip, self.improvement_clip)
+            score = wf.iwu_score(improvement, reward, self.lam)
+            g = _finite_or_refuse("gradient", wf.iwu_gradient(wf.stable_softmax(logits), score, scored))
+            if self.optimizer == "sgd":
+                logits = wf.regularised_step(logits, g, self.lr, self.lr * self.weight_decay)
+            else:
+                decoupled = not self.coupled_decay
+                logits, adam = wf.adamw_step(logits, g, adam, self.lr, self.weight_decay, decoupled=decoupled)
+            logits = _finite_or_refuse("logits", logits)
+        self._logits, self._adam = logits, adam
+        self.reward_term.commit(average)
         self._z = wf.stable_softmax(self._logits)
         return self.weights
 
@@ -154,6 +183,8 @@ class IWURule(_LogitRule):
             "optimizer": self.optimizer,
             "weight_decay": self.weight_decay,
             "improvement_clip": self.improvement_clip,
+            **({"coupled_decay": True} if self.coupled_decay else {}),
+            **self.reward_term.config(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -165,6 +196,7 @@ class IWURule(_LogitRule):
             "adam_step": self._adam.step,
             "adam_exp_avg": self._adam.exp_avg.tolist(),
             "adam_exp_avg_rms": self._adam.exp_avg_rms.tolist(),
+            **self.reward_term.state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -176,7 +208,9 @@ class IWURule(_LogitRule):
         rms = _loaded_vector(state, "adam_exp_avg_rms", self._k)
         if (rms < 0).any():
             raise ValueError(f"state['adam_exp_avg_rms'] must be >= 0, got minimum {float(rms.min())!r}")
+        average = self.reward_term.load(state)
         self._logits, self._adam = logits, wf.AdamWState(step, m, rms)
+        self.reward_term.commit(average)
         self._z = wf.stable_softmax(self._logits)
 
 

@@ -1,0 +1,135 @@
+"""Options of the IWU score that reproduce the paper's reference code (github rsshyam/MT-GRPO; docs/fidelity.md).
+
+- `RewardTerm`: which per-task value lambda multiplies in s_k = I_k + lambda * (reward term), and which tasks
+  the centred gradient covers. Default: the step's mean reward J_k over the present tasks (the paper's text).
+  The reference code uses a moving average of accuracy and scores every task, present or not.
+- `minibatch_improvement`: I_k per PPO mini-batch, summed over the task's samples in that mini-batch, for the
+  reference code's one weight update per mini-batch (`IWURule.update_minibatches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from mtgrpo_core import checks as v
+from mtgrpo_core import weighting_functions as wf
+from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.signals import task_improvement
+
+REWARD_SIGNALS: tuple[str, ...] = ("reward", "accuracy_ema")
+DEFAULT_REWARD_DECAY = 0.5
+
+
+class RewardTerm:
+    """The reward term of the IWU score and the set of scored tasks; holds the accuracy average (rule state).
+
+    signal "reward" (default): J_k of this step (`signals.reward`); only present tasks are scored.
+    signal "accuracy_ema" (reference code, `bias_metric='batch_acc'`): a_k <- decay a_k + (1 - decay) acc_k at
+        present tasks from `signals.accuracy`, a_k = 0 before the first observation (`wf.accuracy_average`).
+    score_absent (reference code; only with "accuracy_ema"): a task without rollouts this step is scored too,
+        with I_k = 0 and its average, instead of being left out of the gradient.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        signal: str = "reward",
+        decay: float = DEFAULT_REWARD_DECAY,
+        score_absent: bool = False,
+    ) -> None:
+        self._k = v.positive_int("num_tasks", num_tasks)
+        self.signal = v.choice("reward_signal", signal, REWARD_SIGNALS)
+        self.decay = v.real_in_range("reward_decay", decay, 0.0, 1.0, high_open=True)
+        if not isinstance(score_absent, bool):
+            raise TypeError(f"score_absent must be a bool, got {v._show(score_absent)}")
+        if score_absent and self.signal != "accuracy_ema":
+            raise ValueError(
+                f"score_absent=True needs reward_signal='accuracy_ema' (an absent task has no reward J_k this "
+                f"step), got reward_signal={self.signal!r}"
+            )
+        self.score_absent = score_absent
+        self._average = np.zeros(self._k)
+
+    @property
+    def average(self) -> NDArray[np.float64]:
+        """The accuracy moving average a_k (a copy; zeros unless signal is "accuracy_ema")."""
+        return self._average.copy()
+
+    def evaluate(self, signals: TaskSignals) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]:
+        """(reward term per task, scored mask, new accuracy average) for one step; changes nothing (see commit)."""
+        if self.signal == "reward":
+            return np.where(signals.present, signals.reward, 0.0), signals.present.copy(), self._average.copy()
+        if signals.accuracy is None:
+            raise ValueError(
+                "signals.accuracy is None, but IWURule(reward_signal='accuracy_ema') needs it; pass accuracy= to "
+                "TaskSignals.build (step_signals always measures it)"
+            )
+        average = wf.accuracy_average(self._average, signals.accuracy, signals.present, self.decay)
+        scored = np.ones(self._k, dtype=np.bool_) if self.score_absent else signals.present.copy()
+        return average, scored, average
+
+    def commit(self, average: NDArray[np.float64]) -> None:
+        """Keep the average computed by `evaluate` (called once the rule's step succeeded)."""
+        self._average = average
+
+    def config(self) -> dict[str, Any]:
+        """Constructor settings that differ from the defaults, under IWURule's argument names (so a rule state
+        written before these options existed still loads)."""
+        out: dict[str, Any] = {}
+        if self.signal != "reward":
+            out["reward_signal"] = self.signal
+        if self.decay != DEFAULT_REWARD_DECAY:
+            out["reward_decay"] = self.decay
+        if self.score_absent:
+            out["score_absent"] = True
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"accuracy_average": self._average.tolist()} if self.signal == "accuracy_ema" else {}
+
+    def load(self, state: Mapping[str, Any]) -> NDArray[np.float64]:
+        """The average stored in a rule state (checked: K finite values in [0, 1]); the caller commits it."""
+        if self.signal != "accuracy_ema":
+            return np.zeros(self._k)
+        if "accuracy_average" not in state:
+            raise ValueError("state lacks 'accuracy_average' (needed with reward_signal='accuracy_ema')")
+        avg = v.finite_array("state['accuracy_average']", state["accuracy_average"], ndim=1)
+        if avg.shape != (self._k,) or ((avg < 0) | (avg > 1)).any():
+            raise ValueError(f"state['accuracy_average'] must hold {self._k} values in [0, 1], got {avg.tolist()}")
+        return avg.copy()
+
+
+def minibatch_improvement(
+    before: ArrayLike,
+    after: ArrayLike,
+    task_ids: ArrayLike,
+    minibatch: ArrayLike,
+    num_tasks: int,
+) -> NDArray[np.float64]:
+    """I_k per PPO mini-batch, shape (M, K): row m sums after - before over task k's samples of mini-batch m.
+
+    The reference code (dp_actor.py `update_policy`) measures, for each mini-batch, each sample's loss in the
+    forward pass before that mini-batch's optimizer step and again right after it, and sums per task; the
+    weights then take one step per mini-batch (`IWURule.update_minibatches`). before, after: per-sample
+    surrogate OBJECTIVE (minus the loss), so positive = improving, as in `signals.task_improvement`.
+    minibatch: (s,) index 0..M-1 of the mini-batch each sample was trained in; M = max + 1. A task with no
+    sample in a mini-batch gets 0 there, as in the reference code.
+    """
+    k = v.positive_int("num_tasks", num_tasks)
+    mb = v.int_array("minibatch", minibatch, ndim=1)
+    b = v.finite_array("before", before, ndim=1)
+    v.same_length("before", b, "minibatch", mb)
+    if mb.size == 0:
+        raise ValueError("minibatch is empty: no sample was trained, so there is no mini-batch update")
+    if (mb < 0).any():
+        raise ValueError(f"minibatch indices must be >= 0, got minimum {int(mb.min())}")
+    a = v.finite_array("after", after, ndim=1)
+    v.same_length("before", b, "after", a)
+    tasks = v.task_ids("task_ids", task_ids, k)
+    v.same_length("before", b, "task_ids", tasks)
+    rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce="sum") for m in range(int(mb.max()) + 1)]
+    return np.nan_to_num(np.stack(rows), nan=0.0)

@@ -8,8 +8,11 @@ chosen methods) are here too, and name the flag, the value and what was expected
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -54,7 +57,9 @@ def parse(cls: type[T], argv: Sequence[str], prog: str, description: str) -> T:
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body; a ValueError or TypeError (bad input) becomes `prog: error: message` and exit code 2."""
+    """Run a command body; a ValueError or TypeError (bad input, refused before any work starts) becomes one line
+    `prog: error: message` and exit code 2; an OSError (a file that could not be written during the run) one
+    such line and exit code 1; Ctrl-C outside a comparison (which reports its finished runs itself) exit 130."""
     try:
         return body()
     except SystemExit as stop:  # tyro after --help (0) or a flag it refused (2)
@@ -62,6 +67,12 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     except (ValueError, TypeError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def flag(name: str, prefix: str = "") -> str:
@@ -74,6 +85,41 @@ def at_least(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{flag(name)} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def writable_dir(name: str, path: Path) -> None:
+    """Refuse an output directory that cannot be written (checked by writing a file there, so that it also holds
+    for root and read-only file systems); directories created for the check are removed again."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r}: expected a directory to write in, but that is an existing file")
+    created: list[Path] = []
+    try:
+        missing, ancestor = [], path
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            missing.append(ancestor)
+            ancestor = ancestor.parent
+        for directory in reversed(missing):
+            directory.mkdir()
+            created.append(directory)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mtgrpo-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(
+            f"{name} {str(path)!r}: expected a writable directory, cannot write there ({reason})"
+        ) from None
+    finally:
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def writable_file(name: str, path: Path) -> None:
+    """Refuse an output file that cannot be written: a directory, or in a directory that cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r}: expected a file to write, but that is a directory")
+    writable_dir(name, path.parent)
 
 
 @dataclass(frozen=True)
@@ -173,8 +219,8 @@ class HarnessOptions:
     """methods to compare, e.g. grpo,dapo,mt-grpo:0.2"""
     seeds: Annotated[Ints, unset("the command's")] = ()
     """seeds of the runs, e.g. 0,1,2"""
-    reference: str = "dapo"
-    """method Delta_m% is measured against, paired by seed (skipped if not run)"""
+    reference: Annotated[str | None, unset("dapo when it is run, else none")] = None
+    """method Delta_m% is measured against, paired by seed (must be one of the methods run)"""
     sweep: Annotated[str | None, unset("no sweep")] = None
     """lambda=0.1,0.3,...: add mt-grpo at each lambda and plot worst vs average accuracy"""
     thresholds: Floats = (0.3, 0.4, 0.5)
@@ -187,11 +233,29 @@ class HarnessOptions:
     """no progress bar"""
 
     def check(self) -> None:
+        """The options that need no other context; --out must be a writable directory."""
         at_least("workers", self.workers, 1)
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ValueError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
         if not all(0.0 < t <= 1.0 for t in self.thresholds):
             raise ValueError(f"--thresholds must lie in (0, 1], got {list(self.thresholds)}")
+        if self.out is not None:
+            writable_dir("--out", self.out)
+
+    def reference_for(self, methods: Sequence[str]) -> str | None:
+        """The reference method of Delta_m%: --reference, which must be one of `methods` (refused otherwise);
+        unset: dapo when it is run, else none (the table then has no Delta_m%)."""
+        if self.reference is None:
+            return DEFAULT_REFERENCE if DEFAULT_REFERENCE in methods else None
+        if self.reference not in methods:
+            raise ValueError(
+                f"--reference {self.reference!r}: expected one of the methods run {list(methods)}, "
+                f"so that Delta_m% has runs to pair with (add it to --methods)"
+            )
+        return self.reference
+
+
+DEFAULT_REFERENCE = "dapo"
 
 
 SWEEP_KNOBS = ("lambda",)

@@ -10,10 +10,11 @@ from typing import Any
 
 from mtgrpo_backends.harness.plots import plot_curves, plot_sweep
 from mtgrpo_backends.harness.pool import run_many
+from mtgrpo_backends.harness.progress import Progress
 from mtgrpo_backends.harness.record import Runner
 from mtgrpo_backends.harness.report import format_table, write_json
 from mtgrpo_backends.harness.summary import summarize
-from mtgrpo_backends.options import HarnessOptions
+from mtgrpo_backends.options import DEFAULT_REFERENCE, HarnessOptions
 
 RESULTS, FIGURE, SWEEP = "results.json", "figure.png", "sweep.png"
 
@@ -22,15 +23,6 @@ def need_matplotlib(options: HarnessOptions) -> None:
     """Refuse --out without matplotlib before any run starts (not after)."""
     if options.out is not None and importlib.util.find_spec("matplotlib") is None:
         raise ValueError(f"--out {str(options.out)!r} draws figures with matplotlib: pip install 'mtgrpo[bench]'")
-
-
-def progress_bar(total: int, quiet: bool) -> Any:
-    """A tqdm bar on stderr counting steps, or None with --quiet (or without tqdm)."""
-    if quiet or importlib.util.find_spec("tqdm") is None:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="step", smoothing=0.05, file=sys.stderr)
 
 
 def compare(
@@ -47,21 +39,20 @@ def compare(
     """Run every method with every seed; returns the exit code (130 when interrupted, after reporting the finished
     runs). With options.out: results.json, figure.png and, for a sweep, sweep.png in that directory."""
     need_matplotlib(options)
+    reference = options.reference_for(methods)
     jobs = [(m, s) for m in methods for s in seeds]
     print(f"{title}; {len(methods)} method(s) x {len(seeds)} seed(s), {options.workers} worker(s)", flush=True)
+    if reference is None:
+        print(f"no Delta_m% column: the default reference {DEFAULT_REFERENCE} is not run (name one with --reference)")
     started = time.perf_counter()
-    bar = progress_bar(len(jobs) * runner.steps, options.quiet)
-    try:
-        outcome = run_many(runner, jobs, options.workers, bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+    with Progress(len(jobs) * runner.steps, "runs", quiet=options.quiet) as progress:
+        outcome = run_many(runner, jobs, options.workers, progress.update)
     wall = time.perf_counter() - started
     if outcome.interrupted:
         print(f"interrupted: {len(outcome.records)} of {len(jobs)} runs finished; reporting those only")
     if not outcome.records:
         return 130 if outcome.interrupted else 0
-    summary = summarize(outcome.records, options.reference, options.thresholds)
+    summary = summarize(outcome.records, reference, options.thresholds)
     print(format_table(summary, task_names))
     print(f"wall time {wall:.1f} s")
     if options.out is not None:

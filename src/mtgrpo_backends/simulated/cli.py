@@ -65,6 +65,7 @@ def run_bench(args: BenchArgs) -> int:
     sampler = args.sampler.check(batch_size, group_size)
     max_rounds = sampler.pop("max_rounds", d.max_rounds)
     methods, swept = chosen_methods(args.harness, DEFAULT_METHODS)
+    args.harness.reference_for(methods)
     seeds = list(args.harness.seeds) or list(range(d.seeds))
     args.rule.check(methods, suite.num_tasks)
     runner = SimulatedRunner(

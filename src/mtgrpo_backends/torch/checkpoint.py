@@ -1,12 +1,19 @@
-"""Checkpoints of the reference loop: everything a run changes, so that a resumed run continues bit for bit."""
+"""Checkpoints of the reference loop: everything a run changes, so that a resumed run continues bit for bit.
+
+A resumed run continues with its checkpoint's settings: only `steps` (the total to reach) and `eval_every` may
+differ. Any other setting that differs (a seed, a learning rate, a sampler or rule option) is refused with both
+values, since the restored generators, optimizer and controller would silently keep the checkpoint's.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
@@ -14,29 +21,29 @@ from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
 
-CHECKPOINT_FORMAT = "mtgrpo-torch-train/3"
+CHECKPOINT_FORMAT = "mtgrpo-torch-train/2"
+RESUMABLE_CHANGES = ("steps", "eval_every")  # settings a resumed run may change
+_GROUP_TENSORS = ("completions", "masks", "rewards", "old_logp")
 
 
-def _group_payload(key: int, g: GeneratedGroup) -> dict[str, Any]:
-    """A kept group (carry-over) as tensors and plain values, so that a checkpoint loads with weights_only."""
-    return {
-        "key": key,
-        "task": g.task,
-        "prompt": list(g.prompt),
-        "completions": g.completions,
-        "masks": g.masks,
-        "rewards": torch.from_numpy(g.rewards.copy()),
-        "old_logp": g.old_logp,
-    }
+def _group_to_dict(group: GeneratedGroup) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": int(group.task), "prompt": [int(t) for t in group.prompt]}
+    for name in _GROUP_TENSORS:
+        value = getattr(group, name, None)
+        out[name] = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
+    return out
 
 
-def _group_from(p: dict[str, Any]) -> tuple[int, GeneratedGroup]:
-    group = GeneratedGroup(p["task"], p["prompt"], p["completions"], p["masks"], p["rewards"].numpy(), p["old_logp"])
-    return int(p["key"]), group
+def _group_from_dict(saved: dict[str, Any]) -> GeneratedGroup:
+    fields = {f.name for f in dataclasses.fields(GeneratedGroup)}
+    values = {k: v for k, v in saved.items() if k in fields and v is not None}
+    values["rewards"] = saved["rewards"].numpy()
+    return GeneratedGroup(**values)
 
 
 def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, suite: Suite) -> None:
-    """Model, optimizer, controller, RNG states, step and logs, written atomically."""
+    """Model, optimizer, controller, RNG states, groups kept for later steps, step and logs, written atomically."""
+    kept: dict[int, GeneratedGroup] = getattr(state, "kept", None) or {}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "suite": suite.name,
@@ -50,8 +57,8 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
         "prompt_rng": state.prompt_rng.bit_generator.state,
         "generator": state.generator.get_state(),
         "ref_model": None if state.ref_model is None else state.ref_model.state_dict(),
-        "next_key": state.next_key,
-        "kept": [_group_payload(k, g) for k, g in state.kept.items()],
+        "next_key": int(getattr(state, "next_key", 0)),
+        "kept": [[int(key), _group_to_dict(group)] for key, group in kept.items()],
         "history": state.history,
         "evals": state.evals,
     }
@@ -62,16 +69,94 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, suite: Suite) -> None:
-    """Restore `state` from a checkpoint of the same suite and method; anything else is refused."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def _reason(err: Exception) -> str:
+    """One short line saying why torch.load failed (its own messages run to several lines)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if first.startswith("Weights only load failed"):
+        first = "not a file torch.save wrote with tensors and plain Python values only"
+    if len(first) > 100:
+        first = first[:97] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def read_checkpoint(path: Path | str, name: str = "checkpoint") -> dict[str, Any]:
+    """The payload of a checkpoint file; a missing, empty or unreadable file, or one that is not a checkpoint of
+    this loop, is refused with a ValueError that starts with `name` and the path."""
+    path = Path(path)
+    where = f"{name} {str(path)!r}"
+    if not path.exists():
+        raise ValueError(f"{where}: no such file (expected a checkpoint written by mtgrpo train --checkpoint)")
+    if not path.is_file():
+        raise ValueError(f"{where}: expected a checkpoint file, but that is not a regular file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where}: the file is empty (expected a checkpoint written by mtgrpo train --checkpoint)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds (EOFError, UnpicklingError, RuntimeError, IndexError)
+        raise ValueError(f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (torch.load: {_reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint")
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (found format {found!r})")
+    return payload
+
+
+def _setting_flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Flat {flag: value} of a TrainConfig dict: sampler and rule options as --sampler.x / --rule.x."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("sampler", "rule") and isinstance(value, dict):
+            flat.update({f"--{key}.{k.replace('_', '-')}": x for k, x in value.items()})
+        else:
+            flat[_setting_flag(key)] = value
+    return flat
+
+
+def setting_differences(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(flag, checkpoint's value, this run's value) of every setting that differs, except RESUMABLE_CHANGES.
+    A sampler or rule option set on one side only shows as 'unset' on the other."""
+    unset = "unset"
+    defaults = {_setting_flag(f.name): f.default for f in dataclasses.fields(TrainConfig)}
+    old, new = _settings(saved), _settings(asdict(config))
+    skip = {_setting_flag(k) for k in RESUMABLE_CHANGES}
+    out = []
+    for key in dict.fromkeys([*old, *new]):
+        if key in skip:
+            continue
+        was = old.get(key, defaults.get(key, unset))
+        now = new.get(key, unset)
+        if was != now:
+            out.append((key, was, now))
+    return out
+
+
+def check_resumable(
+    payload: dict[str, Any], config: TrainConfig, suite: Suite, name: str = "checkpoint", path: Path | str = ""
+) -> None:
+    """Refuse to resume a checkpoint of another suite, task list or method, or with other settings."""
+    where = f"{name} {str(path)!r}"
     for key, want in (("suite", suite.name), ("tasks", suite.task_names), ("method", config.method)):
-        if payload[key] != want:
-            raise ValueError(
-                f"checkpoint {str(path)!r} was written for {key} {payload[key]!r}, but this run uses {want!r}"
-            )
+        if payload.get(key) != want:
+            raise ValueError(f"{where} was written for {key} {payload.get(key)!r}, but this run uses {want!r}")
+    differences = setting_differences(payload.get("config") or {}, config)
+    if differences:
+        listed = "; ".join(f"{key} {was!r} in the checkpoint, {now!r} in this run" for key, was, now in differences)
+        allowed = " and ".join(_setting_flag(k) for k in RESUMABLE_CHANGES)
+        raise ValueError(
+            f"{where}: a resumed run keeps its checkpoint's settings, but {listed}; "
+            f"resume with the checkpoint's values (only {allowed} may change)"
+        )
+
+
+def load_checkpoint(
+    path: Path | str, state: TrainState, config: TrainConfig, suite: Suite, name: str = "checkpoint"
+) -> None:
+    """Restore `state` from a checkpoint of the same suite, method and settings; anything else is refused."""
+    payload = read_checkpoint(path, name)
+    check_resumable(payload, config, suite, name, path)
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.controller.load_state_dict(json.loads(payload["controller"]))
@@ -79,8 +164,9 @@ def load_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
     state.generator.set_state(payload["generator"])
     if state.ref_model is not None and payload["ref_model"] is not None:
         state.ref_model.load_state_dict(payload["ref_model"])
+    if hasattr(state, "kept"):  # groups the sampler keeps for a later step (carry-over), with their keys
+        state.next_key = int(payload.get("next_key", 0))
+        state.kept = {int(key): _group_from_dict(group) for key, group in payload.get("kept", [])}
     state.step = int(payload["step"])
-    state.next_key = int(payload["next_key"])
-    state.kept = dict(_group_from(p) for p in payload["kept"])
     state.history = list(payload["history"])
     state.evals = list(payload["evals"])

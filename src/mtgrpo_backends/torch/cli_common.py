@@ -12,12 +12,19 @@ from typing import Annotated, Any
 
 import numpy as np
 
+from mtgrpo_backends.harness.progress import Progress
 from mtgrpo_backends.harness.record import RunRecord
-from mtgrpo_backends.options import at_least, flag, unset
+from mtgrpo_backends.options import at_least, flag, unset, writable_dir
 from mtgrpo_backends.torch.config import TrainConfig, TrainSettings
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
-from mtgrpo_backends.torch.warmup import WarmStart, warm_started_model
+from mtgrpo_backends.torch.warmup import (
+    PROBE_EVERY,
+    WARMUP_THREADS,
+    WarmStart,
+    default_cache_dir,
+    warm_started_model,
+)
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,49 @@ class TorchOptions:
     """torch CPU threads (workers of a comparison use 1 each)"""
 
     def check(self) -> None:
+        """Refuse a bad value naming its flag; --cache-dir (when given) must be a writable directory."""
         at_least("warmup_seed", self.warmup_seed, 0)
         at_least("threads", self.threads, 1)
         if self.warmup_steps is not None:
             at_least("warmup_steps", self.warmup_steps, 0)
         if self.warmup_target is not None and not 0.0 <= self.warmup_target <= 1.0:
             raise ValueError(f"--warmup-target must lie in [0, 1], got {self.warmup_target!r}")
+        if self.cache_dir is not None and not self.no_cache:
+            writable_dir("--cache-dir", self.cache_dir)
+
+
+def check_device(settings: TrainSettings) -> None:
+    """Refuse a --device torch cannot parse or does not have, before any warm-up or run."""
+    import torch
+
+    try:
+        device = torch.device(settings.device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {settings.device!r}: expected a torch device such as cpu or cuda ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {settings.device!r}: this torch has no CUDA device (torch.cuda.is_available() is False)"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {settings.device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {settings.device!r}: expected cpu or cuda[:index]")
+
+
+# settings TrainConfig does not check yet (their checks belong in TrainConfig.__post_init__): (flag, test, expected)
+_EXTRA_CHECKS: tuple[tuple[str, Any, str], ...] = (
+    ("clip_low", lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
+    ("clip_high", lambda x: x >= 0.0, ">= 0"),
+    ("kl_coef", lambda x: x >= 0.0, ">= 0"),
+)
 
 
 def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
     """TrainConfig(settings, **rest); a setting TrainConfig refuses is reported with its flag and value."""
+    for name, ok, expected in _EXTRA_CHECKS:
+        value = getattr(settings, name)
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and ok(value)):
+            raise ValueError(f"{flag(name)} {value!r}: {name} must be {expected}")
     defaults = TrainSettings()
     for f in fields(TrainSettings):
         value = getattr(settings, f.name)
@@ -59,22 +99,66 @@ def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
     return TrainConfig(**dataclasses.asdict(settings), **rest)
 
 
+def cache_usable(options: TorchOptions) -> bool:
+    """Whether the warm-start cache is used: not with --no-cache, nor when the default cache directory cannot be
+    written (said in one line; an explicit --cache-dir that cannot be written is refused by check())."""
+    if options.no_cache:
+        return False
+    if options.cache_dir is not None:
+        return True
+    try:
+        writable_dir("cache directory", default_cache_dir())
+    except ValueError as err:
+        print(f"note: warming up without the warm-start cache: {err}", flush=True)
+        return False
+    return True
+
+
+def _accuracies(values: list[float] | None) -> str:
+    return "-" if values is None else " / ".join(f"{a:.2f}" for a in values)
+
+
 def warm_start(options: TorchOptions, suite: Suite, tokenizer: CharTokenizer, quiet: bool) -> WarmStart:
-    """The warm-started policy (from the cache when an identical warm-up was done before)."""
+    """The warm-started policy (from the cache when an identical warm-up was done before), with progress: a bar
+    on a terminal, plain lines elsewhere (the first at the first probe, a few seconds in), unless quiet."""
     t0 = time.perf_counter()
     if options.warmup_target is not None:
         suite = dataclasses.replace(suite, warmup_target=options.warmup_target)
-    warm = warm_started_model(
-        suite,
-        tokenizer,
-        seed=options.warmup_seed,
-        steps=options.warmup_steps,
-        cache_dir=options.cache_dir,
-        use_cache=not options.no_cache,
-    )
+    cap = suite.warmup_steps if options.warmup_steps is None else options.warmup_steps
+    use_cache = cache_usable(options)
+    names = ", ".join(suite.task_names)
     if not quiet:
-        probe = "" if warm.probe_accuracy is None else f", probe accuracy {np.round(warm.probe_accuracy, 3).tolist()}"
-        print(f"warm start ready in {time.perf_counter() - t0:.1f}s ({warm.steps} steps{probe})", flush=True)
+        stop = f"stops when every task reaches {suite.warmup_target:g}" if suite.warmup_target > 0 else "no target"
+        print(
+            f"warm start: supervised warm-up of {suite.name} ({names}), at most {cap} steps ({stop} on probe prompts; "
+            f"{WARMUP_THREADS} thread, deterministic), unless cached",
+            flush=True,
+        )
+    progress = Progress(cap, "warm-up", quiet=quiet, cap=True, first_s=5.0)
+
+    def on_step(step: int, _cap: int, probe: list[float] | None) -> None:
+        note = None if probe is None else f"probe accuracy {_accuracies(probe)}"
+        progress.update(1, note, force=step == PROBE_EVERY)  # the first probe: a line a few seconds in
+
+    try:
+        warm = warm_started_model(
+            suite,
+            tokenizer,
+            seed=options.warmup_seed,
+            steps=cap,
+            cache_dir=options.cache_dir,
+            use_cache=use_cache,
+            progress=on_step,
+        )
+    finally:
+        progress.close(final=False)
+    if not quiet:
+        where = f"loaded from {warm.path}" if warm.cached else f"ready in {time.perf_counter() - t0:.1f} s"
+        print(
+            f"warm start {where}: {warm.steps} warm-up steps, probe accuracy {_accuracies(warm.probe_accuracy)}"
+            f" ({names})",
+            flush=True,
+        )
     return warm
 
 

@@ -27,7 +27,7 @@ from mtgrpo_backends.options import (
     parse,
     run_command,
 )
-from mtgrpo_backends.torch.cli_common import TorchOptions, checked_config, record_from_state, warm_start
+from mtgrpo_backends.torch.cli_common import TorchOptions, check_device, checked_config, record_from_state, warm_start
 from mtgrpo_backends.torch.config import TrainSettings
 from mtgrpo_backends.torch.loop import train
 from mtgrpo_backends.torch.model import CharGPT
@@ -89,9 +89,11 @@ def run_demo(args: DemoArgs) -> int:
     """Body of `mtgrpo demo`; returns the exit code (130 when interrupted, after reporting finished runs)."""
     args.warm.check()
     args.harness.check()
+    check_device(args.train)
     need_matplotlib(args.harness)
     suite, tokenizer = get_suite(args.suite), CharTokenizer()
     methods, swept = chosen_methods(args.harness, DEMO_METHODS)
+    args.harness.reference_for(methods)
     seeds = list(args.harness.seeds) or [0]
     sampler = args.sampler.check(args.train.batch_size, args.train.group_size)
     args.rule.check(methods, suite.num_tasks)

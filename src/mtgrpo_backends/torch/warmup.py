@@ -1,8 +1,15 @@
 """Short supervised warm-up: the starting policy of RL gets partial competence on every task.
 
 The paper starts RL from a pretrained base model; here a CharGPT is trained from scratch by teacher forcing on
-`[answer]<eos>` for a number of steps fixed by the suite's design. The result can be cached on disk: the cache
-key holds every setting that changes the weights, so a cached file is exactly what a fresh run would produce.
+`[answer]<eos>` until every task reaches the suite's target (or its step cap). The result can be cached on disk:
+the cache key holds every setting that changes the weights, so a cached file is exactly what a fresh run would
+produce.
+
+`warm_started_model` runs the warm-up on one CPU thread with torch's deterministic algorithms
+(`deterministic_cpu`), whatever `torch.set_num_threads` says outside: multi-threaded CPU kernels sum in an order
+that depends on the thread count, and the warm-up's stopping step (where addition takes off) moved with it (1,600
+steps on one machine, 2,175 on another). One thread gives the same warm start for any thread count, run after run;
+`mtgrpo train` / `mtgrpo demo` also pin the CPU kernels to AVX2 (mtgrpo_backends.cli.pin_cpu_kernels).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +36,26 @@ WARMUP_LR = 2e-3
 PROBE_SIZE = 64  # prompts per task of the warm-up's stopping check
 PROBE_SAMPLES = 4  # completions per probe prompt
 PROBE_EVERY = 25  # steps between checks
+WARMUP_THREADS = 1  # torch CPU threads of the warm-up: one, so that its floating-point order is fixed
+CACHE_VERSION = 3  # 3: single-threaded deterministic warm-up (2: the caller's thread count)
+
+# progress(step, cap, probe): called after every warm-up step; probe is the new probe accuracy on a check step,
+# else None
+WarmupProgress = Callable[[int, int, list[float] | None], None]
+
+
+@contextmanager
+def deterministic_cpu(threads: int = WARMUP_THREADS) -> Iterator[None]:
+    """torch on `threads` CPU threads with deterministic algorithms; the caller's settings are restored after."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=warn_only)
 
 
 def default_cache_dir() -> Path:
@@ -69,11 +98,14 @@ def supervised_batch(
 
 @dataclass
 class WarmStart:
-    """A warmed-up policy, the warm-up steps it took and its last probe accuracies (temperature 1)."""
+    """A warmed-up policy, the warm-up steps it took, its last probe accuracies (temperature 1), and whether it
+    came from the cache file `path`."""
 
     model: CharGPT
     steps: int
     probe_accuracy: list[float] | None
+    cached: bool = False
+    path: Path | None = None
 
 
 def probe_accuracy(
@@ -101,11 +133,13 @@ def warm_up(
     batch_size: int = WARMUP_BATCH,
     lr: float = WARMUP_LR,
     seed: int = 0,
+    progress: WarmupProgress | None = None,
 ) -> tuple[int, list[float] | None]:
     """Teacher-forced cross-entropy on completion tokens, AdamW, at most `steps` steps.
 
     With target > 0, every PROBE_EVERY steps the temperature-1 accuracy of each task is measured on PROBE_SIZE
     fixed training prompts; the warm-up stops at the first check where every task reaches `target`.
+    progress(step, steps, probe) is called after every step (probe: the check's accuracies, else None).
     Returns the steps taken and the last probe accuracies (None if never probed).
     """
     v.positive_int("steps", steps, minimum=0)
@@ -129,10 +163,13 @@ def warm_up(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        checked = None
         if target > 0 and step % PROBE_EVERY == 0:
-            probe = probe_accuracy(model, suite, tokenizer, probes)
-            if min(probe) >= target:
-                return step, probe
+            probe = checked = probe_accuracy(model, suite, tokenizer, probes)
+        if progress is not None:
+            progress(step, steps, checked)
+        if checked is not None and min(checked) >= target:
+            return step, checked
     return steps, probe
 
 
@@ -145,9 +182,11 @@ def warm_started_model(
     config: CharGPTConfig | None = None,
     cache_dir: Path | str | None = None,
     use_cache: bool = True,
+    progress: WarmupProgress | None = None,
 ) -> WarmStart:
     """A CharGPT warmed up on `suite` (default: at most the suite's warm-up steps, stopping at its target),
-    loaded from the cache when an identical warm-up was done before."""
+    loaded from the cache when an identical warm-up was done before. The warm-up runs under deterministic_cpu():
+    the same weights for any torch.get_num_threads() of the caller."""
     steps = suite.warmup_steps if steps is None else steps
     config = config or CharGPTConfig(vocab_size=tokenizer.vocab_size)
     key = json.dumps(
@@ -164,7 +203,10 @@ def warm_started_model(
             "probe": [PROBE_SIZE, PROBE_SAMPLES, PROBE_EVERY],
             "alphabet": tokenizer.alphabet,
             "torch": torch.__version__,
-            "version": 2,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": WARMUP_THREADS,
+            "deterministic": True,
+            "version": CACHE_VERSION,
         },
         sort_keys=True,
     )
@@ -174,11 +216,12 @@ def warm_started_model(
     if use_cache and path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["weights"])
-        return WarmStart(model.eval(), int(saved["steps"]), saved["probe_accuracy"])
-    taken, probe = warm_up(model, suite, tokenizer, steps, target=suite.warmup_target, seed=seed)
+        return WarmStart(model.eval(), int(saved["steps"]), saved["probe_accuracy"], cached=True, path=path)
+    with deterministic_cpu():
+        taken, probe = warm_up(model, suite, tokenizer, steps, target=suite.warmup_target, seed=seed, progress=progress)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"weights": model.state_dict(), "steps": taken, "probe_accuracy": probe}, tmp)
         tmp.replace(path)
-    return WarmStart(model.eval(), taken, probe)
+    return WarmStart(model.eval(), taken, probe, path=path if use_cache else None)

@@ -104,6 +104,10 @@ def controller_settings(a: ExampleArgs, tasks: list[str], batch_size: int, group
     paper_rounds = 2 if a.cpu_smoke else (10 if len(tasks) <= 3 else 2)
     sampler = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "max_rounds": paper_rounds}
     sampler.update(a.sampler.check(batch_size, group_size))
+    if sampler.pop("carry_over", 0):
+        raise ValueError(
+            f"--sampler.carry-over {a.sampler.carry_over}: the TRL backend does not support carry-over yet"
+        )
     a.rule.check([a.method], len(tasks))
     takes = rule_parameters(a.method)
     rule = {"weight_decay": 1e-5 if len(tasks) <= 3 else 1e-4} if takes is None or "weight_decay" in takes else {}

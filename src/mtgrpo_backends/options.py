@@ -144,6 +144,8 @@ class SamplerOptions:
     """no-signal guard: informative rate below which a long dry run makes a task barren (0: guard off)"""
     guard_probe: Annotated[int | None, unset("ceil(B / K)")] = None
     """no-signal guard: probe groups per step of a barren task"""
+    carry_over: Annotated[int | None, unset("0")] = None
+    """steps an informative group generated but not needed may wait to be trained (0: on-policy; not in TRL)"""
 
     def overrides(self) -> dict[str, Any]:
         """The settings given (to pass to SamplerConfig / Controller.from_method)."""

@@ -75,19 +75,8 @@ def check_device(settings: TrainSettings) -> None:
 
 
 # settings TrainConfig does not check yet (their checks belong in TrainConfig.__post_init__): (flag, test, expected)
-_EXTRA_CHECKS: tuple[tuple[str, Any, str], ...] = (
-    ("clip_low", lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
-    ("clip_high", lambda x: x >= 0.0, ">= 0"),
-    ("kl_coef", lambda x: x >= 0.0, ">= 0"),
-)
-
-
 def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
     """TrainConfig(settings, **rest); a setting TrainConfig refuses is reported with its flag and value."""
-    for name, ok, expected in _EXTRA_CHECKS:
-        value = getattr(settings, name)
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and ok(value)):
-            raise ValueError(f"{flag(name)} {value!r}: {name} must be {expected}")
     defaults = TrainSettings()
     for f in fields(TrainSettings):
         value = getattr(settings, f.name)

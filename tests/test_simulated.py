@@ -113,11 +113,11 @@ def test_solved_suite_task_reproduces_its_observables() -> None:
 
 def test_runs_are_deterministic_per_seed() -> None:
     suite = load_suite("paper3")
-    spec = bench.RunSpec("mt-grpo:0.2", seed=1, steps=15, batch_size=16, group_size=N, max_rounds=3)
-    a, b = bench.run_one(suite, spec), bench.run_one(suite, spec)
+    runner = bench.SimulatedRunner(suite, steps=15, batch_size=16, group_size=N, max_rounds=3)
+    a, b = runner("mt-grpo:0.2", 1), runner("mt-grpo:0.2", 1)
     for field in ("accuracy", "weights", "shares", "rounds", "generated"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    c = bench.run_one(suite, bench.RunSpec("mt-grpo:0.2", 2, 15, 16, N, 3))
+    c = runner("mt-grpo:0.2", 2)
     assert not np.array_equal(a.weights, c.weights)
 
 

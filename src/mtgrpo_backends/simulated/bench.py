@@ -37,36 +37,6 @@ DEFAULT_METHODS = (
 )
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: a method for one seed. record_every: held-out accuracy after step 1 and every record_every-th
-    step (and the last); sampler: SamplerConfig overrides; rule: the rule's constructor arguments."""
-
-    method: str
-    seed: int
-    steps: int
-    batch_size: int
-    group_size: int
-    max_rounds: int
-    record_every: int = 1
-    sampler: Mapping[str, Any] = field(default_factory=dict)
-    rule: Mapping[str, Any] = field(default_factory=dict)
-    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
-
-
-def build_controller(method: str, num_tasks: int, spec: RunSpec) -> Controller:
-    """A method string ("mt-grpo:0.2", ... or a user's "module:Class", see mtgrpo_core.methods) for this run."""
-    return Controller.from_method(
-        method,
-        num_tasks,
-        spec.batch_size,
-        spec.group_size,
-        spec.seed,
-        rule_kwargs=dict(spec.rule),
-        **{**spec.sampler, "max_rounds": spec.max_rounds},
-    )
-
-
 def step_facts(
     generated: Groups, batch: Groups, advantage: NDArray[Any], before: NDArray[Any], after: NDArray[Any]
 ) -> StepFacts:
@@ -117,49 +87,10 @@ def _train_step(
     return batch.report, len(batch)
 
 
-def run_one(suite: Suite, spec: RunSpec, on_step: Callable[[], None] | None = None) -> RunRecord:
-    """Run one method for one seed through the real controller conversation; returns its record."""
-    start = time.perf_counter()
-    k, t = suite.num_tasks, spec.steps
-    policy = suite.policy(spec.seed, spec.group_size)
-    ctrl = build_controller(spec.method, k, spec)
-    eval_steps, acc = [0], [policy.heldout_accuracy()]
-    weights, shares = np.zeros((t, k)), np.zeros((t, k))
-    rounds, groups, batch = (np.zeros(t, dtype=np.int64) for _ in range(3))
-    exhausted = np.zeros(t, dtype=bool)
-    kept = _Kept(Groups.empty(spec.group_size), np.zeros(0, dtype=np.int64))
-    for step in range(t):
-        try:
-            report, batch[step] = _train_step(ctrl, policy, spec.improvement_reduce, kept)
-        except ValueError as err:
-            raise ValueError(f"method {spec.method!r}, seed {spec.seed}, step {step}: {err}") from err
-        weights[step], shares[step] = report.weights, report.realized_shares
-        rounds[step], groups[step] = report.rounds, int(report.generated.sum())
-        exhausted[step] = report.budget_exhausted
-        if step % spec.record_every == 0 or step == t - 1:
-            eval_steps.append(step + 1)
-            acc.append(policy.heldout_accuracy())
-        if on_step is not None:
-            on_step()
-    return RunRecord(
-        method=spec.method,
-        seed=spec.seed,
-        eval_steps=np.array(eval_steps, dtype=np.int64),
-        accuracy=np.array(acc, dtype=np.float64).reshape(-1, k),
-        weights=weights,
-        shares=shares,
-        rounds=rounds,
-        generated=groups,
-        rollouts=groups * spec.group_size,
-        trained=batch,
-        budget_exhausted=exhausted,
-        wall_s=time.perf_counter() - start,
-    )
-
-
 @dataclass(frozen=True)
 class SimulatedRunner:
-    """The harness's Runner for the simulated backend: `run_one` with these settings (picklable; forked workers)."""
+    """The harness's Runner for the simulated backend: one method with one seed at these settings (picklable;
+    forked workers). record_every: held-out accuracy after step 1, every record_every-th step and the last."""
 
     suite: Suite
     steps: int
@@ -172,19 +103,53 @@ class SimulatedRunner:
     improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
     start_method: Literal["fork", "spawn"] = "fork"
 
-    def spec(self, method: str, seed: int) -> RunSpec:
-        return RunSpec(
+    def controller(self, method: str, seed: int) -> Controller:
+        """A method string ("mt-grpo:0.2", ... or a user's "module:Class", see mtgrpo_core.methods) for a run."""
+        return Controller.from_method(
             method,
-            seed,
-            self.steps,
+            self.suite.num_tasks,
             self.batch_size,
             self.group_size,
-            self.max_rounds,
-            self.record_every,
-            self.sampler,
-            self.rule.kwargs_for(method),
-            self.improvement_reduce,
+            seed,
+            rule_kwargs=self.rule.kwargs_for(method),
+            **{**self.sampler, "max_rounds": self.max_rounds},
         )
 
     def __call__(self, method: str, seed: int, on_step: Callable[[], None] | None = None) -> RunRecord:
-        return run_one(self.suite, self.spec(method, seed), on_step)
+        """Run one method for one seed through the real controller conversation; returns its record."""
+        start = time.perf_counter()
+        k, t = self.suite.num_tasks, self.steps
+        policy = self.suite.policy(seed, self.group_size)
+        ctrl = self.controller(method, seed)
+        eval_steps, acc = [0], [policy.heldout_accuracy()]
+        weights, shares = np.zeros((t, k)), np.zeros((t, k))
+        rounds, groups, batch = (np.zeros(t, dtype=np.int64) for _ in range(3))
+        exhausted = np.zeros(t, dtype=bool)
+        kept = _Kept(Groups.empty(self.group_size), np.zeros(0, dtype=np.int64))
+        for step in range(t):
+            try:
+                report, batch[step] = _train_step(ctrl, policy, self.improvement_reduce, kept)
+            except ValueError as err:
+                raise ValueError(f"method {method!r}, seed {seed}, step {step}: {err}") from err
+            weights[step], shares[step] = report.weights, report.realized_shares
+            rounds[step], groups[step] = report.rounds, int(report.generated.sum())
+            exhausted[step] = report.budget_exhausted
+            if step % self.record_every == 0 or step == t - 1:
+                eval_steps.append(step + 1)
+                acc.append(policy.heldout_accuracy())
+            if on_step is not None:
+                on_step()
+        return RunRecord(
+            method=method,
+            seed=seed,
+            eval_steps=np.array(eval_steps, dtype=np.int64),
+            accuracy=np.array(acc, dtype=np.float64).reshape(-1, k),
+            weights=weights,
+            shares=shares,
+            rounds=rounds,
+            generated=groups,
+            rollouts=groups * self.group_size,
+            trained=batch,
+            budget_exhausted=exhausted,
+            wall_s=time.perf_counter() - start,
+        )

@@ -19,7 +19,7 @@ from mtgrpo_backends.options import (
     run_command,
     unset,
 )
-from mtgrpo_backends.simulated.bench import DEFAULT_METHODS, SimulatedRunner, build_controller
+from mtgrpo_backends.simulated.bench import DEFAULT_METHODS, SimulatedRunner
 from mtgrpo_backends.simulated.suites import load_suite
 
 PROG = "mtgrpo bench"
@@ -72,7 +72,7 @@ def run_bench(args: BenchArgs) -> int:
         suite, steps, batch_size, group_size, max_rounds, eval_every, sampler, args.rule, args.improvement_reduce
     )
     for m in methods:  # refuse what cannot be built (a user's rule that does not import) before any run starts
-        build_controller(m, suite.num_tasks, runner.spec(m, 0))
+        runner.controller(m, 0)
     title = (
         f"suite {suite.name} ({suite.num_tasks} tasks), {steps} steps, B={batch_size}, N={group_size}, "
         f"N_rs={max_rounds}"

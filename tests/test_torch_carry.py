@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
@@ -76,3 +77,18 @@ def test_a_task_without_signal_is_only_probed_in_the_loop() -> None:
     for r in rows[barren[0] :]:
         assert r["generated"][dead] <= 2 and r["sampling_weights"][dead] == 0.0  # probes only: ceil(B / K) = 2 groups
         assert sum(r["realized_counts"]) == 4 or r["budget_exhausted"]
+
+
+def test_a_carried_group_without_its_stored_data_is_refused() -> None:
+    config = _config("mt-grpo:0.2", steps=6)
+    config.sampler.update({"planner": "joint", "carry_over": 1})
+    state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
+    for _ in range(6):
+        train_step(state, config, _suite(), TOK)
+        if state.kept:
+            break
+    assert state.kept
+    state.kept = {}  # a trainer that lost the kept groups' data and log-probabilities
+    with pytest.raises(ValueError, match=r"kept by the sampler for this step, but the loop holds no data"):
+        for _ in range(6):  # the first step whose batch uses a carried group
+            train_step(state, config, _suite(), TOK)

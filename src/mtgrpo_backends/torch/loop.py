@@ -109,6 +109,12 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
 
     # 2. advantages of the selected groups (some may be carried from an earlier step: see carry-over)
     pool = {**state.kept, **fresh}
+    missing = [int(key) for key in batch.keys if int(key) not in pool]
+    if missing:
+        raise ValueError(
+            f"groups {missing[:5]} were kept by the sampler for this step, but the loop holds no data or "
+            "log-probabilities for them (TrainState.kept); resume from a checkpoint of this run, which stores them"
+        )
     chosen = [pool[int(key)] for key in batch.keys]
     row_task = torch.tensor([g.task for g in chosen for _ in range(n)], dtype=torch.long, device=config.device)
     rewards = torch.tensor(np.stack([g.rewards for g in chosen]) if chosen else np.zeros((0, n)), device=config.device)

@@ -91,3 +91,10 @@ def test_a_new_report_reusing_a_kept_key_is_refused_and_bad_settings_too() -> No
         builder.report_arrays([task], [int(batch.kept[0])], informative=np.array([True]))
     with pytest.raises(ValueError, match="carry_over must be >= 0, got -1"):
         SamplerConfig(8, 4, carry_over=-1)
+    with pytest.raises(ValueError, match="carry_over=1 needs a planner that plans from what is still missing"):
+        SamplerConfig(8, 4, carry_over=1)  # the paper planner asks M_os B whatever was carried
+    bad = json.loads(json.dumps(sampler.state_dict()))
+    bad["carry"]["keys"] = [bad["carry"]["keys"][0]] * len(bad["carry"]["keys"])
+    if len(bad["carry"]["keys"]) > 1:
+        with pytest.raises(ValueError, match=r"state\['keys'\] must be \d+ distinct integers"):
+            sampler.load_state_dict(bad)

@@ -84,5 +84,5 @@ def test_all_barren_steps_aside_and_bad_settings_are_refused() -> None:
     np.testing.assert_allclose(guard.sampling_weights(np.array([0.2, 0.8])), [1.0, 0.0])
     with pytest.raises(ValueError, match=r"guard_floor must be in \[0.0, 1.0\), got 1.0"):
         SamplerConfig(8, 4, guard_floor=1.0)
-    with pytest.raises(ValueError, match="guard_probe must be >= 0, got -1"):
-        SamplerConfig(8, 4, guard_probe=-1)
+    with pytest.raises(ValueError, match="guard_probe must be >= 1, got 0"):
+        SamplerConfig(8, 4, guard_probe=0)

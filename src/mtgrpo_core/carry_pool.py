@@ -88,8 +88,12 @@ class CarryPool:
             raise ValueError(f"state['keys'] do not fit state['key_dtype'] {state.get('key_dtype')!r}: {err}") from err
         rewards = None if state.get("rewards") is None else v.finite_array("state['rewards']", state["rewards"])
         n = tasks.shape[0]
-        if keys.shape != (n,) or staleness.shape != (n,) or (rewards is not None and rewards.shape[0] != n):
+        if keys.shape != (n,) or staleness.shape != (n,) or (rewards is not None and rewards.shape[:1] != (n,)):
             raise ValueError(f"state holds {n} kept groups but keys, staleness or rewards of other lengths")
+        if rewards is not None and rewards.ndim != 2:
+            raise ValueError(f"state['rewards'] must have shape (groups, N), got {rewards.shape}")
+        if not np.issubdtype(keys.dtype, np.integer) or np.unique(keys).shape[0] != n:
+            raise ValueError(f"state['keys'] must be {n} distinct integers, got {keys.tolist()[:8]}")
         if n and (staleness.min() < 1 or staleness.max() > self.max_staleness):
             raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
         self._groups = CarriedGroups(tasks, keys, rewards, staleness)

@@ -32,6 +32,7 @@ class Controller:
         self.rule = rule
         self.sampler = sampler
         self.method = method
+        self.improvement_reduce: str | None = None  # a method's own I_k reduction (reference presets: "sum")
         self.step = 0
         self._check_weights(rule.weights, "initial weights")
 
@@ -56,7 +57,9 @@ class Controller:
         settings = {**spec.sampler_settings, **sampler_overrides}
         config = SamplerConfig(batch_size=batch_size, group_size=group_size, **settings)
         rule = spec.build_rule(num_tasks, **dict(rule_kwargs or {}))
-        return cls(rule, RatioPreservingSampler(num_tasks, config, seed=seed), method=spec.name)
+        ctrl = cls(rule, RatioPreservingSampler(num_tasks, config, seed=seed), method=spec.name)
+        ctrl.improvement_reduce = spec.improvement_reduce
+        return ctrl
 
     @property
     def num_tasks(self) -> int:

@@ -79,8 +79,15 @@ class SamplerConfig:
         v.real_in_range("correct_reward", self.correct_reward)
         v.real_in_range("guard_floor", self.guard_floor, 0.0, 1.0, high_open=True)
         v.positive_int("carry_over", self.carry_over, minimum=0)
+        if self.carry_over and (self.filtering == "none" or not self.ratio_constraint or self.planner == "paper"):
+            raise ValueError(
+                f"carry_over={self.carry_over} needs a planner that plans from what is still missing (planner "
+                f"'posterior' or 'joint', with filtering and the ratio constraint); got planner={self.planner!r}, "
+                f"filtering={self.filtering!r}, ratio_constraint={self.ratio_constraint}: carried groups would only "
+                "displace fresh ones"
+            )
         if self.guard_probe is not None:
-            v.positive_int("guard_probe", self.guard_probe, minimum=0)
+            v.positive_int("guard_probe", self.guard_probe, minimum=1)
         for name in ("ratio_constraint", "acceptance_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

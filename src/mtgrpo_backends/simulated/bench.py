@@ -20,6 +20,7 @@ from mtgrpo_backends.options import RuleOptions
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
 from mtgrpo_backends.simulated.suites import Suite
 from mtgrpo_core.controller import Controller
+from mtgrpo_core.methods import parse_method
 from mtgrpo_core.sampler import BatchReport
 from mtgrpo_core.signal_path import StepFacts, step_signals
 from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE
@@ -81,7 +82,8 @@ def _train_step(
     trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
     advantage, before, after = policy.train_step(trained)
     facts = step_facts(generated, trained, advantage, before, after)
-    ctrl.end_step(step_signals(facts, ctrl.num_tasks, improvement_reduce=improvement_reduce))
+    reduce = ctrl.improvement_reduce or improvement_reduce  # a reference preset's own reduction wins
+    ctrl.end_step(step_signals(facts, ctrl.num_tasks, improvement_reduce=reduce))
     kept_keys = np.asarray(batch.kept, dtype=np.int64) if batch.kept is not None else np.zeros(0, np.int64)
     kept.groups, kept.keys = pool.take(np.searchsorted(pool_keys, kept_keys)), kept_keys
     return batch.report, len(batch)
@@ -112,8 +114,15 @@ class SimulatedRunner:
             self.group_size,
             seed,
             rule_kwargs=self.rule.kwargs_for(method),
-            **{**self.sampler, "max_rounds": self.max_rounds},
+            **self.sampler_for(method),
         )
+
+    def sampler_for(self, method: str) -> dict[str, Any]:
+        """The sampler overrides of a run: the suite's N_rs unless the method is a reference preset (which sets its
+        own) or the sampler overrides name one."""
+        if "max_rounds" in self.sampler or parse_method(method).preset is not None:
+            return dict(self.sampler)
+        return {**self.sampler, "max_rounds": self.max_rounds}
 
     def __call__(self, method: str, seed: int, on_step: Callable[[], None] | None = None) -> RunRecord:
         """Run one method for one seed through the real controller conversation; returns its record."""

@@ -63,7 +63,7 @@ def run_bench(args: BenchArgs) -> int:
     eval_every = at_least("eval_every", d.record_every if args.eval_every is None else args.eval_every, 1)
     args.harness.check()
     sampler = args.sampler.check(batch_size, group_size)
-    max_rounds = sampler.pop("max_rounds", d.max_rounds)
+    max_rounds = sampler.get("max_rounds", d.max_rounds)  # an explicit --sampler.max-rounds stays in sampler
     methods, swept = chosen_methods(args.harness, DEFAULT_METHODS)
     args.harness.reference_for(methods)
     seeds = list(args.harness.seeds) or list(range(d.seeds))

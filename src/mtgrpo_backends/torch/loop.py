@@ -156,7 +156,8 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
 
     # 5. next task weights: the core's signal path turns the step's facts into J, accuracy, I and mean |A|
     facts = step_facts(list(fresh.values()), row_task, adv, before, after)
-    signals = step_signals(facts, k_tasks, improvement_reduce=config.improvement_reduce)
+    reduce = ctrl.improvement_reduce or config.improvement_reduce  # a reference preset's own reduction wins
+    signals = step_signals(facts, k_tasks, improvement_reduce=reduce)
     ctrl.end_step(signals)
     state.step += 1
     timer.lap("core")

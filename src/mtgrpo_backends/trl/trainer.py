@@ -346,9 +346,8 @@ class MTGRPOTrainer(GRPOTrainer):
             facts = with_surrogate(facts, rows)
         cfg = self.cfg
         num_tasks = self.controller.num_tasks
-        signals = step_signals(
-            facts, num_tasks, improvement_reduce=cfg.improvement_reduce, correct_reward=cfg.correct_reward
-        )
+        reduce = self.controller.improvement_reduce or cfg.improvement_reduce  # a reference preset's wins
+        signals = step_signals(facts, num_tasks, improvement_reduce=reduce, correct_reward=cfg.correct_reward)
         if self._reward_change is not None:  # the documented approximation of I_k, from the signal path's J_k
             signals = replace(signals, improvement=self._reward_change.update(signals.reward))
         log_signals(self._metrics["train"], self.task_names, signals, self._reward_change is None)

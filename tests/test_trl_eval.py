@@ -32,12 +32,7 @@ class EvalRecorder(Recorder):
         return per_func
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_per_task_eval_metrics_in_a_run(tmp_path: Path) -> None:

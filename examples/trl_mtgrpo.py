@@ -2,6 +2,8 @@
 
 GPU, the paper's 3-task setting (medium difficulty), e.g. on 2 GPUs:
     accelerate launch --multi_gpu --num_processes 2 examples/trl_mtgrpo.py --model Qwen/Qwen2.5-3B-Instruct
+The reference code's data and scoring (raw-text prompts for a base model; docs/fidelity.md):
+    accelerate launch --multi_gpu --num_processes 2 examples/trl_mtgrpo.py --model Qwen/Qwen2.5-3B --suite reference
 CPU smoke run (a tiny randomly initialised GPT-2 and a character tokenizer built locally, a few steps):
     python examples/trl_mtgrpo.py --cpu-smoke
 A random model never writes \\boxed{...}, so under the paper's reward every group is zero-gradient and dynamic
@@ -29,7 +31,9 @@ from transformers import TrainerCallback
 
 from mtgrpo_backends.options import Names, RuleOptions, SamplerOptions, parse, rule_parameters, run_command
 from mtgrpo_backends.trl import PAPER_TASKS_3, MTGRPOConfig, MTGRPOTrainer, build_dataset, paper_reward
+from mtgrpo_backends.trl.rewards import reference_reward
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
+from mtgrpo_core.methods import parse_method
 
 SMOKE_TASKS = ("countdown-easy", "zebra-easy", "arc1d-easy")
 
@@ -50,6 +54,9 @@ class ExampleArgs:
     """I_k over task k's samples: mean or sum (the reference code's)"""
     tasks: Names = PAPER_TASKS_3
     """task names, e.g. zebra-hard (with --cpu-smoke the default is the easy level)"""
+    suite: Literal["paper", "reference"] = "paper"
+    """prompts and scoring: paper (chat prompts, 1/0.1/0) or reference (the reference code's raw-text prompts and
+    its train scoring; use a base model)"""
     train_size: int = 10_000
     """prompts per task (paper: 10k)"""
     max_steps: int = 720
@@ -98,16 +105,16 @@ class StepClock(TrainerCallback):
 
 
 def controller_settings(a: ExampleArgs, tasks: list[str], batch_size: int, group_size: int) -> dict[str, Any]:
-    """MTGRPOConfig's controller fields: the paper's settings (M_os = 3, M_acc = 5, multinomial targets, N_rs 10
-    for 3 tasks and 2 for 9; IWU with AdamW, lr 0.025, weight decay 1e-5 for 3 tasks and 1e-4 for 9, I_k clipped
-    to 0.2), overridden by --sampler.* and --rule.*."""
+    """MTGRPOConfig's controller fields: the paper's settings (N_rs 10 for 3 tasks and 2 for 9; with the paper's
+    planner also M_os = 3, M_acc = 5, multinomial targets; IWU with AdamW, lr 0.025, weight decay 1e-5 for 3 tasks
+    and 1e-4 for 9, I_k clipped to 0.2), overridden by --sampler.* and --rule.*. The lean default planner (joint
+    planner with carry-over) keeps its own caps."""
     paper_rounds = 2 if a.cpu_smoke else (10 if len(tasks) <= 3 else 2)
-    sampler = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "max_rounds": paper_rounds}
+    spec = parse_method(a.method)
+    sampler: dict[str, Any] = {"max_rounds": paper_rounds}
+    if spec.preset is None and spec.sampler_settings.get("planner", "paper") == "paper":
+        sampler.update({"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial"})
     sampler.update(a.sampler.check(batch_size, group_size))
-    if sampler.pop("carry_over", 0):
-        raise ValueError(
-            f"--sampler.carry-over {a.sampler.carry_over}: the TRL backend does not support carry-over yet"
-        )
     a.rule.check([a.method], len(tasks))
     takes = rule_parameters(a.method)
     rule = {"weight_decay": 1e-5 if len(tasks) <= 3 else 1e-4} if takes is None or "weight_decay" in takes else {}
@@ -134,7 +141,7 @@ def run(a: ExampleArgs) -> int:
     if a.cpu_smoke:
         tokenizer = build_char_tokenizer(string.printable)
         model: Any = build_tiny_model(tokenizer)
-        dataset = build_dataset(tasks, size=8, seed=a.seed, chat=False, cache_dir=a.cache_dir)
+        dataset = build_dataset(tasks, size=8, seed=a.seed, chat=False, cache_dir=a.cache_dir, suite=a.suite)
         n, per_device = 4, 4 * len(tasks)
         trl_settings: dict[str, Any] = {
             "max_steps": a.max_steps if a.max_steps != 720 else 4,
@@ -147,7 +154,7 @@ def run(a: ExampleArgs) -> int:
         }
     else:
         tokenizer, model = None, a.model
-        dataset = build_dataset(tasks, size=a.train_size, seed=a.seed, chat=True, cache_dir=a.cache_dir)
+        dataset = build_dataset(tasks, size=a.train_size, seed=a.seed, cache_dir=a.cache_dir, suite=a.suite)
         n, per_device = a.num_generations, a.per_device_train_batch_size
         trl_settings = {
             "max_steps": a.max_steps,
@@ -162,9 +169,10 @@ def run(a: ExampleArgs) -> int:
         **common, **controller, **trl_settings, per_device_train_batch_size=per_device, num_generations=n
     )
     clock = StepClock()
+    reward = reference_reward if a.suite == "reference" else paper_reward
     trainer = MTGRPOTrainer(
         model=model,
-        reward_funcs=toy_reward if a.cpu_smoke and a.toy_reward else paper_reward,
+        reward_funcs=toy_reward if a.cpu_smoke and a.toy_reward else reward,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,

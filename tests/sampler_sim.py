@@ -8,12 +8,13 @@ from mtgrpo_core.sampler import BatchBuilder, Request
 
 
 class AcceptanceCaller:
-    """Generates groups whose informativeness is Bernoulli(1 - filter_rate[k]); keys count up from 0."""
+    """Generates groups whose informativeness is Bernoulli(1 - filter_rate[k]); keys count up from first_key
+    (carry-over needs keys unique across steps: a caller per step starts where the last one stopped)."""
 
-    def __init__(self, filter_rate: np.ndarray, seed: int) -> None:
+    def __init__(self, filter_rate: np.ndarray, seed: int, first_key: int = 0) -> None:
         self.filter_rate = np.asarray(filter_rate, dtype=np.float64)
         self.rng = np.random.default_rng(seed)
-        self.next_key = 0
+        self.next_key = first_key
         self.informative: dict[int, bool] = {}
 
     def answer(self, builder: BatchBuilder, request: Request) -> None:

@@ -98,3 +98,22 @@ def test_a_new_report_reusing_a_kept_key_is_refused_and_bad_settings_too() -> No
     if len(bad["carry"]["keys"]) > 1:
         with pytest.raises(ValueError, match=r"state\['keys'\] must be \d+ distinct integers"):
             sampler.load_state_dict(bad)
+
+
+def test_a_key_trained_or_released_at_the_last_step_is_refused_when_reported_again() -> None:
+    sampler, caller = _sampler(1), AcceptanceCaller(RATES, seed=7)
+    batch = caller.run(sampler.begin(WEIGHTS, 0))
+    assert batch.released is not None and len(batch.released) > 0
+    for old in (int(batch.keys[0]), int(batch.released[0])):
+        builder = sampler.begin(WEIGHTS, 1)
+        request = builder.next_request()
+        assert request is not None
+        task = int(np.flatnonzero(request.counts)[0])
+        with pytest.raises(ValueError, match=rf"keys \[{old}\] were trained or released at the last step"):
+            builder.report_arrays([task], [old], informative=np.array([True]))
+    restored = _sampler(1)
+    restored.load_state_dict(json.loads(json.dumps(sampler.state_dict())))
+    builder = restored.begin(WEIGHTS, 1)
+    assert builder.next_request() is not None
+    with pytest.raises(ValueError, match="reported again"):
+        builder.report_arrays([task], [int(batch.keys[0])], informative=np.array([True]))

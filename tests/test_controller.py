@@ -19,13 +19,14 @@ RATES = np.array([0.1, 0.3, 0.8])
 def run_steps(ctrl: Controller, steps: int, start: int = 0) -> list[np.ndarray]:
     weights = []
     for step in range(start, start + steps):
-        batch = AcceptanceCaller(RATES, step).run(ctrl.begin_step())
+        batch = AcceptanceCaller(RATES, step, first_key=1000 * step).run(ctrl.begin_step())
         reward = np.array([0.7, 0.4, 0.1]) + 0.01 * step
         signals = TaskSignals.build(
             reward=reward,
             accuracy=reward,  # read by the reference preset's rule (mt-grpo-ref), ignored by the others
             improvement=np.array([0.02, 0.01, 0.0]) if "improvement" in ctrl.needs else None,
             mean_abs_advantage=np.array([0.3, 0.5, 0.2]) if "mean_abs_advantage" in ctrl.needs else None,
+            improvement_steps=[[0.01, 0.0, 0.0], [0.01, 0.01, 0.0]] if ctrl.minibatch_updates else None,
         )
         assert len(batch) <= 16
         weights.append(ctrl.end_step(signals))

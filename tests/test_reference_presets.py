@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from mtgrpo_core.reference_presets import (
     reference_improvement_clip,
     reference_max_rounds,
 )
+from mtgrpo_core.signal_path import StepFacts, step_signals
 
 COMMON = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "planner": "paper-ref"}
 
@@ -155,7 +157,9 @@ def test_reference_controller_runs_and_restores_from_json() -> None:
         out = []
         for step in range(start, start + 3):
             acc = np.array([0.7, 0.4, 0.1]) + 0.01 * step
-            ctrl.end_step(TaskSignals.build(reward=acc, accuracy=acc, improvement=[0.02, -0.3, 0.0]))
+            steps = [[0.02, -0.1, 0.0], [0.0, -0.2, 0.0]]
+            signals = TaskSignals.build(reward=acc, accuracy=acc, improvement=np.sum(steps, 0), improvement_steps=steps)
+            ctrl.end_step(signals)
             out.append(ctrl.weights)
         return out
 
@@ -167,4 +171,29 @@ def test_reference_controller_runs_and_restores_from_json() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(run(ctrl, 3), run(twin, 3), strict=True))
     assert ctrl.weights[2] > ctrl.weights[0]  # weight moves to the weak task
     with pytest.raises(ValueError, match=r"signals.accuracy is None"):
-        ctrl.end_step(TaskSignals.build(reward=[0.5, 0.5, 0.5], improvement=[0.0, 0.0, 0.0]))
+        ctrl.end_step(TaskSignals.build(reward=[0.5] * 3, improvement=[0.0] * 3, improvement_steps=[[0.0] * 3]))
+
+
+def test_the_iwu_presets_update_once_per_mini_batch_from_the_signal_path() -> None:
+    # two mini-batches; task 2 has no sample in the second one (its I_k there is 0, as in dp_actor.py)
+    facts = StepFacts(
+        rollout_task=[0, 0, 1, 1, 2, 2],
+        rollout_reward=[1.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+        surrogate_before=[0.1, 0.2, 0.0, 0.3, -0.1],
+        surrogate_after=[0.3, 0.1, 0.4, 0.5, 0.0],
+        surrogate_task=[0, 1, 2, 0, 1],
+        surrogate_minibatch=[0, 0, 0, 1, 1],
+    )
+    signals = step_signals(facts, 3, improvement_reduce="sum")
+    assert signals.improvement_steps is not None
+    np.testing.assert_allclose(signals.improvement_steps, [[0.2, -0.1, 0.4], [0.2, 0.1, 0.0]])
+    np.testing.assert_allclose(signals.improvement, [0.4, 0.0, 0.4])
+    ctrl = Controller.from_method("mt-grpo-ref:0.2", 3, 8, 4)
+    assert ctrl.minibatch_updates and not Controller.from_method("mt-grpo:0.2", 3, 8, 4).minibatch_updates
+    twin = parse_method("mt-grpo-ref:0.2").build_rule(3)
+    signals = replace(signals, accuracy=np.array([0.5, 1.0, 0.0]))
+    np.testing.assert_array_equal(ctrl.end_step(signals), twin.update_minibatches(signals, signals.improvement_steps))
+    with pytest.raises(ValueError, match=r"once per PPO mini-batch .*StepFacts.surrogate_minibatch"):
+        ctrl.end_step(replace(signals, improvement_steps=None))
+    with pytest.raises(ValueError, match="surrogate_minibatch is given without"):
+        step_signals(replace(facts, surrogate_before=None, surrogate_after=None), 3)

@@ -14,7 +14,7 @@ from mtgrpo_core import Controller, IWURule, SamplerConfig, TaskSignals, group_a
 
 
 def _trained_controller() -> Controller:
-    ctrl = Controller.from_method("mt-grpo:0.2", 3, 8, 4, seed=1)
+    ctrl = Controller.from_method("mt-grpo-paper:0.2", 3, 8, 4, seed=1)
     for _ in range(2):
         builder = ctrl.begin_step()
         n = 0
@@ -61,7 +61,7 @@ def test_a_refused_controller_state_leaves_the_controller_unchanged(
     mutate: Callable[[dict[str, Any]], None], match: str
 ) -> None:
     ctrl = _trained_controller()
-    other = Controller.from_method("mt-grpo:0.2", 3, 8, 4, seed=1)
+    other = Controller.from_method("mt-grpo-paper:0.2", 3, 8, 4, seed=1)
     state = json.loads(json.dumps(ctrl.state_dict()))
     state["rule"]["logits"] = [5.0, -5.0, 0.0]  # the rule part alone would load: it must not stay behind
     mutate(state)

@@ -92,11 +92,11 @@ def _trl() -> StepFacts:
     inert = 5  # a top-up group masked out of the loss: its rows are in the batch but not trained
     row_ids = np.concatenate([np.arange(g * N, (g + 1) * N) for g in [*TRAINED, inert]])
     row_adv = np.concatenate([adv.ravel(), np.zeros(N)])
-    facts = trl_facts(GROUP_TASK, REWARDS, row_ids, row_adv, TRAINED)
+    facts = trl_facts(GROUP_TASK, REWARDS, GROUP_TASK[row_ids // N], row_ids, row_adv, TRAINED)
     tasks = np.repeat(GROUP_TASK[TRAINED], N).astype(float)
     rows = np.stack([before.ravel(), after.ravel(), tasks, np.ones(tasks.shape)], axis=1)
     empty = np.array([[0.0, 0.0, 2.0, 0.0]])  # a completion without tokens: not a sample of I_k
-    return with_surrogate(facts, np.concatenate([rows, empty]))
+    return with_surrogate(facts, [np.concatenate([rows, empty])])
 
 
 def _same(a: TaskSignals, b: TaskSignals) -> bool:

@@ -254,7 +254,7 @@ def test_bench_cli_end_to_end(tmp_path: Path, user_rules: str, capsys: pytest.Ca
     assert run["seed"] == 1 and len(run["final_accuracy"]) == 3
     assert run["worst"] == pytest.approx(min(run["final_accuracy"]), abs=1e-4)
     assert np.array(run["weights"]).shape == (12, 3) and np.array(run["shares"]).shape == (12, 3)
-    assert len(run["rounds"]) == 12 and all(r >= 1 for r in run["rounds"])
+    assert len(run["rounds"]) == 12 and min(run["rounds"]) >= 0 and max(run["rounds"]) >= 1  # 0: all carried
     grpo = doc["methods"]["grpo"]["runs"][0]
     assert grpo["rounds"] == [1] * 12  # no filtering: one request per step
     assert grpo["rollouts_at_evals"][-1] == 12 * 32 * 8 == doc["budget"]["rollouts"]

@@ -23,12 +23,18 @@ from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
         ("\\boxed{a}\nthen \\boxed{b} and \\boxed{c}\n\n", "c"),
         ("\\boxed{(1+2)*{3}}", "(1+2)*{3}"),
         ("\\boxed{bob}\nI am done.", None),
+        ("\\boxed{bob}\r\nI am done.", None),
+        ("\\boxed{bob}\r\n\r\n \t\n", "bob"),  # blank lines after the answer are skipped
+        ("\\boxed{bob}\u2028I am done.", "bob"),  # only "\n" ends a line: not U+2028,
+        ("\\boxed{bob}\x0cI am done.", "bob"),  # a form feed,
+        ("\\boxed{bob}\rI am done.", "bob"),  # or a lone carriage return
+        ("\\boxed{bob}\n\u2028\n", "bob"),  # a line of whitespace is empty
         ("\\boxed{unclosed", None),
         ("no box at all", None),
         ("", None),
     ],
 )
-def test_extract_boxed_takes_the_last_box_on_the_last_line(response: str, expected: str | None) -> None:
+def test_extract_boxed_takes_the_last_box_on_the_last_non_empty_line(response: str, expected: str | None) -> None:
     assert extract_boxed(response) == expected
 
 
@@ -123,7 +129,8 @@ def test_difficulty_settings_follow_the_paper() -> None:
     assert gym_config("countdown-hard") == {"min_numbers": 5, "max_numbers": 5}
     assert gym_config("zebra-medium") == {"num_people": 4, "num_characteristics": 4}
     assert gym_config("arc1d-easy") == {"min_size": 10, "max_size": 10}
-    assert len(PAPER_TASKS_9) == 9
+    assert gym_config("countdown-very_hard") == {"min_numbers": 6, "max_numbers": 6}  # the reference's test level
+    assert len(PAPER_TASKS_9) == 9 and not any(t.endswith("very_hard") for t in PAPER_TASKS_9)
 
 
 def test_dataset_rows_are_seeded_boxed_and_scored_correct_by_their_own_answers(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ class Recorder(MTGRPOTrainer):
 
 def make_trainer(
     out: Path,
-    method: str = "mt-grpo:0.2",
+    method: str = "mt-grpo-paper:0.2",  # the paper's Algorithm 2 (the lean default: test_trl_carry.py)
     dataset: Dataset | None = None,
     reward: Any = toy_reward,
     recorder: type[Recorder] = Recorder,

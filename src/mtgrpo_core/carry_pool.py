@@ -5,6 +5,8 @@ prompts generated per prompt used without many rounds. Keeping the surplus for a
 steps (trained then with the clipped importance ratio against the policy that generated it) lets the next batch
 start from it. The sampler offers the kept groups at the start of each conversation, before any request; the
 batch says which of its groups are carried (and how stale), which groups it keeps, and which the trainer may free.
+With carry-over on, keys must be unique across steps: the pool remembers the keys the last step retired (trained
+or released) and refuses a later report of any of them (the trainer's data for them may be gone).
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class CarryPool:
         self._k = v.positive_int("num_tasks", num_tasks)
         self.max_staleness = v.positive_int("max_staleness", max_staleness)
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
+        self._retired: KeyArray = np.zeros(0, np.int64)
+        self._retired_set: set[int] = set()  # exact integer comparison whatever the two key dtypes
+
+    def refuse_retired(self, keys: KeyArray) -> None:
+        """Refuse keys that the last step trained or released (a group reported again after it was retired)."""
+        again = [k for k in keys.tolist() if k in self._retired_set] if self._retired_set else []
+        if again:
+            raise ValueError(
+                f"keys {again[:5]} were trained or released at the last step and are reported again; with "
+                "carry-over every reported group needs a key never used before (e.g. a counter across steps)"
+            )
 
     def offer(self) -> CarriedGroups:
         """The groups kept for the coming step (each one step staler than when stored)."""
@@ -54,13 +67,16 @@ class CarryPool:
         keys: KeyArray,
         rewards: NDArray[np.float64] | None,
         staleness: NDArray[np.int64],
+        retired: KeyArray,
     ) -> NDArray[np.bool_]:
         """Keep the groups whose staleness at the next step (staleness + 1) is within the bound; replaces what was
-        kept. Returns the mask of the groups kept."""
+        kept, and remembers `retired` (the step's keys not kept) plus the groups dropped here. Returns the mask of
+        the groups kept."""
         keep = staleness + 1 <= self.max_staleness
         self._groups = CarriedGroups(
             tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1
         )
+        self._retire(np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired)
         return keep
 
     def state_dict(self) -> dict[str, Any]:
@@ -74,6 +90,8 @@ class CarryPool:
             "key_dtype": str(g.keys.dtype),
             "rewards": None if g.rewards is None else g.rewards.tolist(),
             "staleness": g.staleness.tolist(),
+            "retired": self._retired.tolist(),
+            "retired_dtype": str(self._retired.dtype),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -82,12 +100,12 @@ class CarryPool:
             raise ValueError(f"state['max_staleness'] is {state.get('max_staleness')!r}, expected {self.max_staleness}")
         tasks = v.task_ids("state['tasks']", state.get("tasks", []), self._k)
         staleness = v.int_array("state['staleness']", state.get("staleness", []), ndim=1)
-        try:
-            keys = np.asarray(state.get("keys", []), dtype=np.dtype(state.get("key_dtype", "int64")))
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ValueError(f"state['keys'] do not fit state['key_dtype'] {state.get('key_dtype')!r}: {err}") from err
+        keys = _keys(state, "keys", "key_dtype")
+        retired = _keys(state, "retired", "retired_dtype")
         rewards = None if state.get("rewards") is None else v.finite_array("state['rewards']", state["rewards"])
         n = tasks.shape[0]
+        if n == 0 and rewards is not None and rewards.size == 0:
+            rewards = None  # nothing kept (JSON does not keep the shape (0, N)); an empty offer is never booked
         if keys.shape != (n,) or staleness.shape != (n,) or (rewards is not None and rewards.shape[:1] != (n,)):
             raise ValueError(f"state holds {n} kept groups but keys, staleness or rewards of other lengths")
         if rewards is not None and rewards.ndim != 2:
@@ -97,3 +115,17 @@ class CarryPool:
         if n and (staleness.min() < 1 or staleness.max() > self.max_staleness):
             raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
         self._groups = CarriedGroups(tasks, keys, rewards, staleness)
+        self._retire(retired)
+
+    def _retire(self, keys: KeyArray) -> None:
+        self._retired, self._retired_set = keys, set(keys.tolist())
+
+
+def _keys(state: Mapping[str, Any], name: str, dtype_name: str) -> KeyArray:
+    try:
+        keys = np.asarray(state.get(name, []), dtype=np.dtype(state.get(dtype_name, "int64")))
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"state[{name!r}] do not fit state[{dtype_name!r}] {state.get(dtype_name)!r}: {err}") from err
+    if keys.ndim != 1 or not np.issubdtype(keys.dtype, np.integer):
+        raise ValueError(f"state[{name!r}] must be a list of integers, got dtype {keys.dtype} shape {keys.shape}")
+    return keys

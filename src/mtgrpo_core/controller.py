@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +33,7 @@ class Controller:
         self.sampler = sampler
         self.method = method
         self.improvement_reduce: str | None = None  # a method's own I_k reduction (reference presets: "sum")
+        self.minibatch_updates = False  # one weight update per mini-batch (reference presets; needs update_minibatches)
         self.step = 0
         self._check_weights(rule.weights, "initial weights")
 
@@ -59,6 +60,7 @@ class Controller:
         rule = spec.build_rule(num_tasks, **dict(rule_kwargs or {}))
         ctrl = cls(rule, RatioPreservingSampler(num_tasks, config, seed=seed), method=spec.name)
         ctrl.improvement_reduce = spec.improvement_reduce
+        ctrl.minibatch_updates = spec.minibatch_updates
         return ctrl
 
     @property
@@ -94,10 +96,24 @@ class Controller:
         guard = self.sampler.guard
         if guard is not None and guard.barren.any():  # the rule does not chase a task that yields no signal
             signals = replace(signals, present=signals.present & ~guard.barren)
-        weights = self.rule.update(signals)
+        weights = self._update_rule(signals)
         self._check_weights(weights, f"weights after step {self.step}")
         self.step += 1
         return weights
+
+    def _update_rule(self, signals: TaskSignals) -> NDArray[np.float64]:
+        if not self.minibatch_updates:
+            return self.rule.update(signals)
+        per_minibatch = getattr(self.rule, "update_minibatches", None)
+        if per_minibatch is None:
+            rule = type(self.rule).__name__
+            raise TypeError(f"method {self.method!r} updates once per mini-batch, which rule {rule} cannot")
+        if signals.improvement_steps is None:
+            raise ValueError(
+                f"method {self.method!r} updates the weights once per PPO mini-batch (the reference code): measure "
+                "the surrogate around each mini-batch's optimizer step (StepFacts.surrogate_minibatch)"
+            )
+        return cast(NDArray[np.float64], per_minibatch(signals, signals.improvement_steps))
 
     def _check_weights(self, weights: Any, what: str) -> None:
         try:

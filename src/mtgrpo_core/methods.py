@@ -7,12 +7,19 @@
 "iwu-only[:lam]"      IWU weights, DAPO dynamic sampling (ablation: IWU without RPS)
 "rps-only"            uniform weights, RP-SAMPLER (ablation: RPS with fixed uniform z)
 "mt-grpo[:lam]"       IWU weights + RP-SAMPLER (the paper's method; lam defaults to 0.2)
-"mt-grpo-noinfl[:lam]" IWU + RP-SAMPLER without acceptance-aware inflation (ablation)
+"mt-grpo-paper[:lam]" IWU + RP-SAMPLER with the paper's Algorithm 2 as written: paper planner, strictly on-policy
+"mt-grpo-noinfl[:lam]" IWU + the paper's Algorithm 2 without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
 "minimax-reg[:eta]"   regularised reward-only weights (Subroutine 2) + RP-SAMPLER (eta defaults to 0.01)
 "mt-grpo-ref[:lam]"   the paper's reference code, 3-task scripts (reference_presets.py, docs/fidelity.md)
 "mt-grpo-ref9[:lam]"  the paper's reference code, 9-task scripts; "dapo-ref", "dapo-ref9", "grpo-ref" its baselines
 "module:Class"        a user's WeightingRule class, built as Class(num_tasks), with RP-SAMPLER
+
+Every method with the ratio constraint plans lean (beyond the paper, docs/sampler.md): the joint planner (the whole
+batch completes in one round with probability 0.9) with carry-over of informative surplus for one step, request
+caps M_acc = 25 and M_os = 6. "mt-grpo-paper", "mt-grpo-noinfl" and the reference presets keep the paper planner,
+strictly on-policy; `--sampler.planner paper --sampler.carry-over 0 --sampler.oversample 3
+--sampler.max-inflation 5` gives any method the paper's Algorithm 2.
 
 Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "minimax", "sec", "uniform", "fixed").
 """
@@ -29,7 +36,16 @@ from mtgrpo_core.rule_registry import build_rule
 
 _DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
 _GRPO = {"filtering": "none"}
-_RPS: dict[str, Any] = {"filtering": "lenient", "ratio_constraint": True, "acceptance_aware": True}
+_PAPER: dict[str, Any] = {"filtering": "lenient", "ratio_constraint": True, "acceptance_aware": True}
+# the lean default (issue: every rollout counts): joint planner + one step of carry-over, caps that do not bind
+LEAN: dict[str, Any] = {
+    **_PAPER,
+    "planner": "joint",
+    "confidence": 0.9,
+    "carry_over": 1,
+    "max_inflation": 25.0,
+    "oversample": 6.0,
+}
 
 # name -> (rule, name of its numeric argument or None, default of that argument, sampler settings)
 _TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
@@ -38,11 +54,12 @@ _TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
     "sec-grpo": ("sec", None, None, _GRPO),
     "sec-dapo": ("sec", None, None, _DAPO),
     "iwu-only": ("iwu", "lam", 0.2, _DAPO),
-    "rps-only": ("uniform", None, None, _RPS),
-    "mt-grpo": ("iwu", "lam", 0.2, _RPS),
-    "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_RPS, "acceptance_aware": False}),
-    "minimax": ("minimax", None, None, _RPS),
-    "minimax-reg": ("minimax", "eta", 0.01, _RPS),
+    "rps-only": ("uniform", None, None, LEAN),
+    "mt-grpo": ("iwu", "lam", 0.2, LEAN),
+    "mt-grpo-paper": ("iwu", "lam", 0.2, _PAPER),
+    "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_PAPER, "acceptance_aware": False}),
+    "minimax": ("minimax", None, None, LEAN),
+    "minimax-reg": ("minimax", "eta", 0.01, LEAN),
     **{n: (p.rule, p.arg, p.default, dict(p.sampler_settings)) for n, p in REFERENCE_PRESETS.items()},
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_TABLE)
@@ -68,6 +85,11 @@ class MethodSpec:
         """The I_k reduction the method was tuned with ("sum" for the reference presets); None: the backend's."""
         return None if self.preset is None else self.preset.improvement_reduce
 
+    @property
+    def minibatch_updates(self) -> bool:
+        """True for methods that update the weights once per PPO mini-batch (the reference IWU presets)."""
+        return self.preset is not None and self.preset.minibatch_updates
+
     def build_rule(self, num_tasks: int, **overrides: Any) -> WeightingRule:
         """Construct the weighting rule for K tasks; `overrides` go to the rule's constructor."""
         if self.preset is None:
@@ -88,7 +110,7 @@ def parse_method(text: str) -> MethodSpec:
     name, sep, arg = text.strip().lower().partition(":")
     if name not in _TABLE:
         if sep and arg and not _is_number(arg):  # "module:Class", a user rule
-            return MethodSpec(name=text.strip(), rule=text.strip(), sampler_settings=dict(_RPS))
+            return MethodSpec(name=text.strip(), rule=text.strip(), sampler_settings=dict(LEAN))
         raise ValueError(
             f"method must be one of {list(METHOD_NAMES)} (optionally ':value'), or 'module:Class' naming a "
             f"WeightingRule class, got {text!r}"

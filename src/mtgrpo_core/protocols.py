@@ -22,6 +22,8 @@ class TaskSignals:
     improvement: I_k (Eq. 8), surrogate after minus before the update; None if the caller has none.
     mean_abs_advantage: mean |A| over task k's samples (the SEC bandit's reward); None if not computed.
     accuracy: fraction of task k's rollouts that were correct (logged; no built-in rule reads it); None if absent.
+    improvement_steps: (M, K) I_k of each of the step's M optimizer steps (PPO mini-batches), in order, for
+        methods that update the weights once per mini-batch (the reference presets); None if not measured so.
 
     Build it with `mtgrpo_core.step_signals` from a step's facts (the one signal path every backend uses), or
     with `TaskSignals.build` from per-task values.
@@ -37,6 +39,7 @@ class TaskSignals:
     mean_abs_advantage: NDArray[np.float64] | None = None
     accuracy: NDArray[np.float64] | None = None
     untrained: tuple[int, ...] = ()
+    improvement_steps: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         """Refuse fields whose shapes do not match (a TaskSignals built directly, without `build`)."""
@@ -49,6 +52,9 @@ class TaskSignals:
                 raise ValueError(
                     f"{name} must have shape {present.shape} (one per task, like present), got {np.shape(value)}"
                 )
+        steps = self.improvement_steps
+        if steps is not None and (np.ndim(steps) != 2 or np.shape(steps)[1:] != present.shape):
+            raise ValueError(f"improvement_steps must have shape (M, {present.shape[0]}), got {np.shape(steps)}")
         if any(not 0 <= k < present.shape[0] for k in self.untrained):
             raise ValueError(f"untrained must list task ids in [0, {present.shape[0]}), got {self.untrained}")
 
@@ -59,6 +65,7 @@ class TaskSignals:
         improvement: ArrayLike | None = None,
         mean_abs_advantage: ArrayLike | None = None,
         accuracy: ArrayLike | None = None,
+        improvement_steps: ArrayLike | None = None,
     ) -> TaskSignals:
         """Validate and build; `present` defaults to the tasks whose reward is not NaN."""
         r = v.as_float_array("reward", reward, ndim=1)
@@ -102,6 +109,9 @@ class TaskSignals:
             mean_abs_advantage=advantage_arr,
             accuracy=accuracy_arr,
             untrained=tuple(sorted(untrained)),
+            improvement_steps=None
+            if improvement_steps is None
+            else v.finite_array("improvement_steps", improvement_steps, ndim=2),
         )
 
     @property

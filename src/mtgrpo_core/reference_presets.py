@@ -116,6 +116,7 @@ class ReferencePreset:
     sampler_settings: Mapping[str, Any] = field(default_factory=dict)
     delta_threshold: float | None = None
     improvement_reduce: str | None = None
+    minibatch_updates: bool = False  # one weight update per PPO mini-batch (dp_actor.py), not one per step
 
     def rule_arguments(self, num_tasks: int, base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
         """The rule's constructor arguments: the preset's (base), the I_k clip for `actor_lr` if given, then the
@@ -178,6 +179,7 @@ def _iwu(name: str, k: int, sibling: str, lam: float, wd: float, clip: float, in
         sampler_settings={**(_EXP1 if k == 3 else _EXP2), "ratio_constraint": True, "acceptance_aware": inflate},
         delta_threshold=clip,
         improvement_reduce="sum",
+        minibatch_updates=True,
     )
 
 

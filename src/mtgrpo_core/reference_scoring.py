@@ -109,8 +109,10 @@ def minibatch_improvement(
     task_ids: ArrayLike,
     minibatch: ArrayLike,
     num_tasks: int,
+    reduce: str = "sum",
 ) -> NDArray[np.float64]:
-    """I_k per PPO mini-batch, shape (M, K): row m sums after - before over task k's samples of mini-batch m.
+    """I_k per PPO mini-batch, shape (M, K): row m reduces after - before over task k's samples of mini-batch m
+    ("sum", the reference code's, or "mean": `signals.task_improvement`).
 
     The reference code (dp_actor.py `update_policy`) measures, for each mini-batch, each sample's loss in the
     forward pass before that mini-batch's optimizer step and again right after it, and sums per task; the
@@ -131,5 +133,6 @@ def minibatch_improvement(
     v.same_length("before", b, "after", a)
     tasks = v.task_ids("task_ids", task_ids, k)
     v.same_length("before", b, "task_ids", tasks)
-    rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce="sum") for m in range(int(mb.max()) + 1)]
+    steps = range(int(mb.max()) + 1)
+    rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce=reduce) for m in steps]
     return np.nan_to_num(np.stack(rows), nan=0.0)

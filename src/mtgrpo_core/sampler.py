@@ -129,6 +129,8 @@ class BatchBuilder:
             raise ValueError("report called after finish(); begin a new batch")
         t = v.task_ids("tasks", tasks, self._k)
         key_arr = self._ledger.check_keys(keys)
+        if self._carry is not None:
+            self._carry.refuse_retired(key_arr)
         v.same_length("tasks", t, "keys", key_arr)
         if (rewards is None) == (informative is None):
             raise ValueError("pass exactly one of rewards (n, N) or informative (n,)")
@@ -171,7 +173,10 @@ class BatchBuilder:
         kept = np.zeros(tasks.shape[0], dtype=np.bool_)
         if self._carry is not None:  # informative groups not used wait for a later step, within the bound
             spare = np.flatnonzero(info & ~in_batch)
-            kept[spare] = self._carry.store(tasks[spare], ledger.keys(spare), ledger.rewards(spare), staleness[spare])
+            retired = ledger.keys(np.setdiff1d(np.arange(tasks.shape[0]), spare))
+            kept[spare] = self._carry.store(
+                tasks[spare], ledger.keys(spare), ledger.rewards(spare), staleness[spare], retired
+            )
         if cfg.filtering != "none":
             self._estimator.update(ledger.generated, informative)
         if self._guard is not None:

@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
+from mtgrpo_core.reference_scoring import minibatch_improvement
 from mtgrpo_core.signals import (
     DEFAULT_IMPROVEMENT_REDUCE,
     mean_abs_advantage_per_task,
@@ -34,6 +35,9 @@ class StepFacts:
     surrogate_task, surrogate_before, surrogate_after: (s,) the per-sample clipped surrogate objective evaluated
         with the policy before and after the update (I_k, Eq. 8). surrogate_task defaults to sample_task; a trainer
         that measures a sample more than once (several epochs) lists it once per measurement.
+    surrogate_minibatch: (s,) index (0, 1, ...) of the optimizer step (PPO mini-batch) each surrogate value was
+        measured around, when the trainer measures before and after each mini-batch's step; it gives
+        TaskSignals.improvement_steps (the reference presets update the weights once per mini-batch).
     Arrays left None are not measured; the signals they feed come back as None.
     """
 
@@ -44,6 +48,7 @@ class StepFacts:
     surrogate_before: ArrayLike | None = None
     surrogate_after: ArrayLike | None = None
     surrogate_task: ArrayLike | None = None
+    surrogate_minibatch: ArrayLike | None = None
 
 
 def step_signals(
@@ -72,7 +77,7 @@ def step_signals(
         if facts.sample_task is None:
             raise ValueError("facts.sample_task is None but facts.sample_advantage is given: pass both")
         mean_abs = mean_abs_advantage_per_task(facts.sample_advantage, facts.sample_task, k)
-    improvement = None
+    improvement = steps = None
     measured = (facts.surrogate_before is not None, facts.surrogate_after is not None)
     if any(measured):
         if not all(measured):
@@ -82,12 +87,21 @@ def step_signals(
             raise ValueError("facts.surrogate_task (or facts.sample_task) is needed with the surrogate values")
         assert facts.surrogate_before is not None and facts.surrogate_after is not None
         improvement = task_improvement(facts.surrogate_before, facts.surrogate_after, task, k, improvement_reduce)
+        if facts.surrogate_minibatch is not None and np.size(facts.surrogate_minibatch) == 0:
+            steps = np.zeros((1, k))  # nothing trained: one update with I_k = 0, as `update` would take
+        elif facts.surrogate_minibatch is not None:
+            steps = minibatch_improvement(
+                facts.surrogate_before, facts.surrogate_after, task, facts.surrogate_minibatch, k, improvement_reduce
+            )
+    elif facts.surrogate_minibatch is not None:
+        raise ValueError("facts.surrogate_minibatch is given without facts.surrogate_before and surrogate_after")
     return TaskSignals.build(
         reward=reward,
         present=~np.isnan(reward),
         improvement=improvement,
         mean_abs_advantage=mean_abs,
         accuracy=accuracy,
+        improvement_steps=steps,
     )
 
 

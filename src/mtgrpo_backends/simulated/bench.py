@@ -42,7 +42,8 @@ def step_facts(
     generated: Groups, batch: Groups, advantage: NDArray[Any], before: NDArray[Any], after: NDArray[Any]
 ) -> StepFacts:
     """The step's facts for the core's signal path: every rollout generated this step, and the batch's rollouts
-    with their advantages and clipped surrogate before and after the update."""
+    with their advantages and clipped surrogate before and after the update (one update per step: one
+    mini-batch, so a per-mini-batch method takes one weight update per step here)."""
     n = generated.rewards.shape[1]
     return StepFacts(
         rollout_task=np.repeat(generated.task, n),
@@ -51,6 +52,7 @@ def step_facts(
         sample_advantage=advantage.ravel(),
         surrogate_before=before.ravel(),
         surrogate_after=after.ravel(),
+        surrogate_minibatch=np.zeros(before.size, dtype=np.int64),
     )
 
 

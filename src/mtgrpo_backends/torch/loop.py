@@ -35,10 +35,10 @@ from mtgrpo_core import StepFacts, step_signals
 
 
 class _Timer:
-    """Wall-clock seconds per phase."""
+    """Wall-clock seconds per phase (a step whose batch is all carried over generates nothing: 0 s)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {"generate": 0.0, "update": 0.0, "core": 0.0}
         self._t = time.perf_counter()
 
     def lap(self, phase: str) -> None:
@@ -66,9 +66,12 @@ def step_facts(
     advantages: torch.Tensor,
     before: np.ndarray | None,
     after: np.ndarray | None,
+    surrogate_task: np.ndarray | None = None,
+    surrogate_minibatch: np.ndarray | None = None,
 ) -> StepFacts:
     """This loop's facts for the core's signal path: every generated group's rollouts; the trained rows' tasks,
-    advantages and per-sequence surrogate before and after the update (None when I_k is not needed)."""
+    advantages and per-sequence surrogate before and after the update (None when I_k is not needed), or around
+    each mini-batch's optimizer step (with each value's task and mini-batch, for per-mini-batch methods)."""
     return StepFacts(
         rollout_task=np.concatenate([np.full(g.rewards.shape[0], g.task) for g in generated] or [np.zeros(0, int)]),
         rollout_reward=np.concatenate([g.rewards for g in generated] or [np.zeros(0)]),
@@ -76,6 +79,8 @@ def step_facts(
         sample_advantage=advantages.double().cpu().numpy(),
         surrogate_before=before,
         surrogate_after=after,
+        surrogate_task=surrogate_task,
+        surrogate_minibatch=surrogate_minibatch,
     )
 
 
@@ -123,7 +128,8 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
 
     # 3. several mini-batch updates of the clipped surrogate
     stats: dict[str, float] = {"loss": float("nan"), "clip_fraction": float("nan"), "kl": float("nan")}
-    before = after = None
+    before = after = surrogate_task = minibatch = None
+    per_minibatch = "improvement" in ctrl.needs and ctrl.minibatch_updates
     if chosen:
         ids, mask, start = _training_tensors(chosen, tokenizer.pad_id, config.device)
         cmask = mask[:, start:].float()
@@ -134,11 +140,14 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
             if state.ref_model is not None:
                 ref_logp = completion_logprobs(state.ref_model, ids, mask, start, config.temperature)
         state.kept = _keep(state, config, tokenizer, pool, fresh, batch.kept)
-        stats = _update(state, config, ids, mask, start, cmask, old_logp, adv, ref_logp)
+        stats, measured = _update(state, config, ids, mask, start, cmask, old_logp, adv, ref_logp, per_minibatch)
         timer.lap("update")
 
         # 4. per-sample surrogate before and after the update, for I_k (Eq. 8), only if the rule needs it
-        if "improvement" in ctrl.needs:
+        if measured is not None:  # around each mini-batch's optimizer step (the reference presets)
+            before, after, rows, minibatch = measured
+            surrogate_task = row_task.cpu().numpy()[rows]
+        elif "improvement" in ctrl.needs:
             with torch.no_grad():
                 new_logp = completion_logprobs(model, ids, mask, start, config.temperature)
             before, after = (
@@ -155,7 +164,7 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
             before = after = np.zeros(0)
 
     # 5. next task weights: the core's signal path turns the step's facts into J, accuracy, I and mean |A|
-    facts = step_facts(list(fresh.values()), row_task, adv, before, after)
+    facts = step_facts(list(fresh.values()), row_task, adv, before, after, surrogate_task, minibatch)
     reduce = ctrl.improvement_reduce or config.improvement_reduce  # a reference preset's own reduction wins
     signals = step_signals(facts, k_tasks, improvement_reduce=reduce)
     ctrl.end_step(signals)
@@ -232,10 +241,14 @@ def _update(
     old_logp: torch.Tensor,
     adv: torch.Tensor,
     ref_logp: torch.Tensor | None,
-) -> dict[str, float]:
-    """config.epochs passes of config.minibatches clipped-surrogate steps over a shuffled batch."""
+    per_minibatch: bool = False,
+) -> tuple[dict[str, float], tuple[np.ndarray, ...] | None]:
+    """config.epochs passes of config.minibatches clipped-surrogate steps over a shuffled batch. per_minibatch:
+    also measure each sample's surrogate before and right after its mini-batch's step -> (before, after, row,
+    mini-batch index) arrays, as the reference code does for its per-mini-batch weight updates."""
     rows = ids.shape[0]
     losses, clips, kls = [], [], []
+    measured: list[tuple[torch.Tensor, ...]] = []
     for _ in range(config.epochs):
         order = torch.randperm(rows, generator=state.generator, device=state.generator.device).to(ids.device)
         for i, idx in enumerate(order.chunk(config.minibatches)):
@@ -261,10 +274,23 @@ def _update(
             torch.autograd.backward(out.loss)
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.max_grad_norm)
             state.optimizer.step()
+            if per_minibatch:
+                with torch.no_grad():
+                    new = completion_logprobs(state.model, ids[idx], mask[idx], start, config.temperature)
+                    low, high = config.clip_low, config.clip_high
+                    pair = [
+                        ops.sequence_surrogate(lp, old_logp[idx], adv[idx], cmask[idx], clip_low=low, clip_high=high)
+                        for lp in (logp.detach(), new)
+                    ]
+                measured.append((*pair, idx, torch.full_like(idx, len(measured))))
             losses.append(loss)
             clips.append(float(out.clip_fraction))
             kls.append(float(out.kl))
-    return {"loss": float(np.mean(losses)), "clip_fraction": float(np.mean(clips)), "kl": float(np.mean(kls))}
+    stats = {"loss": float(np.mean(losses)), "clip_fraction": float(np.mean(clips)), "kl": float(np.mean(kls))}
+    if not per_minibatch:
+        return stats, None
+    columns = [torch.cat([m[i] for m in measured]).cpu().numpy() for i in range(4)]
+    return stats, (columns[0].astype(np.float64), columns[1].astype(np.float64), columns[2], columns[3])
 
 
 def train(

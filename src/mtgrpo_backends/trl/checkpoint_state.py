@@ -9,7 +9,9 @@ A controller step is one generation batch, which may span several optimizer step
   (`_buffered_inputs`, this process's slices), so that the resumed run trains on the very same tensors instead of
   regenerating them. Saving the tensors (rather than replaying generation from saved RNG states) is exact with any
   generation backend (vLLM included) and costs no generation time; its size is one local generation batch of ids,
-  masks and per-token log-probabilities (about 1.6 MB per process for 64 rollouts of 1024 tokens; docs/trl.md).
+  masks and per-token log-probabilities (about 1.6 MB per process for 64 rollouts of 1024 tokens; docs/trl.md);
+- `mtgrpo_kept_rows_rank<r>.pt` (every process, with carry-over when groups are kept): the rows of the groups the
+  sampler keeps for later steps, with their generating log-probabilities (`carried_rows.py`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ if TYPE_CHECKING:
 
 STATE_FILE = "mtgrpo_state.json"
 BUFFER_FILE = "mtgrpo_generation_batch_rank{rank}.pt"
+KEPT_FILE = "mtgrpo_kept_rows_rank{rank}.pt"
 STATE_FORMAT = 2
-_INT_FACTS = frozenset({"rollout_task", "sample_task", "surrogate_task"})
+_INT_FACTS = frozenset({"rollout_task", "sample_task", "surrogate_task", "surrogate_minibatch"})
 
 
 @dataclass
@@ -88,6 +91,8 @@ def state_dict(trainer: MTGRPOTrainer) -> dict[str, Any]:
         "controller": trainer.controller.state_dict(),
         "prompt_pool": trainer.prompt_pool.state_dict(),
         "pending": None,
+        "next_key": trainer._next_key,
+        "kept_keys": None if trainer._kept is None else list(trainer._kept.keys),
     }
     if trainer._reward_change is not None:
         state["reward_change"] = trainer._reward_change.state_dict()
@@ -133,6 +138,9 @@ def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = 
         if trainer._reward_change is not None:
             trainer._reward_change.load_state_dict(state["reward_change"])
         trainer._pending = None if pending is None else PendingStep.from_json(pending)
+        next_key = state.get("next_key", 0)
+        if not isinstance(next_key, int) or next_key < 0:
+            raise ValueError(f"state['next_key'] must be a non-negative int, got {next_key!r}")
     except Exception:
         trainer.controller.load_state_dict(before["controller"])
         trainer.prompt_pool.load_state_dict(before["prompt_pool"])
@@ -141,6 +149,9 @@ def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = 
         raise
     if pending is not None:
         trainer._step = int(pending["trl_step"])
+    trainer._next_key = next_key
+    if trainer._kept is not None:  # the rows come from the checkpoint's files (`load`), not from the JSON state
+        trainer._kept.load([], None, trainer.accelerator.device)
 
 
 def save(trainer: MTGRPOTrainer, folder: str) -> None:
@@ -152,6 +163,10 @@ def save(trainer: MTGRPOTrainer, folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
         buffered = [{k: _to_cpu(v) for k, v in part.items()} for part in trainer._buffered_inputs]
         torch.save(buffered, os.path.join(folder, BUFFER_FILE.format(rank=trainer.accelerator.process_index)))
+    if trainer._kept is not None and trainer._kept.keys:
+        os.makedirs(folder, exist_ok=True)
+        _, rows = trainer._kept.state()
+        torch.save(rows, os.path.join(folder, KEPT_FILE.format(rank=trainer.accelerator.process_index)))
 
 
 def _to_cpu(value: Any) -> Any:
@@ -180,6 +195,18 @@ def _read(trainer: MTGRPOTrainer, checkpoint: str) -> dict[str, Any]:
             f"checkpoint {checkpoint!r} was saved in the middle of a generation batch but has no {name} (the "
             "batch being trained); copy the whole checkpoint folder, or resume from one at the end of a batch"
         )
+    carry = (state.get("controller", {}).get("sampler") or {}).get("carry") or {}
+    if sorted(carry.get("keys", [])) != sorted(state.get("kept_keys") or []):
+        raise ValueError(
+            f"checkpoint {checkpoint!r} holds rows of kept groups {state.get('kept_keys')} but its sampler keeps "
+            f"{carry.get('keys', [])}; the checkpoint is inconsistent"
+        )
+    kept = KEPT_FILE.format(rank=trainer.accelerator.process_index)
+    if state.get("kept_keys") and not os.path.exists(os.path.join(checkpoint, kept)):
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint!r} keeps {len(state['kept_keys'])} groups for carry-over but has no {kept} "
+            "(their rows and generating log-probabilities); copy the whole checkpoint folder"
+        )
     return state
 
 
@@ -192,6 +219,12 @@ def load(trainer: MTGRPOTrainer, checkpoint: str) -> None:
         name = os.path.join(checkpoint, BUFFER_FILE.format(rank=trainer.accelerator.process_index))
         parts = torch.load(name, map_location="cpu", weights_only=True)
         buffered = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in parts]
+    kept_rows = None
+    if state.get("kept_keys"):
+        name = os.path.join(checkpoint, KEPT_FILE.format(rank=trainer.accelerator.process_index))
+        kept_rows = torch.load(name, map_location="cpu", weights_only=True)
     load_state_dict(trainer, state, f"checkpoint {checkpoint!r}")
+    if trainer._kept is not None:
+        trainer._kept.load(state.get("kept_keys") or [], kept_rows, trainer.accelerator.device)
     if buffered is not None:
         trainer._buffered_inputs = cast(Any, buffered)  # TRL declares it None until its first generation

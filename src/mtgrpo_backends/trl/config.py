@@ -51,6 +51,13 @@ class MTGRPOConfig(GRPOConfig):
     guard_probe: int | None = field(
         default=None, metadata={"help": "No-signal guard: probe groups per step of a barren task; None: ceil(B / K)."}
     )
+    carry_over: int | None = field(
+        default=None,
+        metadata={
+            "help": "Carry-over: keep informative surplus groups for up to this many later steps, trained with the "
+            "clipped ratio against the policy that generated them (0: strictly on-policy; docs/sampler.md)."
+        },
+    )
     rule_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments of the weighting rule, e.g. {'lr': 0.025, 'weight_decay': 1e-5}."},
@@ -108,6 +115,7 @@ class MTGRPOConfig(GRPOConfig):
             "confidence",
             "guard_floor",
             "guard_probe",
+            "carry_over",
         )
         chosen = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         return {**chosen, "correct_reward": self.correct_reward}

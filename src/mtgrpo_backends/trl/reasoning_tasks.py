@@ -1,11 +1,19 @@
-"""The paper's task suite as Hugging Face datasets: Countdown, Zebra puzzles and ARC-1D at three levels.
+"""The paper's task suite as Hugging Face datasets: Countdown, Zebra puzzles and ARC-1D at four levels.
 
-Items come from reasoning-gym (deterministic per seed and index). Each row holds a ``prompt`` (the question
-plus an instruction to put the final answer in ``\\boxed{}`` on the last line), the ``task`` column (for
-example ``"zebra-medium"``), the reference ``answer`` and, for Countdown, the given ``numbers`` and ``target``
-(read by ``rewards.paper_reward``). Only the requested tasks are generated; with ``cache_dir`` each (task,
-split, seed, size) is generated once and read back from a JSON-lines file, which matters for the large Zebra
-puzzles (minutes per thousand items).
+Items come from reasoning-gym (deterministic per seed and index). Each row holds a ``prompt``, the ``task``
+column (for example ``"zebra-medium"``), the reference ``answer`` and, for Countdown, the given ``numbers`` and
+``target`` (read by the reward functions in ``rewards``). Two suites:
+
+- ``"paper"`` (default): reasoning-gym's question plus an instruction to put the final answer in ``\\boxed{}``
+  on the last line, as a chat message or plain text; Countdown targets 100-999 (reasoning-gym's default).
+- ``"reference"``: the reference code's data (``reference_prompts``): raw text for a base model, its
+  per-family box instructions, Countdown targets 1-1000 and a ``split`` column ("train" / "test") from which
+  ``rewards.reference_reward`` picks the reference's train or test scoring.
+
+Levels easy / medium / hard are the paper's; very_hard (6 numbers, 6x6 Zebra, ARC length 40) is the reference's
+fourth test level. Only the requested tasks are generated; with ``cache_dir`` each (task, split, seed, size,
+style) is generated once and read back from a JSON-lines file, which matters for the large Zebra puzzles
+(minutes per thousand 5x5 items, about 2 s per 6x6 item).
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ from typing import Any
 
 import datasets
 
+from mtgrpo_backends.trl.reference_prompts import COUNTDOWN_TARGETS, COUNTDOWN_VALUES, reference_prompt
 from mtgrpo_backends.trl.rewards import FAMILIES
 
-LEVELS: tuple[str, ...] = ("easy", "medium", "hard")
+LEVELS: tuple[str, ...] = ("easy", "medium", "hard", "very_hard")
+PAPER_LEVELS: tuple[str, ...] = LEVELS[:3]  # the paper trains on these; very_hard is the reference's test level
+SUITES: tuple[str, ...] = ("paper", "reference")
 # reasoning-gym dataset name of each family and its configuration per level (the paper's difficulty settings)
 _DATASET: dict[str, str] = {"countdown": "countdown", "zebra": "zebra_puzzles", "arc1d": "arc_1d"}
 _LEVEL_CONFIG: dict[str, dict[str, Any]] = {
-    "countdown": {"easy": 3, "medium": 4, "hard": 5},
-    "zebra": {"easy": 3, "medium": 4, "hard": 5},
-    "arc1d": {"easy": 10, "medium": 20, "hard": 30},
+    "countdown": {"easy": 3, "medium": 4, "hard": 5, "very_hard": 6},
+    "zebra": {"easy": 3, "medium": 4, "hard": 5, "very_hard": 6},
+    "arc1d": {"easy": 10, "medium": 20, "hard": 30, "very_hard": 40},
 }
 _CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "countdown": ("min_numbers", "max_numbers"),
@@ -36,7 +47,8 @@ _CONFIG_KEYS: dict[str, tuple[str, str]] = {
     "arc1d": ("min_size", "max_size"),
 }
 PAPER_TASKS_3: tuple[str, ...] = ("countdown-medium", "zebra-medium", "arc1d-medium")
-PAPER_TASKS_9: tuple[str, ...] = tuple(f"{family}-{level}" for family in FAMILIES for level in LEVELS)
+PAPER_TASKS_9: tuple[str, ...] = tuple(f"{family}-{level}" for family in FAMILIES for level in PAPER_LEVELS)
+REFERENCE_TEST_TASKS: tuple[str, ...] = tuple(f"{family}-{level}" for family in FAMILIES for level in LEVELS)
 SPLIT_SEED_OFFSET: dict[str, int] = {"train": 0, "test": 100_000_000}
 INSTRUCTION = "Think step by step. Then write only your final answer inside \\boxed{} on the last line."
 
@@ -51,45 +63,54 @@ def parse_task(task: str) -> tuple[str, str]:
     return family, level
 
 
-def gym_config(task: str) -> dict[str, Any]:
-    """reasoning-gym settings of a task, e.g. zebra-hard: num_people = num_characteristics = 5."""
+def gym_config(task: str, suite: str = "paper") -> dict[str, Any]:
+    """reasoning-gym settings of a task, e.g. zebra-hard: num_people = num_characteristics = 5; the reference
+    suite's Countdown also sets the reference's ranges (targets 1-1000, numbers 1-100)."""
     family, level = parse_task(task)
     value = _LEVEL_CONFIG[family][level]
-    return dict.fromkeys(_CONFIG_KEYS[family], value)
+    config: dict[str, Any] = dict.fromkeys(_CONFIG_KEYS[family], value)
+    if suite == "reference" and family == "countdown":
+        config.update(min_target=COUNTDOWN_TARGETS[0], max_target=COUNTDOWN_TARGETS[1])
+        config.update(min_value=COUNTDOWN_VALUES[0], max_value=COUNTDOWN_VALUES[1])
+    return config
 
 
-def make_rows(task: str, start: int, stop: int, seed: int, chat: bool = True) -> list[dict[str, Any]]:
-    """Rows [start, stop) of a task, generated by reasoning-gym with item seeds seed + index."""
+def make_rows(
+    task: str, start: int, stop: int, seed: int, chat: bool = True, suite: str = "paper", split: str = "train"
+) -> list[dict[str, Any]]:
+    """Rows [start, stop) of a task, generated by reasoning-gym with item seeds seed + index (`split` is only
+    written to the reference suite's rows, whose scoring depends on it)."""
     import reasoning_gym  # imported here: it is slow to import and only needed to generate
 
     family, _ = parse_task(task)
-    gym = reasoning_gym.create_dataset(_DATASET[family], seed=seed, size=stop, **gym_config(task))
+    gym = reasoning_gym.create_dataset(_DATASET[family], seed=seed, size=stop, **gym_config(task, suite))
     rows = []
     for index in range(start, stop):
         item = gym[index]
-        text = f"{item['question'].rstrip()}\n\n{INSTRUCTION}"
         meta = item["metadata"]
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": text}] if chat else text,
-                "task": task,
-                "answer": str(item["answer"]),
-                "numbers": [int(n) for n in meta["numbers"]] if family == "countdown" else [],
-                "target": int(meta["target"]) if family == "countdown" else None,
-            }
-        )
+        numbers = [int(n) for n in meta["numbers"]] if family == "countdown" else []
+        target = int(meta["target"]) if family == "countdown" else None
+        if suite == "reference":
+            prompt: Any = reference_prompt(family, item["question"], numbers, target)
+        else:
+            text = f"{item['question'].rstrip()}\n\n{INSTRUCTION}"
+            prompt = [{"role": "user", "content": text}] if chat else text
+        row = {"prompt": prompt, "task": task, "answer": str(item["answer"]), "numbers": numbers, "target": target}
+        rows.append({**row, "split": split} if suite == "reference" else row)
     return rows
 
 
-def _generate(task: str, size: int, seed: int, chat: bool, num_workers: int) -> list[dict[str, Any]]:
-    """All rows of a task, split over `num_workers` processes when more than one."""
-    if num_workers == 1:
-        return make_rows(task, 0, size, seed, chat)
-    bounds = [size * i // num_workers for i in range(num_workers + 1)]
+def _generate(
+    task: str, size: int, seed: int, chat: bool, suite: str, split: str, workers: int
+) -> list[dict[str, Any]]:
+    """All rows of a task, split over `workers` processes when more than one."""
+    if workers == 1:
+        return make_rows(task, 0, size, seed, chat, suite, split)
+    bounds = [size * i // workers for i in range(workers + 1)]
     starts, stops = bounds[:-1], bounds[1:]
-    with ProcessPoolExecutor(num_workers) as pool:
+    with ProcessPoolExecutor(workers) as pool:
         n = len(starts)
-        parts = pool.map(make_rows, [task] * n, starts, stops, [seed] * n, [chat] * n)
+        parts = pool.map(make_rows, [task] * n, starts, stops, [seed] * n, [chat] * n, [suite] * n, [split] * n)
         return [row for part in parts for row in part]
 
 
@@ -112,19 +133,30 @@ def build_dataset(
     size: int,
     seed: int = 0,
     split: str = "train",
-    chat: bool = True,
+    chat: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     num_workers: int = 1,
+    suite: str = "paper",
 ) -> datasets.Dataset:
     """A dataset with `size` rows of each task, in task order (the paper: 10k train, 200 test per level).
 
     `split` picks disjoint item seeds ("train" or "test"); `chat` gives conversational prompts (a user
-    message) instead of plain strings. Never ask a unit test for zebra-hard: 5x5 puzzles take ~0.4 s each.
+    message) instead of plain strings: the default for suite "paper", refused for suite "reference", whose
+    prompts are raw text for a base model. Never ask a unit test for zebra-hard: 5x5 puzzles take ~0.4 s each.
     """
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size < SPLIT_SEED_OFFSET["test"]:
         raise ValueError(f"size must be an int in [1, {SPLIT_SEED_OFFSET['test']}), got {size!r}")
     if split not in SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {list(SPLIT_SEED_OFFSET)}, got {split!r}")
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {list(SUITES)}, got {suite!r}")
+    if suite == "reference" and chat:
+        raise ValueError(
+            "chat=True with suite='reference': the reference feeds raw text to the base model without a chat "
+            "template; leave chat unset or pass chat=False"
+        )
+    if chat is None:
+        chat = suite == "paper"
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
     if not tasks or len(set(tasks)) != len(tasks):
@@ -134,10 +166,10 @@ def build_dataset(
     item_seed = seed + SPLIT_SEED_OFFSET[split]
     rows: list[dict[str, Any]] = []
     for task in tasks:
-        make = functools.partial(_generate, task, size, item_seed, chat, num_workers)
+        make = functools.partial(_generate, task, size, item_seed, chat, suite, split, num_workers)
         if cache_dir is None:
             rows.extend(make())
         else:
-            style = "chat" if chat else "text"
+            style = "reference" if suite == "reference" else ("chat" if chat else "text")
             rows.extend(_cached(Path(cache_dir) / f"{task}-{split}-seed{seed}-n{size}-{style}.jsonl", make))
     return datasets.Dataset.from_list(rows)

@@ -38,6 +38,9 @@ def log_batch(
     metrics["mtgrpo/generated_groups"].append(float(report.generated.sum()))
     metrics["mtgrpo/generated_rollouts"].append(float(report.generated.sum() * rollouts_per_group))
     metrics["mtgrpo/shortfall_groups"].append(float(shortfall))
+    if report.carried_counts is not None and report.kept_counts is not None:
+        metrics["mtgrpo/carried_groups"].append(float(report.carried_counts.sum()))
+        metrics["mtgrpo/kept_groups"].append(float(report.kept_counts.sum()))
     if report.budget_exhausted and warn:
         logger.warning(
             "MT-GRPO: round budget spent after %d rounds; training on %d informative groups of %d (short tasks: "

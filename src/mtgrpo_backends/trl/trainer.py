@@ -11,7 +11,7 @@ next weights. Every decision uses only TRL's gathered rewards and seeded generat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -28,9 +28,11 @@ from trl.trainer.grpo_trainer import GRPOTrainer
 from mtgrpo_backends.torch.ops import sequence_surrogate
 from mtgrpo_backends.trl import checkpoint_state
 from mtgrpo_backends.trl.batch_assembly import collect_rows
+from mtgrpo_backends.trl.carried_rows import KeptRows, Rows
 from mtgrpo_backends.trl.checkpoint_state import STATE_FILE, PendingStep
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
+from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
 from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, check_needs, step_signals
@@ -52,19 +54,6 @@ def check_trl_version(version: str) -> None:
 
 
 check_trl_version(trl.__version__)
-
-
-@dataclass
-class _StepData:
-    """What one controller step generated: chunk outputs and, per group, its chunk, position, task, rewards."""
-
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    local_rows: list[int] = field(default_factory=list)
-    fillers: list[int] = field(default_factory=list)
-    group_chunk: list[int] = field(default_factory=list)
-    group_pos: list[int] = field(default_factory=list)
-    group_task: list[int] = field(default_factory=list)
-    rewards: list[NDArray[np.float64]] = field(default_factory=list)
 
 
 class _StepEndHook(TrainerCallback):
@@ -142,6 +131,13 @@ class MTGRPOTrainer(GRPOTrainer):
         self._capturing = False
         self._captured_logps: torch.Tensor | None = None
         self._micro_batches: list[tuple[dict[str, Any], torch.Tensor]] = []
+        self._next_key = 0
+        self._kept = KeptRows(self._group_size) if self.controller.sampler.carry is not None else None
+        if self._kept is not None and self.use_vllm:
+            raise ValueError(
+                f"carry_over={cfg.carry_over} with use_vllm: carried rows would need vLLM's importance-sampling "
+                "correction against their own generating policy, which is not supported; use carry_over 0"
+            )
         self.last_batch: Batch | None = None
         self.add_callback(_StepEndHook(self))
 
@@ -158,7 +154,7 @@ class MTGRPOTrainer(GRPOTrainer):
         if not self._training():
             return super()._generate_and_score_completions(inputs)
         builder = self.controller.begin_step()
-        data = _StepData()
+        data = StepData(self._next_key)
         while (request := builder.next_request()) is not None:
             rows, tasks = self.prompt_pool.draw(request.counts)
             seed = np.random.SeedSequence([self.cfg.seed, self.controller.step, request.round])
@@ -168,21 +164,15 @@ class MTGRPOTrainer(GRPOTrainer):
                 part = slice(start, start + self._batch_groups)
                 chunk_rows, chunk_tasks = rows[part], tasks[part]
                 rewards = self._generate_chunk(data, chunk_rows, chunk_tasks)
-                first = len(data.group_task)
-                data.group_chunk += [len(data.outputs) - 1] * chunk_rows.shape[0]
-                data.group_pos += list(range(chunk_rows.shape[0]))
-                data.group_task += chunk_tasks.tolist()
-                data.rewards.append(rewards)
-                builder.report_arrays(chunk_tasks, list(range(first, len(data.group_task))), rewards=rewards)
+                builder.report_arrays(chunk_tasks, data.add_chunk(chunk_tasks, rewards), rewards=rewards)
         batch = builder.finish()
+        self._next_key = data.next_key
         self.last_batch = batch
         output = self._assemble(data, batch)
         self._record_step(data, batch, output)
         return output
 
-    def _generate_chunk(
-        self, data: _StepData, rows: NDArray[np.int64], tasks: NDArray[np.int64]
-    ) -> NDArray[np.float64]:
+    def _generate_chunk(self, data: StepData, rows: NDArray[np.int64], tasks: NDArray[np.int64]) -> NDArray[np.float64]:
         """Generate and score N rollouts of each row with GRPOTrainer; this process takes its slice of rows."""
         group, procs = self._group_size, self.accelerator.num_processes
         columns = cast(Dataset, self.train_dataset)[rows.tolist()]
@@ -224,28 +214,21 @@ class MTGRPOTrainer(GRPOTrainer):
         return per_func  # type: ignore[no-any-return]
 
     # -- the training batch ---------------------------------------------------------------------------------
-    def _assemble(self, data: _StepData, batch: Batch) -> dict[str, Any]:
+    def _assemble(self, data: StepData, batch: Batch) -> dict[str, Any]:
         """GRPOTrainer's batch from the selected groups, topped up to B groups with inert (masked) groups."""
         group, procs, index = self._group_size, self.accelerator.num_processes, self.accelerator.process_index
-        chosen = [int(k) for k in batch.keys]
-        taken = set(chosen)
-        inert = [g for g in range(len(data.group_task)) if g not in taken][: self._batch_groups - len(chosen)]
-        groups = chosen + inert
-        if len(groups) != self._batch_groups:
-            raise RuntimeError(f"only {len(groups)} groups generated for a batch of {self._batch_groups}")
-        final = [(data.group_chunk[g], data.group_pos[g] * group + j) for g in groups for j in range(group)]
-        row_task = torch.tensor([data.group_task[g] for g in groups for _ in range(group)])
-        row_id = torch.tensor([g * group + j for g in groups for j in range(group)])
-        per_proc = len(final) // procs
+        groups, tasks, selected = data.batch_groups(batch, self._batch_groups)
+        row_task = torch.tensor([t for t in tasks for _ in range(group)])
+        row_id = torch.tensor([k * group + j for k in groups for j in range(group)])
+        per_proc = len(groups) * group // procs
         mine = slice(index * per_proc, (index + 1) * per_proc)
         device = self.accelerator.device
-        if not inert and len(data.outputs) == 1 and data.fillers[0] == 0 and groups == sorted(groups):
+        if self._kept is None and selected == len(groups) and data.is_first_chunk_in_order(groups):
             output = dict(data.outputs[0])  # GRPOTrainer's own batch: every group kept, in order
         else:
-            pad_id, multiple = int(self._tokenizer.pad_token_id), cast(int | None, self.pad_to_multiple_of)
-            full = collect_rows(data.outputs, data.local_rows, final, pad_id, multiple, self.accelerator)
-            rows_inert = torch.zeros(len(final), dtype=torch.bool, device=device)
-            rows_inert[len(chosen) * group :] = True
+            full = self._batch_rows(data, groups, [] if batch.kept is None else [int(k) for k in batch.kept])
+            rows_inert = torch.zeros(len(groups) * group, dtype=torch.bool, device=device)
+            rows_inert[selected * group :] = True
             full["completion_mask"] = full["completion_mask"].masked_fill(rows_inert.unsqueeze(1), 0)
             full["advantages"] = full["advantages"].masked_fill(rows_inert, 0.0)
             loss_mask = full["completion_mask"] * full.get("tool_mask", 1)
@@ -255,8 +238,30 @@ class MTGRPOTrainer(GRPOTrainer):
         output["mtgrpo_row"] = row_id[mine].to(device)
         return output
 
+    def _batch_rows(self, data: StepData, groups: list[int], kept: list[int]) -> Rows:
+        """Every row of `groups` on this process, in order; with carry-over, carried groups come from the kept rows
+        and the rows of `kept` are kept for the next step (carried_rows.py)."""
+        pad_id, multiple = int(self._tokenizer.pad_token_id), cast(int | None, self.pad_to_multiple_of)
+        fresh = [k for k in [*groups, *kept] if k >= data.first_key] if self._kept is not None else groups
+        picks = data.picks(fresh, self._group_size)
+        rows = collect_rows(data.outputs, data.local_rows, picks, pad_id, multiple, self.accelerator) if picks else {}
+        if self._kept is None:
+            return rows
+        return self._kept.assemble(groups, kept, rows, fresh, self._policy_logps, pad_id, multiple)
+
+    def _policy_logps(self, rows: Rows) -> torch.Tensor:
+        """Per-token log-probabilities of rows' completions under the current policy, without gradients."""
+        model, cfg = cast(Any, self.model), self.cfg
+        input_ids = torch.cat([rows["prompt_ids"], rows["completion_ids"]], dim=1)
+        attention = torch.cat([rows["prompt_mask"], rows["completion_mask"]], dim=1)
+        with torch.no_grad(), disable_gradient_checkpointing(model, cast(Any, cfg.gradient_checkpointing_kwargs)):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention, rows["completion_ids"].size(1), batch_size=cfg.per_device_train_batch_size
+            )
+        return cast(torch.Tensor, logps)
+
     # -- per-step signals and logging -----------------------------------------------------------------------
-    def _record_step(self, data: _StepData, batch: Batch, output: dict[str, Any]) -> None:
+    def _record_step(self, data: StepData, batch: Batch, output: dict[str, Any]) -> None:
         """Log the sampler's view of the step and keep its facts (every rollout; every trained sample and its
         advantage, gathered from all processes) for the signal path at the end of the step."""
         log_batch(
@@ -268,13 +273,14 @@ class MTGRPOTrainer(GRPOTrainer):
             self.accelerator.is_main_process,
         )
         self._metrics["train"]["mtgrpo/filler_groups"].append(float(sum(data.fillers)))
-        rows = gather(torch.stack([output["mtgrpo_row"].double(), output["advantages"].reshape(-1).double()], 1))
-        rows_np = rows.cpu().numpy()
+        columns = [output["mtgrpo_row"], output["advantages"].reshape(-1), output["mtgrpo_task"]]
+        rows = gather(torch.stack([c.double() for c in columns], 1)).cpu().numpy()
         facts = step_facts(
             np.asarray(data.group_task, dtype=np.int64),
-            np.concatenate(data.rewards),
-            rows_np[:, 0].astype(np.int64),
-            rows_np[:, 1],
+            np.concatenate(data.rewards) if data.rewards else np.zeros((0, self._group_size)),  # all carried
+            rows[:, 2].astype(np.int64),
+            rows[:, 0].astype(np.int64),
+            rows[:, 1],
             np.asarray(batch.keys, dtype=np.int64),
         )
         self._pending = PendingStep(facts)
@@ -300,17 +306,9 @@ class MTGRPOTrainer(GRPOTrainer):
 
     def _measure_surrogate(self) -> None:
         """Per-sample surrogate before (the training forward) and after this optimizer step, all processes."""
-        cfg = self.cfg
-        model = cast(Any, self.model)
         rows = []
         for inputs, before_logps in self._micro_batches:
-            prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-            attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            with torch.no_grad(), disable_gradient_checkpointing(model, cast(Any, cfg.gradient_checkpointing_kwargs)):
-                after_logps, _, _ = self._get_per_token_logps_and_entropies(
-                    model, input_ids, attention, completion_ids.size(1), batch_size=cfg.per_device_train_batch_size
-                )
+            after_logps = self._policy_logps(inputs)
             mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
             old = inputs.get("old_per_token_logps")
             old = before_logps if old is None else old
@@ -342,8 +340,7 @@ class MTGRPOTrainer(GRPOTrainer):
         pending, self._pending = self._pending, None
         facts = pending.facts
         if self._wants_surrogate:
-            rows = np.concatenate(pending.surrogate_rows) if pending.surrogate_rows else np.zeros((0, 4))
-            facts = with_surrogate(facts, rows)
+            facts = with_surrogate(facts, pending.surrogate_rows)
         cfg = self.cfg
         num_tasks = self.controller.num_tasks
         reduce = self.controller.improvement_reduce or cfg.improvement_reduce  # a reference preset's wins

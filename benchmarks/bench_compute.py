@@ -19,15 +19,15 @@ from mtgrpo_backends.harness.summary import summarize
 from mtgrpo_backends.simulated.bench import SimulatedRunner
 from mtgrpo_backends.simulated.suites import load_suite
 
-JOINT = {"planner": "joint", "confidence": 0.9}
+# "mt-grpo" and "rps-only" plan lean by default (joint planner q = 0.9, carry-over 1, caps M_acc 25, M_os 6)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", {}),
     "dapo": ("dapo", {}),
-    "mt-grpo (paper planner)": ("mt-grpo:0.2", {}),
-    "mt-grpo (joint q=0.9)": ("mt-grpo:0.2", JOINT),
-    "mt-grpo (joint q=0.9, carry 1)": ("mt-grpo:0.2", {**JOINT, "carry_over": 1}),
-    "mt-grpo (joint q=0.5, carry 1)": ("mt-grpo:0.2", {"planner": "joint", "confidence": 0.5, "carry_over": 1}),
-    "rps-only (joint q=0.9, carry 1)": ("rps-only", {**JOINT, "carry_over": 1}),
+    "mt-grpo-paper (Algorithm 2)": ("mt-grpo-paper:0.2", {}),
+    "mt-grpo on-policy (joint q=0.9)": ("mt-grpo:0.2", {"carry_over": 0}),
+    "mt-grpo (default)": ("mt-grpo:0.2", {}),
+    "mt-grpo (default, q=0.5)": ("mt-grpo:0.2", {"confidence": 0.5}),
+    "rps-only (default)": ("rps-only", {}),
 }
 
 

@@ -28,8 +28,11 @@ from mtgrpo_backends.torch.warmup import warm_started_model
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", {}),
     "dapo": ("dapo", {}),
-    "mt-grpo (paper planner)": ("mt-grpo:0.2", {}),
-    "mt-grpo (joint q=0.9, carry 1)": ("mt-grpo:0.2", {"planner": "joint", "confidence": 0.9, "carry_over": 1}),
+    "mt-grpo-paper (Algorithm 2)": ("mt-grpo-paper:0.2", {}),
+    "mt-grpo (default: joint q=0.9 + carry 1)": ("mt-grpo:0.2", {}),
+    # the reference code's choices (docs/fidelity.md): its weight rule, filter and sampler, its DAPO baseline
+    "mt-grpo-ref": ("mt-grpo-ref:0.2", {}),
+    "dapo-ref": ("dapo-ref", {}),
 }
 
 
@@ -39,8 +42,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated labels to run")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = args.variants.split(",")
+    unknown = [label for label in chosen if label not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; expected labels from {list(VARIANTS)}")
     suite = get_suite("tiny3")
     started = time.perf_counter()
     warm = warm_started_model(suite, CharTokenizer(), seed=0)
@@ -51,7 +59,8 @@ def main() -> None:
     )
     settings = dataclasses.replace(TrainSettings(), steps=args.steps, eval_every=args.eval_every)
     records = []
-    for label, (method, sampler) in VARIANTS.items():
+    for label in chosen:
+        method, sampler = VARIANTS[label]
         runner = DemoRunner(
             suite="tiny3",
             settings=settings,

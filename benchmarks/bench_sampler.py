@@ -26,7 +26,22 @@ VARIANTS = {
     "joint (q=0.9) + carry-over 1": dict(targets="apportion", planner="joint", confidence=0.9, carry_over=1),
     "joint (q=0.5) + carry-over 1": dict(targets="apportion", planner="joint", confidence=0.5, carry_over=1),
     "posterior (q=0.9) + carry-over 1": dict(targets="apportion", planner="posterior", confidence=0.9, carry_over=1),
+    # the methods' lean default (mtgrpo_core.methods.LEAN) and its strictly on-policy mode
+    "default: joint (q=0.9) + carry 1, M_acc 25, M_os 6": dict(
+        targets="apportion", planner="joint", confidence=0.9, carry_over=1, max_inflation=25.0, oversample=6.0
+    ),
+    "on-policy: joint (q=0.9), M_acc 25, M_os 6": dict(
+        targets="apportion", planner="joint", confidence=0.9, max_inflation=25.0, oversample=6.0
+    ),
 }
+# at K = 100, B = 1024 (the issue's scale case): the paper planner, the posterior planner, on-policy and default
+LARGE = (
+    "paper Alg. 2 + apportion",
+    "posterior planner (q=0.9)",
+    "joint planner (q=0.9)",
+    "on-policy: joint (q=0.9), M_acc 25, M_os 6",
+    "default: joint (q=0.9) + carry 1, M_acc 25, M_os 6",
+)
 
 
 def run(weights: np.ndarray, rates: np.ndarray, batch: int, variant: dict, known: bool, batches: int) -> dict:
@@ -80,6 +95,12 @@ def main() -> None:
             args.batches,
         ),
         "100 tasks, B=256": (rng.dirichlet(np.ones(100)), rng.uniform(0.0, 0.8, 100), 256, args.batches // 4),
+        "100 tasks, B=1024, uniform z, acceptance U[0.2, 0.95]": (
+            np.full(100, 0.01),
+            1.0 - rng.uniform(0.2, 0.95, 100),
+            1024,
+            args.batches // 2,
+        ),
     }
     for name, (z, rho, b, n) in cases.items():
         floor = float((z / (1 - rho)).sum())
@@ -87,6 +108,8 @@ def main() -> None:
         print("| variant | filter rates | TV to z | rounds | generated / used | core ms / batch |")
         print("|---|---|---|---|---|---|")
         for label, variant in VARIANTS.items():
+            if b == 1024 and label not in LARGE:
+                continue
             for known in (True, False):
                 r = run(z, rho, b, variant, known, n)
                 print(
@@ -99,7 +122,7 @@ def main() -> None:
     for k, b in ((9, 256), (1000, 4096)):
         z = rng.dirichlet(np.ones(k))
         rho = rng.uniform(0.0, 0.8, k)
-        for label in ("paper Alg. 2 + apportion", "posterior planner (q=0.9)", "joint planner (q=0.9)"):
+        for label in ("paper Alg. 2 + apportion", "posterior planner (q=0.9)", LARGE[-1]):
             r = run(z, rho, b, VARIANTS[label], False, 20)
             print(f"| {k} | {b} | {r['ms']:.2f} ({label}) |")
 

@@ -173,7 +173,9 @@ class BatchBuilder:
         kept = np.zeros(tasks.shape[0], dtype=np.bool_)
         if self._carry is not None:  # informative groups not used wait for a later step, within the bound
             spare = np.flatnonzero(info & ~in_batch)
-            retired = ledger.keys(np.setdiff1d(np.arange(tasks.shape[0]), spare))
+            others = np.ones(tasks.shape[0], dtype=np.bool_)
+            others[spare] = False
+            retired = ledger.keys(np.flatnonzero(others))
             kept[spare] = self._carry.store(
                 tasks[spare], ledger.keys(spare), ledger.rewards(spare), staleness[spare], retired
             )

@@ -1,0 +1,66 @@
+"""MT-GRPO's part of a verl checkpoint: `global_step_<t>/mtgrpo_state.json` (controller and prompt-pool state).
+
+verl's sync trainer does not checkpoint the replay buffer, so the trainer writes this file itself, before verl's
+own files (verl writes `latest_checkpointed_iteration.txt` last, so a resumable folder always holds it). On resume
+the folder verl would load is found by verl's own rules, and a folder without this file is refused before any
+model state is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from omegaconf import OmegaConf
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+STATE_FILE = "mtgrpo_state.json"
+
+
+def step_folder(trainer_config: Any, global_steps: int) -> str:
+    """The folder verl saves step `global_steps` into."""
+    return os.path.join(str(trainer_config.default_local_dir), f"global_step_{global_steps}")
+
+
+def resume_folder(trainer_config: Any) -> str | None:
+    """The checkpoint folder verl's `_load_checkpoint` will load (trainer.resume_mode), or None (fresh start)."""
+    mode = OmegaConf.select(trainer_config, "resume_mode", default="auto")
+    if mode == "disable":
+        return None
+    if mode == "auto":
+        folder = str(trainer_config.default_local_dir)
+        latest = find_latest_ckpt_path(folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder))
+        return None if latest is None else str(latest)
+    if mode == "resume_path":
+        path = str(trainer_config.resume_from_path)
+        return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    raise ValueError(f"trainer.resume_mode is {mode!r}, expected 'auto', 'disable' or 'resume_path'")
+
+
+def save(folder: str, state: dict[str, Any]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STATE_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def read(folder: str, global_steps: int) -> dict[str, Any]:
+    """The state saved at step `global_steps` in folder; refuses a folder without it or of another step."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"checkpoint {folder!r} has no {STATE_FILE}: it was not written by the MT-GRPO trainer, and resuming "
+            "without the controller's weights and prompt cursors would restart MT-GRPO from scratch; resume a "
+            "checkpoint of this run, or set trainer.resume_mode=disable to start a new run"
+        )
+    with open(path, encoding="utf-8") as f:
+        state: dict[str, Any] = json.load(f)
+    saved_step = state.get("controller", {}).get("step")
+    if saved_step != global_steps:
+        raise ValueError(
+            f"{path} holds the controller after {saved_step!r} steps but the checkpoint is of global step "
+            f"{global_steps}: the file was copied from another checkpoint"
+        )
+    return state

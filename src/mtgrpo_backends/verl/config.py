@@ -1,0 +1,157 @@
+"""The verl backend's settings (the `mtgrpo` config group) and the checks of verl's config made before anything starts.
+
+The replay buffer receives the `mtgrpo` group as `trainer.v1.sampler.sampler_kwargs` (the Hydra entry point sets
+that interpolation); `check_trainer_config` refuses verl settings under which the per-step batch conversation
+cannot run, each with the setting's name and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from packaging.version import Version
+
+from mtgrpo_core import checks as v
+from mtgrpo_core.methods import parse_method
+from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
+
+SUPPORTED_VERL = (Version("0.9.1"), Version("0.10.0"))
+BUFFER_PATH = "pkg://mtgrpo_backends.verl.replay_buffer"
+BUFFER_NAME = "MTGRPOReplayBuffer"
+# verl policy losses whose per-sample clipped surrogate the driver can recompute for I_k, and its ratio level
+SURROGATE_LEVELS = {"vanilla": "token", "gspo": "sequence"}
+
+
+def check_verl_version(version: str) -> None:
+    """Refuse a verl release outside the supported range (the backend subclasses verl's v1 trainer internals)."""
+    low, high = SUPPORTED_VERL
+    if not low <= Version(version) < high:
+        raise ImportError(
+            f"mtgrpo_backends.verl supports verl>={low},<{high} (it subclasses the v1 ReplayBuffer and sync "
+            f"trainer); found verl {version}. Install a supported release: pip install 'mtgrpo[verl]'"
+        )
+
+
+@dataclass(frozen=True)
+class MTGRPOSettings:
+    """The `mtgrpo` config group (docs/verl.md). One verl training step is one controller step.
+
+    tasks: task names in weight order; None takes the sorted distinct values of the dataset's task_field.
+    sampler: SamplerConfig overrides (max_rounds, oversample, filtering, ...); batch_size and group_size come from
+        verl (data.train_batch_size, actor_rollout_ref.rollout.n).
+    round_timeout_s: how long one generation round may take before sample() gives up with an error.
+    """
+
+    method: str = "mt-grpo:0.2"
+    tasks: tuple[str, ...] | None = None
+    task_field: str = "data_source"
+    seed: int = 0
+    rule_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sampler: Mapping[str, Any] = field(default_factory=dict)
+    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
+    correct_reward: float = 1.0
+    poll_interval: float = 0.2
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        parse_method(self.method)
+        if self.tasks is not None:
+            names = list(self.tasks)
+            if not names or len(set(names)) != len(names) or not all(isinstance(t, str) and t for t in names):
+                raise ValueError(f"mtgrpo.tasks must be a non-empty list of distinct names, got {self.tasks!r}")
+            object.__setattr__(self, "tasks", tuple(names))
+        if not isinstance(self.task_field, str) or not self.task_field:
+            raise ValueError(f"mtgrpo.task_field must be a non-empty string, got {self.task_field!r}")
+        v.positive_int("mtgrpo.seed", self.seed, minimum=0)
+        for name in ("rule_kwargs", "sampler"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise TypeError(f"mtgrpo.{name} must be a mapping, got {getattr(self, name)!r}")
+        clash = sorted({"batch_size", "group_size"} & set(self.sampler))
+        if clash:
+            raise ValueError(
+                f"mtgrpo.sampler sets {clash}: these come from verl (data.train_batch_size, "
+                "actor_rollout_ref.rollout.n); remove them from mtgrpo.sampler"
+            )
+        if self.sampler.get("carry_over", 0) != 0:
+            raise ValueError(
+                f"mtgrpo.sampler.carry_over is {self.sampler['carry_over']!r}: the verl backend trains strictly "
+                "on-policy (a kept group would need its TransferQueue data and generating log-probs across steps); "
+                "remove the setting (methods that carry over get 0 here)"
+            )
+        v.choice("mtgrpo.improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
+        v.real_in_range("mtgrpo.correct_reward", self.correct_reward)
+        v.real_in_range("mtgrpo.poll_interval", self.poll_interval, 0.0, low_open=True)
+        v.real_in_range("mtgrpo.round_timeout_s", self.round_timeout_s, 0.0, low_open=True)
+
+    def sampler_overrides(self) -> dict[str, Any]:
+        """SamplerConfig overrides: the given ones, and carry_over 0 where the method would carry over."""
+        overrides = dict(self.sampler)
+        if parse_method(self.method).sampler_settings.get("carry_over", 0):
+            overrides["carry_over"] = 0
+        return overrides
+
+    @classmethod
+    def from_config(cls, kwargs: Any) -> MTGRPOSettings:
+        """Settings from the `mtgrpo` group (a DictConfig or a mapping); unknown keys are refused by name."""
+        plain = OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else kwargs
+        if not isinstance(plain, Mapping):
+            raise TypeError(f"trainer.v1.sampler.sampler_kwargs must be the mtgrpo mapping, got {kwargs!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(plain) - known)
+        if unknown:
+            raise ValueError(f"mtgrpo has unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(plain))
+
+
+def check_trainer_config(config: Any) -> None:
+    """Refuse verl settings under which MT-GRPO's per-step conversation cannot run (before any worker starts)."""
+
+    def get(path: str, default: Any = None) -> Any:
+        return OmegaConf.select(config, path, default=default)
+
+    problems = []
+    if not get("trainer.use_v1", False):
+        problems.append("trainer.use_v1 is false: the backend plugs into verl's v1 trainer; set trainer.use_v1=true")
+    mode = get("trainer.v1.trainer_mode")
+    if mode != "sync":
+        problems.append(
+            f"trainer.v1.trainer_mode is {mode!r}: async modes prefetch batches generated before the weights of "
+            "this step were known, which breaks the per-step batch conversation; set trainer.v1.trainer_mode=sync"
+        )
+    sync_steps = get("trainer.v1.sync.parameter_sync_step", 1)
+    if sync_steps != 1:
+        problems.append(f"trainer.v1.sync.parameter_sync_step is {sync_steps!r}: one controller step needs 1")
+    if get("algorithm.filter_groups.enable", False):
+        problems.append(
+            "algorithm.filter_groups.enable is true: MT-GRPO's sampler does the filtering (method 'dapo' is DAPO's "
+            "dynamic sampling); set algorithm.filter_groups.enable=false"
+        )
+    if get("reward.reward_model.enable", False) and not get("reward.reward_model.enable_resource_pool", False):
+        problems.append(
+            "reward.reward_model.enable is true without reward.reward_model.enable_resource_pool: a colocated "
+            "reward model scores after sampling, but the sampler needs rm_scores to filter; use rule-based "
+            "rewards or set reward.reward_model.enable_resource_pool=true"
+        )
+    path, name = get("trainer.v1.sampler.custom_sampler.path"), get("trainer.v1.sampler.custom_sampler.name")
+    if (path, name) != (BUFFER_PATH, BUFFER_NAME):
+        problems.append(
+            f"trainer.v1.sampler.custom_sampler is (path={path!r}, name={name!r}); set path={BUFFER_PATH} and "
+            f"name={BUFFER_NAME} (the mtgrpo_ppo config does)"
+        )
+    if problems:
+        raise ValueError("verl config not usable with MT-GRPO:\n- " + "\n- ".join(problems))
+
+
+def surrogate_level(config: Any) -> str:
+    """The ratio level of the actor's policy loss ("token" or "sequence"), refusing losses I_k cannot mirror."""
+    mode = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.loss_mode", default="vanilla")
+    if mode not in SURROGATE_LEVELS:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode is {mode!r}; the improvement signal I_k recomputes the "
+            f"per-sample clipped surrogate only for {sorted(SURROGATE_LEVELS)}: use one of them, or a method whose "
+            "rule does not need I_k (e.g. 'rps-only', 'dapo')"
+        )
+    return SURROGATE_LEVELS[mode]

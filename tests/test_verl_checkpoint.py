@@ -1,0 +1,134 @@
+"""The verl trainer's checkpoints: the controller and prompt-pool state round-trips through verl's own save and
+load, and a checkpoint without it (or of other tasks) is refused before verl loads any model state."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("verl")
+pytest.importorskip("transfer_queue")
+
+from hydra import compose, initialize_config_module
+from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
+
+from mtgrpo_backends.verl.checkpoint import STATE_FILE
+from mtgrpo_backends.verl.main import CONFIG_NAME
+from mtgrpo_backends.verl.trainer import MTGRPOTrainer
+from mtgrpo_core import StepFacts, step_signals
+
+ROW_TASKS = ["a", "b", "c"] * 4
+
+
+class FakeActor:
+    """Records verl's checkpoint calls; the model state itself is not under test."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def save_checkpoint(self, local_path: str, *args: Any, **kwargs: Any) -> None:
+        os.makedirs(local_path, exist_ok=True)
+        self.calls.append("save")
+
+    def load_checkpoint(self, local_path: str, **kwargs: Any) -> None:
+        self.calls.append("load")
+
+
+def _trainer(folder: Path, tasks: str = "[a,b,c]", resume: str = "auto") -> MTGRPOTrainer:
+    overrides = [
+        "mtgrpo.method=minimax",
+        f"mtgrpo.tasks={tasks}",
+        "data.train_batch_size=6",
+        "actor_rollout_ref.rollout.n=2",
+    ]
+    overrides += [f"trainer.default_local_dir={folder}", f"trainer.resume_mode={resume}"]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose(CONFIG_NAME, overrides=overrides)
+    trainer = MTGRPOTrainer.__new__(MTGRPOTrainer)
+    trainer.config, trainer.trainer_mode, trainer.use_critic = config, "sync", False
+    trainer.checkpoint_callback = build_checkpoint_callback(config)
+    trainer.replay_buffer = trainer._build_replay_buffer()
+    trainer.buffer.attach(ROW_TASKS, 6, 2, lambda rows: [])
+    trainer.actor_rollout_wg = FakeActor()
+    trainer.train_dataloader = StatefulDataLoader(list(range(12)), batch_size=6)
+    return trainer
+
+
+def _advance(trainer: MTGRPOTrainer, steps: int) -> None:
+    """Run controller steps without generation: draw prompts, report rewards, end the step."""
+    ctrl, pool = trainer.buffer.controller, trainer.buffer.pool
+    assert ctrl is not None and pool is not None
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        builder, key = ctrl.begin_step(), 0
+        tasks, rewards = [], []
+        while (request := builder.next_request()) is not None:
+            _, task = pool.draw(request.counts)
+            reward = (rng.random((task.shape[0], 2)) < 0.5).astype(float)
+            builder.report_arrays(task, np.arange(key, key + task.shape[0]), rewards=reward)
+            key += task.shape[0]
+            tasks.append(task)
+            rewards.append(reward)
+        builder.finish()
+        facts = StepFacts(np.repeat(np.concatenate(tasks), 2), np.concatenate(rewards).ravel())
+        ctrl.end_step(step_signals(facts, 3))
+
+
+def test_state_round_trips_through_verls_save_and_load(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    _advance(trainer, 3)
+    trainer.global_steps = 3
+    trainer._save_checkpoint()
+    saved = trainer.buffer.state_dict()
+    assert json.loads((tmp_path / "global_step_3" / STATE_FILE).read_text()) == saved
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "3"
+
+    resumed = _trainer(tmp_path)
+    resumed._load_checkpoint()
+    assert resumed.global_steps == 3 and resumed.actor_rollout_wg.calls == ["load"]
+    assert resumed.buffer.state_dict() == saved
+    assert resumed.buffer.controller is not None and resumed.buffer.controller.step == 3
+
+
+def test_a_checkpoint_without_mtgrpo_state_is_refused_before_verl_loads_anything(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    _advance(trainer, 1)
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    (tmp_path / "global_step_1" / STATE_FILE).unlink()
+    resumed = _trainer(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"has no mtgrpo_state\.json.*trainer\.resume_mode=disable"):
+        resumed._load_checkpoint()
+    assert resumed.actor_rollout_wg.calls == []
+    fresh = _trainer(tmp_path, resume="disable")
+    fresh._load_checkpoint()  # a new run ignores the folder
+    assert fresh.global_steps == 0 and fresh.buffer.controller is not None and fresh.buffer.controller.step == 0
+
+
+def test_a_checkpoint_of_other_tasks_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    _advance(trainer, 2)
+    trainer.global_steps = 2
+    trainer._save_checkpoint()
+    other = _trainer(tmp_path, tasks="[c,b,a]")
+    before = other.buffer.state_dict()
+    with pytest.raises(
+        ValueError, match=r"trained on tasks \['a', 'b', 'c'\] but this run has tasks \['c', 'b', 'a'\]"
+    ):
+        other._load_checkpoint()
+    assert other.buffer.state_dict() == before and other.actor_rollout_wg.calls == []
+
+
+def test_a_state_file_of_another_step_is_refused(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    _advance(trainer, 2)
+    trainer.global_steps = 1  # the controller is two steps in: not the state of global step 1
+    trainer._save_checkpoint()
+    with pytest.raises(ValueError, match="controller after 2 steps but the checkpoint is of global step 1"):
+        _trainer(tmp_path)._load_checkpoint()

@@ -1,0 +1,112 @@
+"""The verl backend's configuration: Hydra composes verl's ppo_trainer.yaml with the mtgrpo group, and bad input
+(verl settings, mtgrpo settings, the dataset, the verl version) is refused at start with the setting named."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("verl")
+pytest.importorskip("transfer_queue")
+
+from datasets import Dataset
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from mtgrpo_backends.verl.config import (
+    MTGRPOSettings,
+    check_trainer_config,
+    check_verl_version,
+    surrogate_level,
+)
+from mtgrpo_backends.verl.main import CONFIG_NAME
+from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
+from mtgrpo_backends.verl.trainer import MTGRPOTrainer, dataset_tasks
+
+
+def _compose(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(CONFIG_NAME, overrides=["mtgrpo.tasks=[gsm8k,math]", *overrides])
+
+
+def test_hydra_composes_verls_config_with_the_mtgrpo_group() -> None:
+    config = _compose("mtgrpo.method=dapo", "+mtgrpo.sampler.max_rounds=3", "data.train_batch_size=16")
+    check_trainer_config(config)
+    assert config.trainer.v1.trainer_mode == "sync" and config.algorithm.adv_estimator == "grpo"
+    assert config.actor_rollout_ref.actor.ppo_epochs == 1  # verl's own defaults are all there
+    settings = MTGRPOSettings.from_config(config.trainer.v1.sampler.sampler_kwargs)  # what the buffer receives
+    assert settings.method == "dapo" and settings.tasks == ("gsm8k", "math") and settings.sampler == {"max_rounds": 3}
+    trainer = MTGRPOTrainer(config)  # verl's PPOTrainer.__init__ builds the replay buffer from the config
+    assert isinstance(trainer.replay_buffer, MTGRPOReplayBuffer)
+    trainer.buffer.attach(["gsm8k", "math"] * 8, 16, 5, lambda rows: [])
+    assert trainer.buffer.controller is not None and trainer.buffer.controller.sampler.config.max_rounds == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "trainer.v1.trainer_mode=colocate_async",
+            r"trainer_mode is 'colocate_async'.*set trainer\.v1\.trainer_mode=sync",
+        ),
+        ("trainer.use_v1=false", r"trainer\.use_v1 is false"),
+        ("+trainer.v1.sync.parameter_sync_step=2", r"parameter_sync_step is 2"),
+        ("algorithm.filter_groups.enable=true", r"set algorithm\.filter_groups\.enable=false"),
+        ("reward.reward_model.enable=true", r"enable_resource_pool=true"),
+        ("trainer.v1.sampler.custom_sampler.name=Other", r"custom_sampler is .*name='Other'"),
+    ],
+)
+def test_verl_settings_that_break_the_step_conversation_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_trainer_config(_compose(override))
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"colour": 1}, ValueError, r"mtgrpo has unknown keys \['colour'\]"),
+        ({"method": "nope"}, ValueError, "nope"),
+        ({"tasks": ["a", "a"]}, ValueError, r"mtgrpo\.tasks must be a non-empty list of distinct names"),
+        ({"sampler": {"batch_size": 4}}, ValueError, r"sets \['batch_size'\].*data\.train_batch_size"),
+        ({"sampler": {"carry_over": 1}}, ValueError, r"carry_over is 1: the verl backend trains strictly on-policy"),
+        ({"poll_interval": 0}, ValueError, r"mtgrpo\.poll_interval must be in \(0\.0, inf\]"),
+        ({"improvement_reduce": "avg"}, ValueError, r"mtgrpo\.improvement_reduce must be one of"),
+    ],
+)
+def test_bad_mtgrpo_settings_are_refused_by_name(settings: dict[str, Any], error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        MTGRPOSettings.from_config(settings)
+
+
+def test_methods_that_carry_over_train_on_policy_here() -> None:
+    buffer = MTGRPOReplayBuffer("sync", {}, 8, "drop", {"method": "mt-grpo:0.2"})
+    buffer.attach(["a", "b"] * 4, 4, 2, lambda rows: [])
+    assert buffer.controller is not None and buffer.controller.sampler.carry is None
+    assert buffer.task_names == ["a", "b"]  # tasks None: the sorted distinct values of the task field
+
+
+def test_bad_data_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match=r"no field 'data_source' \(mtgrpo\.task_field\).*columns: \['task'\]"):
+        dataset_tasks(SimpleNamespace(dataframe=Dataset.from_dict({"task": ["a"]})), "data_source")
+    buffer = MTGRPOReplayBuffer("sync", {}, 8, "drop", {"tasks": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"holds 'c' at row 2, which is not in tasks \['a', 'b'\]"):
+        buffer.attach(["a", "b", "c"], 4, 2, lambda rows: [])
+    with pytest.raises(ValueError, match=r"data\.train_batch_size=1 is below the 2 tasks"):
+        buffer.attach(["a", "b"], 1, 2, lambda rows: [])
+    with pytest.raises(ValueError, match="needs 'sync'"):
+        MTGRPOReplayBuffer("colocate_async", {}, 8, "drop", {})
+    with pytest.raises(RuntimeError, match=r"before attach\(\)"):
+        buffer.sample(global_steps=1, partition_id="train", batch_size=4)
+
+
+def test_versions_and_losses_outside_the_supported_range_are_refused() -> None:
+    check_verl_version("0.9.1")
+    for version in ("0.8.0", "0.10.0"):
+        with pytest.raises(ImportError, match=rf"supports verl>=0\.9\.1,<0\.10\.0.*found verl {version}"):
+            check_verl_version(version)
+    assert surrogate_level(_compose()) == "token"
+    assert surrogate_level(_compose("actor_rollout_ref.actor.policy_loss.loss_mode=gspo")) == "sequence"
+    with pytest.raises(ValueError, match=r"loss_mode is 'cispo'.*\['gspo', 'vanilla'\]"):
+        surrogate_level(_compose("actor_rollout_ref.actor.policy_loss.loss_mode=cispo"))

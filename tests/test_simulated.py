@@ -171,7 +171,7 @@ def test_suite_files_and_names(tmp_path: Path) -> None:
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(_suite_dict()))
     assert load_suite(str(path)).task_names == ["a", "b"]
-    with pytest.raises(ValueError, match=r"suite must be one of \['paper3', 'paper9', 'scale300'"):
+    with pytest.raises(ValueError, match=r"suite must be one of \['paper3', 'paper3-pool', 'paper9', 'paper9-pool'"):
         load_suite("paper4")
     path.write_text("{not json")
     with pytest.raises(SuiteError, match="not valid JSON"):
@@ -278,7 +278,8 @@ def test_bench_cli_bad_names_list_the_valid_ones(capsys: pytest.CaptureFixture[s
     assert _bench("--methods", "grpo,mt-grpo-typo") == 2
     assert "method must be one of ['grpo', 'dapo'," in capsys.readouterr().err
     assert main(["bench", "--suite", "paper99"]) == 2
-    assert "suite must be one of ['paper3', 'paper9', 'scale300']" in capsys.readouterr().err
+    suites = "['paper3', 'paper3-pool', 'paper9', 'paper9-pool', 'scale300']"
+    assert f"suite must be one of {suites}" in capsys.readouterr().err
     assert _bench("--methods", "no_such_module:Rule") == 2
     assert "rule 'no_such_module:Rule': cannot import 'Rule' from 'no_such_module'" in capsys.readouterr().err
 

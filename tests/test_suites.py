@@ -117,7 +117,7 @@ def _variant(suite: str, at: tuple[str | int, ...], value: object) -> Any:
     if not at:
         return value
     data = copy.deepcopy(TASKS_SUITE if suite == "tasks" else RECIPE_SUITE)
-    target = data
+    target: Any = data
     for part in at[:-1]:
         target = target[part]
     if value is DROP:

@@ -16,7 +16,7 @@ from mtgrpo_backends.torch.loop import train, train_step
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs, logits_of, sample
 from mtgrpo_backends.torch.state import make_state
 from mtgrpo_backends.torch.tasks import TASKS, CharTokenizer, Problem, RewardError, Suite, Task
-from mtgrpo_backends.torch.warmup import PROBE_EVERY, warm_started_model
+from mtgrpo_backends.torch.warmup import PROBE_EVERY, supervised_batch, warm_started_model, warm_up
 
 torch.set_num_threads(1)
 TOK = CharTokenizer()
@@ -199,6 +199,20 @@ def test_warm_up_stops_at_the_first_check_where_every_task_reaches_the_target() 
     hard = Suite("hard", (always, never), warmup_steps=60, warmup_target=0.5, eval_size=4)
     warm = warm_started_model(hard, TOK, config=TINY, use_cache=False)
     assert warm.steps == 60 and warm.probe_accuracy == [1.0, 0.0]  # the cap; the last check came before it
+
+
+def test_a_task_at_the_warm_up_ceiling_leaves_the_demonstration_mix() -> None:
+    always = Task("always-right", TASKS["reverse-easy"].make, 7, reward=lambda p, c: 1.0)
+    never = Task("never-right", TASKS["sort-easy"].make, 7, reward=lambda p, c: 0.0)
+    suite = Suite("mix", (always, never), warmup_steps=60, warmup_target=0.05, warmup_ceiling=0.6, eval_size=4)
+    ids, _, start = supervised_batch(suite, TOK, 32, np.random.default_rng(0), np.array([False, True]))
+    prompts = [TOK.decode(row[:start].tolist()) for row in ids]
+    assert all("sort:" in p and "rev:" not in p for p in prompts)
+    seen: list[list[float] | None] = []
+    warm_up(CharGPT(TINY, seed=0), suite, TOK, 60, target=0.05, progress=lambda s, n, probe: seen.append(probe))
+    assert [p for p in seen if p is not None] == [[1.0, 0.0], [1.0, 0.0]]  # never-right never reaches the target
+    with pytest.raises(ValueError, match=r"warmup_ceiling must be above warmup_target=0\.5, got 0\.5"):
+        Suite("bad", (always,), warmup_steps=1, warmup_target=0.5, warmup_ceiling=0.5, eval_size=4)
 
 
 def test_cli_train_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import tyro
 
 from mtgrpo_core.methods import parse_method
+from mtgrpo_core.prompt_history import SelectionConfig
 from mtgrpo_core.rule_registry import build_rule, rule_class
 from mtgrpo_core.sampler_config import SamplerConfig
 
@@ -126,17 +127,17 @@ def writable_file(name: str, path: Path) -> None:
 class SamplerOptions:
     """RP-SAMPLER settings (mtgrpo_core.SamplerConfig). Unset ones keep the method's setting, then the default."""
 
-    oversample: Annotated[float | None, unset("the method's, else 3")] = None
-    """M_os: a resampling round requests M_os * B prompts"""
+    oversample: Annotated[float | None, unset("the method's: 6 lean, else 3")] = None
+    """M_os: a paper-planner round requests M_os * B prompts; other planners: the cap of a round's total / B"""
     max_rounds: Annotated[int | None, unset("the method's, else 10")] = None
     """N_rs: resampling rounds after the first request"""
-    max_inflation: Annotated[float | None, unset("the method's, else 5")] = None
-    """M_acc: cap of the acceptance-aware inflation m_k"""
+    max_inflation: Annotated[float | None, unset("the method's: 25 lean, else 5")] = None
+    """M_acc: cap of the inflation m_k (paper planner) or of a task's request / its deficit (other planners)"""
     filtering: Annotated[Literal["lenient", "strict", "none"] | None, unset("the method's")] = None
     """zero-gradient filter: lenient (all-equal rewards), strict (all-correct/all-wrong), none (plain GRPO)"""
     targets: Annotated[Literal["multinomial", "apportion"] | None, unset("the method's, else apportion")] = None
     """per-task target counts: multinomial (the paper's draw) or apportion (systematic rounding)"""
-    planner: Annotated[str | None, unset("the method's, else paper")] = None
+    planner: Annotated[str | None, unset("the method's: joint lean, else paper")] = None
     """request planner: paper, or beyond the paper posterior or joint (docs/sampler.md)"""
     confidence: Annotated[float | None, unset("0.9")] = None
     """probability target: per task (posterior planner) or of the whole batch in one round (joint planner)"""
@@ -144,8 +145,8 @@ class SamplerOptions:
     """no-signal guard: informative rate below which a long dry run makes a task barren (0: guard off)"""
     guard_probe: Annotated[int | None, unset("ceil(B / K)")] = None
     """no-signal guard: probe groups per step of a barren task"""
-    carry_over: Annotated[int | None, unset("0")] = None
-    """steps an informative group generated but not needed may wait to be trained (0: on-policy; not in TRL)"""
+    carry_over: Annotated[int | None, unset("the method's: 1 lean, else 0")] = None
+    """steps an informative group generated but not needed may wait to be trained (0: strictly on-policy)"""
 
     def overrides(self) -> dict[str, Any]:
         """The settings given (to pass to SamplerConfig / Controller.from_method)."""
@@ -156,10 +157,40 @@ class SamplerOptions:
         given = self.overrides()
         for name, value in given.items():
             try:
-                SamplerConfig(batch_size=batch_size, group_size=group_size, **{name: value})
+                alone = {"planner": "joint"} if name == "carry_over" else {}  # carry-over needs such a planner
+                SamplerConfig(batch_size=batch_size, group_size=group_size, **{**alone, name: value})
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{flag(name, 'sampler.')} {value!r}: {err}") from None
         return given
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """Selective rollouts on a finite prompt pool (mtgrpo_core.prompt_history.SelectionConfig, docs/selective.md)."""
+
+    skip: Literal["none", "history", "oracle"] = "none"
+    """prompts a request passes over: none; history (last seen uninformative, with exploration); oracle (simulator
+    only: prompts more likely uninformative than not under the current policy)"""
+    exploration: Annotated[float | None, unset("0.1")] = None
+    """target share of a task's handed-out prompts that retry a prompt last seen uninformative"""
+    min_retry: Annotated[float | None, unset("0.01")] = None
+    """floor of the retry probability of a prompt last seen uninformative"""
+    max_skips: Annotated[int | None, unset("none: never forced")] = None
+    """a prompt passed over this many times in a row is handed out at its next turn (0: never forced)"""
+
+    def config(self) -> SelectionConfig:
+        """The SelectionConfig of the settings given (filtering is set per method by the backend); refusals name
+        the flag."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "skip"}
+        settings = {k: x for k, x in given.items() if x is not None}
+        if settings.get("max_skips") == 0:
+            settings["max_skips"] = None
+        for name, value in settings.items():
+            try:
+                SelectionConfig(**{name: value})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{flag(name, 'selection.')} {given[name]!r}: {err}") from None
+        return SelectionConfig(**settings)
 
 
 def rule_parameters(method: str) -> set[str] | None:

@@ -24,7 +24,8 @@ from mtgrpo_core.metrics import (
     steps_to_threshold,
     worst_task_accuracy,
 )
-from mtgrpo_core.prompt_pool import PromptPool
+from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.prompt_pool import PromptPool, Selection
 from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals, WeightingRule
 from mtgrpo_core.rule_registry import RULES, build_rule, register_rule
 from mtgrpo_core.sampler import (
@@ -69,6 +70,8 @@ __all__ = [
     "RewardChangeImprovement",
     "SECRule",
     "SamplerConfig",
+    "Selection",
+    "SelectionConfig",
     "StepFacts",
     "TaskSignals",
     "UniformRule",

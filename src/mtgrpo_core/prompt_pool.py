@@ -2,18 +2,32 @@
 
 Each task's rows are visited in passes; pass e of task k is a permutation seeded by (seed, k, e), so every process
 draws the same rows without communication, and the state is one cursor per task. Every backend with a finite
-dataset draws through this one pool (a later issue gives it per-prompt history).
+dataset draws through this one pool. With `selection` (a `SelectionConfig`) the pool also keeps a per-prompt
+history, fed by `report`, and a skip rule passes over prompts at their turn (docs/selective.md); a draw still
+hands out exactly the requested count of every task.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.prompt_history import (
+    ALL_CORRECT,
+    INFORMATIVE,
+    HistorySkip,
+    PromptHistory,
+    RetryStats,
+    SelectionConfig,
+    SkipRule,
+    group_outcomes,
+)
 
 
 def task_ids_of(values: Sequence[Any], tasks: Sequence[str], what: str = "task column") -> NDArray[np.int64]:
@@ -27,15 +41,53 @@ def task_ids_of(values: Sequence[Any], tasks: Sequence[str], what: str = "task c
     return ids
 
 
+@dataclass(frozen=True)
+class Selection:
+    """One draw: rows and tasks handed out (task by task), `retried` (rows: handed out although last seen
+    uninformative), and the rows passed over with their tasks and the (mean reward, accuracy) standing in for each
+    (`RetryStats.stand_in`; NaN for a row not last seen uninformative)."""
+
+    rows: NDArray[np.int64]
+    tasks: NDArray[np.int64]
+    retried: NDArray[np.bool_]
+    skipped: NDArray[np.int64]
+    skipped_tasks: NDArray[np.int64]
+    skipped_reward: NDArray[np.float64]
+    skipped_accuracy: NDArray[np.float64]
+
+    def stand_ins(self, group_size: int, correct_reward: float = 1.0) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """(task, reward) of stand-in rollouts for the skipped rows last seen uninformative: each counts as a group
+        of group_size rollouts with round(accuracy N) correct ones and the mean reward of its estimate. Appended to
+        a step's rollouts (StepFacts), they keep J_k and accuracy a measure of the task rather than of the prompts
+        the rule let through (docs/selective.md)."""
+        n = v.positive_int("group_size", group_size)
+        known = ~np.isnan(self.skipped_reward)
+        reward, accuracy = self.skipped_reward[known], self.skipped_accuracy[known]
+        correct = np.round(accuracy * n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            wrong = np.where(correct < n, (reward * n - correct * correct_reward) / (n - correct), 0.0)
+        rollouts = np.where(np.arange(n)[None, :] < correct[:, None], correct_reward, wrong[:, None])
+        return np.repeat(self.skipped_tasks[known], n), rollouts.ravel()
+
+
 class PromptPool:
     """Draws dataset row indices per task without replacement within a pass over the task's rows.
 
     row_tasks: (rows,) task id of each dataset row; task_names: the K task names (ids are positions).
+    selection: keep a per-prompt history and skip by it (None, the default: no history, no skipping).
+    skip_rule: replaces the history rule (e.g. the simulator's oracle); needs `selection`.
     """
 
     KIND = "prompt_pool"
 
-    def __init__(self, row_tasks: ArrayLike, task_names: Sequence[str], seed: int = 0) -> None:
+    def __init__(
+        self,
+        row_tasks: ArrayLike,
+        task_names: Sequence[str],
+        seed: int = 0,
+        selection: SelectionConfig | None = None,
+        skip_rule: SkipRule | None = None,
+    ) -> None:
         self.task_names = list(task_names)
         self._k = v.positive_int("number of task_names", len(self.task_names))
         self.seed = v.positive_int("seed", seed, minimum=0)
@@ -45,20 +97,52 @@ class PromptPool:
         if empty:
             raise ValueError(f"the dataset has no rows for tasks {empty}; every configured task needs prompts")
         self._cursor = np.zeros(self._k, dtype=np.int64)
+        if selection is not None and not isinstance(selection, SelectionConfig):
+            raise TypeError(f"selection must be a SelectionConfig or None, got {type(selection).__name__}")
+        if skip_rule is not None and selection is None:
+            raise ValueError("skip_rule needs selection (a SelectionConfig): the pool keeps no history without it")
+        self.selection = selection
+        self._digest = hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()[:16]
+        self._draws = 0
+        self.history = PromptHistory(ids.shape[0]) if selection is not None else None
+        self.retry_stats = RetryStats(self._k) if selection is not None else None
+        self._row_task = ids.astype(np.min_scalar_type(self._k - 1)) if selection is not None else None
+        self._rule: SkipRule | None = None
+        if selection is not None:
+            self._rule = skip_rule if skip_rule is not None else HistorySkip(selection, self._rows)
 
     @property
     def num_tasks(self) -> int:
         return self._k
 
-    def _order(self, task: int, epoch: int) -> NDArray[np.int64]:
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, task, epoch]))
-        return self._rows[task][rng.permutation(self._rows[task].size)]
+    @property
+    def num_rows(self) -> int:
+        return int(sum(r.size for r in self._rows))
 
-    def draw(self, counts: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Row indices for counts[k] prompts of each task k -> (rows, task ids), task by task."""
+    def _rng(self, task: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, task, epoch]))
+
+    def _order(self, task: int, epoch: int) -> NDArray[np.int64]:
+        return self._rows[task][self._rng(task, epoch).permutation(self._rows[task].size)]
+
+    def _pass(self, task: int, epoch: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Pass `epoch` of a task: its rows in `_order`'s order and one seeded uniform number per position."""
+        rng = self._rng(task, epoch)
+        order = self._rows[task][rng.permutation(self._rows[task].size)]
+        return order, rng.random(order.size)
+
+    def _counts(self, counts: ArrayLike) -> NDArray[np.int64]:
         c = v.int_array("counts", counts, ndim=1)
         if c.shape[0] != self._k or (c < 0).any():
             raise ValueError(f"counts must be {self._k} non-negative ints (one per task), got {c.tolist()}")
+        return c
+
+    def draw(self, counts: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Row indices for counts[k] prompts of each task k -> (rows, task ids), task by task."""
+        if self.selection is not None:
+            picked = self.select(counts)
+            return picked.rows, picked.tasks
+        c = self._counts(counts)
         rows, tasks = [], []
         for k in range(self._k):
             size = self._rows[k].size
@@ -71,18 +155,108 @@ class PromptPool:
             self._cursor[k] = stop
         return np.concatenate(rows), np.concatenate(tasks)
 
+    def select(self, counts: ArrayLike) -> Selection:
+        """Like `draw`, with the skip rule: walk each task's pass from its cursor, hand out the rows the rule does not
+        pass over until counts[k] are out. One draw passes over at most one pass's worth of a task's rows, and a row
+        passed over max_skips times in a row is handed out, so every request is met in full."""
+        if self.history is None or self._rule is None or self.selection is None or self.retry_stats is None:
+            raise ValueError("select needs a pool built with selection (a SelectionConfig)")
+        c = self._counts(counts)
+        parts = [self._walk(k, int(c[k]), self.history, self._rule) for k in range(self._k)]
+        rows, skipped = np.concatenate([p[0] for p in parts]), np.concatenate([p[2] for p in parts])
+        history = self.history
+        history.handed_out(rows, self._draws)
+        self._draws += 1
+        skipped_tasks = np.repeat(np.arange(self._k), [p[2].size for p in parts])
+        reward, accuracy = self.retry_stats.stand_in(skipped_tasks, history.outcome[skipped], history.reward[skipped])
+        return Selection(
+            rows=rows,
+            tasks=np.repeat(np.arange(self._k), c),
+            retried=np.concatenate([p[1] for p in parts]),
+            skipped=skipped,
+            skipped_tasks=skipped_tasks,
+            skipped_reward=reward,
+            skipped_accuracy=accuracy,
+        )
+
+    def _walk(
+        self, k: int, need: int, history: PromptHistory, rule: SkipRule
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]]:
+        """Task k's part of `select`: (rows handed out, which of them were candidates, rows passed over)."""
+        max_skips = self.selection.max_skips if self.selection is not None else None
+        size, pos = self._rows[k].size, int(self._cursor[k])
+        budget = size  # skips left in this draw
+        taken, retried, passed = [np.zeros(0, np.int64)], [np.zeros(0, np.bool_)], [np.zeros(0, np.int64)]
+        while need > 0:
+            epoch, offset = divmod(pos, size)
+            order, uniform = self._pass(k, epoch)
+            stop = min(size, offset + need + budget)
+            rows = order[offset:stop]
+            skip = rule.skip(k, rows, uniform[offset:stop], history)
+            if max_skips is not None:
+                skip &= history.skips[rows] < max_skips
+            skip &= np.cumsum(skip) <= budget
+            filled = np.cumsum(~skip)
+            end = int(np.searchsorted(filled, need)) + 1 if filled[-1] >= need else rows.size
+            out, over = rows[:end][~skip[:end]], rows[:end][skip[:end]]
+            history.passed_over(over)
+            taken.append(out)
+            retried.append(history.uninformative(out))
+            passed.append(over)
+            need, budget, pos = need - out.size, budget - over.size, pos + end
+        self._cursor[k] = pos
+        return np.concatenate(taken), np.concatenate(retried), np.concatenate(passed)
+
+    def report(self, rows: ArrayLike, rewards: ArrayLike) -> None:
+        """Record the outcome of each row's group of rewards (n, N), classified by the selection's filter. Rows the
+        pool never handed out are refused; a refused report changes nothing."""
+        if self.history is None or self.selection is None or self.retry_stats is None or self._row_task is None:
+            raise ValueError("report needs a pool built with selection (a SelectionConfig): this pool keeps no history")
+        r = v.int_array("rows", rows, ndim=1)
+        if r.size == 0:
+            return
+        if r.min() < 0 or r.max() >= self.num_rows:
+            bad = int(r[(r < 0) | (r >= self.num_rows)][0])
+            raise ValueError(f"rows holds {bad}, which is not a row of this dataset (rows 0 to {self.num_rows - 1})")
+        never = r[self.history.seen[r] < 0]
+        if never.size:
+            raise ValueError(f"rows holds {int(never[0])}, which this pool never handed out: report only drawn rows")
+        rewards_arr = v.finite_array("rewards", rewards, ndim=2)
+        v.same_length("rows", r, "rewards", rewards_arr)
+        cfg = self.selection
+        outcome = group_outcomes(rewards_arr, cfg.filtering, cfg.correct_reward)
+        mean, accuracy = rewards_arr.mean(axis=1), (rewards_arr == cfg.correct_reward).mean(axis=1)
+        last = self.history.outcome[r]
+        retry = last >= ALL_CORRECT
+        values = np.stack([mean, accuracy, (outcome == INFORMATIVE).astype(np.float64)])[:, retry]
+        self.retry_stats.add(self._row_task[r[retry]].astype(np.int64), last[retry], values)
+        self.history.outcome[r] = outcome
+        self.history.reward[r] = mean
+
     def state_dict(self) -> dict[str, Any]:
-        """JSON-native state: the seed, the task names and one cursor per task."""
-        return {
+        """JSON-native state: the seed, the task names and one cursor per task; with selection also the dataset's
+        size and digest, the selection settings, the number of draws and the per-row history."""
+        state: dict[str, Any] = {
             "kind": self.KIND,
             "num_tasks": self._k,
             "task_names": list(self.task_names),
             "seed": self.seed,
             "cursor": self._cursor.tolist(),
         }
+        if self.history is not None and self.selection is not None and self.retry_stats is not None:
+            state.update(
+                num_rows=self.num_rows,
+                rows_digest=self._digest,
+                selection=self.selection.to_dict(),
+                draws=self._draws,
+                history=self.history.state_dict(),
+                retry_stats=self.retry_stats.state_dict(),
+            )
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state of a pool with the same task names; anything else is refused, nothing half-applied."""
+        """Restore a state of a pool with the same task names (and with selection: the same dataset rows and
+        settings); anything else is refused, nothing half-applied."""
         v.state_matches(state, self.KIND, self._k)
         if list(state.get("task_names", [])) != self.task_names:
             raise ValueError(
@@ -92,4 +266,22 @@ class PromptPool:
         cursor = v.int_array("state['cursor']", state["cursor"], ndim=1)
         if cursor.shape[0] != self._k or (cursor < 0).any():
             raise ValueError(f"state['cursor'] must be {self._k} non-negative ints, got {cursor.tolist()}")
+        loaded = self._load_history(state)
         self.seed, self._cursor = seed, cursor.copy()
+        if loaded is not None:
+            self.history, self.retry_stats, self._draws = loaded
+
+    def _load_history(self, state: Mapping[str, Any]) -> tuple[PromptHistory, RetryStats, int] | None:
+        if self.selection is None:
+            if "history" in state:
+                raise ValueError("state holds a prompt history, but this pool keeps none (build it with selection)")
+            return None
+        if "history" not in state:
+            raise ValueError("state holds no prompt history (saved by a pool without selection); expected one")
+        expected = {"num_rows": self.num_rows, "rows_digest": self._digest, "selection": self.selection.to_dict()}
+        for key, want in expected.items():
+            if state.get(key) != want:
+                raise ValueError(f"state[{key!r}] is {state.get(key)!r}, expected {want!r}: a state of another dataset")
+        draws = v.positive_int("state['draws']", state.get("draws"), minimum=0)
+        history = PromptHistory.from_state(state["history"], self.num_rows, draws)
+        return history, RetryStats.from_state(state.get("retry_stats"), self._k), draws

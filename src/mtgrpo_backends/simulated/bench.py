@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -18,9 +18,12 @@ from numpy.typing import NDArray
 from mtgrpo_backends.harness.record import RunRecord
 from mtgrpo_backends.options import RuleOptions
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
+from mtgrpo_backends.simulated.pool_feed import SKIPS, PoolFeed, Skip
 from mtgrpo_backends.simulated.suites import Suite
+from mtgrpo_core import checks as v
 from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
+from mtgrpo_core.prompt_history import SelectionConfig
 from mtgrpo_core.sampler import BatchReport
 from mtgrpo_core.signal_path import StepFacts, step_signals
 from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE
@@ -39,15 +42,24 @@ DEFAULT_METHODS = (
 
 
 def step_facts(
-    generated: Groups, batch: Groups, advantage: NDArray[Any], before: NDArray[Any], after: NDArray[Any]
+    generated: Groups,
+    batch: Groups,
+    advantage: NDArray[Any],
+    before: NDArray[Any],
+    after: NDArray[Any],
+    stand_ins: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None,
 ) -> StepFacts:
-    """The step's facts for the core's signal path: every rollout generated this step, and the batch's rollouts
-    with their advantages and clipped surrogate before and after the update (one update per step: one
-    mini-batch, so a per-mini-batch method takes one weight update per step here)."""
+    """The step's facts for the core's signal path: every rollout generated this step (plus the stand-in rollouts
+    of prompts skipped this step, `Selection.stand_ins`), and the batch's rollouts with their advantages and
+    clipped surrogate before and after the update (one update per step: one mini-batch, so a per-mini-batch
+    method takes one weight update per step here)."""
     n = generated.rewards.shape[1]
+    task, reward = np.repeat(generated.task, n), generated.rewards.ravel()
+    if stand_ins is not None:
+        task, reward = np.concatenate([task, stand_ins[0]]), np.concatenate([reward, stand_ins[1]])
     return StepFacts(
-        rollout_task=np.repeat(generated.task, n),
-        rollout_reward=generated.rewards.ravel(),
+        rollout_task=task,
+        rollout_reward=reward,
         sample_task=np.repeat(batch.task, n),
         sample_advantage=advantage.ravel(),
         surrogate_before=before.ravel(),
@@ -66,14 +78,19 @@ class _Kept:
 
 
 def _train_step(
-    ctrl: Controller, policy: SimulatedPolicy, improvement_reduce: str, kept: _Kept
+    ctrl: Controller,
+    policy: SimulatedPolicy,
+    improvement_reduce: str,
+    kept: _Kept,
+    feed: PoolFeed | None,
 ) -> tuple[BatchReport, int]:
-    """One training step (Algorithm 1): the batch conversation, the GRPO step, the controller's weight update."""
+    """One training step (Algorithm 1): the batch conversation, the GRPO step, the controller's weight update.
+    feed: the suite's finite pool (None: fresh prompts)."""
     builder = ctrl.begin_step()
     parts: list[Groups] = []
     first = kept.next_key
     while (request := builder.next_request()) is not None:
-        g = policy.generate(request.counts)
+        g = policy.generate(request.counts) if feed is None else feed(request.counts)
         builder.report_arrays(g.task, np.arange(kept.next_key, kept.next_key + len(g)), rewards=g.rewards)
         parts.append(g)
         kept.next_key += len(g)
@@ -83,7 +100,7 @@ def _train_step(
     pool_keys = np.concatenate([kept.keys, np.arange(first, kept.next_key)])
     trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
     advantage, before, after = policy.train_step(trained)
-    facts = step_facts(generated, trained, advantage, before, after)
+    facts = step_facts(generated, trained, advantage, before, after, None if feed is None else feed.stand_ins())
     reduce = ctrl.improvement_reduce or improvement_reduce  # a reference preset's own reduction wins
     ctrl.end_step(step_signals(facts, ctrl.num_tasks, improvement_reduce=reduce))
     kept_keys = np.asarray(batch.kept, dtype=np.int64) if batch.kept is not None else np.zeros(0, np.int64)
@@ -94,7 +111,11 @@ def _train_step(
 @dataclass(frozen=True)
 class SimulatedRunner:
     """The harness's Runner for the simulated backend: one method with one seed at these settings (picklable;
-    forked workers). record_every: held-out accuracy after step 1, every record_every-th step and the last."""
+    forked workers). record_every: held-out accuracy after step 1, every record_every-th step and the last.
+    filter: the zero-gradient filter of every method that filters (GRPO's methods stay unfiltered). skip and
+    selection: prompt skipping on a suite with a finite pool (`pool_feed`); the history is classified by the
+    method's filter, or by `filter` for a method that does not filter. stand_ins=False: skipped prompts do not
+    count in J_k and accuracy (an ablation)."""
 
     suite: Suite
     steps: int
@@ -106,6 +127,19 @@ class SimulatedRunner:
     rule: RuleOptions = field(default_factory=RuleOptions)
     improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
     start_method: Literal["fork", "spawn"] = "fork"
+    filter: Literal["lenient", "strict"] = "lenient"
+    skip: Skip = "none"
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    stand_ins: bool = True
+
+    def __post_init__(self) -> None:
+        v.choice("filter", self.filter, ("lenient", "strict"))
+        v.choice("skip", self.skip, SKIPS)
+        if self.skip != "none" and self.suite.pool_sizes is None:
+            raise ValueError(
+                f"skip={self.skip!r} needs a suite with a finite prompt pool (pool_size on its tasks, e.g. "
+                f"paper3-pool), got suite {self.suite.name!r}"
+            )
 
     def controller(self, method: str, seed: int) -> Controller:
         """A method string ("mt-grpo:0.2", ... or a user's "module:Class", see mtgrpo_core.methods) for a run."""
@@ -122,9 +156,15 @@ class SimulatedRunner:
     def sampler_for(self, method: str) -> dict[str, Any]:
         """The sampler overrides of a run: the suite's N_rs unless the method is a reference preset (which sets its
         own) or the sampler overrides name one."""
-        if "max_rounds" in self.sampler or parse_method(method).preset is not None:
+        spec = parse_method(method)
+        if spec.preset is not None:
             return dict(self.sampler)
-        return {**self.sampler, "max_rounds": self.max_rounds}
+        strict = self.filter == "strict" and spec.sampler_settings.get("filtering") == "lenient"
+        return {
+            **({"filtering": "strict"} if strict else {}),
+            **({} if "max_rounds" in self.sampler else {"max_rounds": self.max_rounds}),
+            **self.sampler,
+        }
 
     def __call__(self, method: str, seed: int, on_step: Callable[[], None] | None = None) -> RunRecord:
         """Run one method for one seed through the real controller conversation; returns its record."""
@@ -132,6 +172,7 @@ class SimulatedRunner:
         k, t = self.suite.num_tasks, self.steps
         policy = self.suite.policy(seed, self.group_size)
         ctrl = self.controller(method, seed)
+        feed = self._feed(policy, ctrl, seed)
         eval_steps, acc = [0], [policy.heldout_accuracy()]
         weights, shares = np.zeros((t, k)), np.zeros((t, k))
         rounds, groups, batch = (np.zeros(t, dtype=np.int64) for _ in range(3))
@@ -139,7 +180,7 @@ class SimulatedRunner:
         kept = _Kept(Groups.empty(self.group_size), np.zeros(0, dtype=np.int64))
         for step in range(t):
             try:
-                report, batch[step] = _train_step(ctrl, policy, self.improvement_reduce, kept)
+                report, batch[step] = _train_step(ctrl, policy, self.improvement_reduce, kept, feed)
             except ValueError as err:
                 raise ValueError(f"method {method!r}, seed {seed}, step {step}: {err}") from err
             weights[step], shares[step] = report.weights, report.realized_shares
@@ -163,4 +204,14 @@ class SimulatedRunner:
             trained=batch,
             budget_exhausted=exhausted,
             wall_s=time.perf_counter() - start,
+            metrics={} if feed is None else feed.metrics(int(groups.sum()), int(batch.sum())),
+            log=None if feed is None else feed.log(),
         )
+
+    def _feed(self, policy: SimulatedPolicy, ctrl: Controller, seed: int) -> PoolFeed | None:
+        """The finite pool's feed of a run (None: the suite draws fresh prompts)."""
+        if self.suite.pool_sizes is None:
+            return None
+        method_filter = ctrl.sampler.config.filtering
+        selection = replace(self.selection, filtering=self.filter if method_filter == "none" else method_filter)
+        return PoolFeed(policy, self.suite.task_names, seed, self.skip, selection, self.stand_ins)

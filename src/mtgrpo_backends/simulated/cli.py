@@ -13,6 +13,7 @@ from mtgrpo_backends.options import (
     HarnessOptions,
     RuleOptions,
     SamplerOptions,
+    SelectionOptions,
     at_least,
     chosen_methods,
     parse,
@@ -35,7 +36,7 @@ class BenchArgs:
     """`mtgrpo bench`; run settings left unset take the suite's defaults."""
 
     suite: str = "paper3"
-    """built-in suite (paper3, paper9, scale300) or the path of a suite .json file"""
+    """built-in suite (paper3, paper9, scale300, paper3-pool, paper9-pool) or the path of a suite .json file"""
     steps: Annotated[int | None, SUITES] = None
     """training steps per run"""
     batch_size: Annotated[int | None, SUITES] = None
@@ -46,16 +47,25 @@ class BenchArgs:
     """held-out accuracy after step 1 and every this many steps"""
     improvement_reduce: Literal["mean", "sum"] = "mean"
     """I_k over task k's samples: mean or sum (reference code)"""
+    filter: Literal["lenient", "strict"] = "lenient"
+    """zero-gradient filter of every method that filters: lenient (all-equal rewards) or strict (all-correct or
+    all-wrong, as the paper's 3-task runs); GRPO's methods stay unfiltered, --sampler.filtering sets all"""
     harness: Annotated[HarnessOptions, Flat] = field(
         default_factory=lambda: HarnessOptions(workers=min(2, os.cpu_count() or 1))
     )
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
     rule: RuleOptions = field(default_factory=RuleOptions)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
 
 
 def run_bench(args: BenchArgs) -> int:
     """Body of `mtgrpo bench`; returns the exit code (130 when interrupted, after reporting finished runs)."""
     suite = load_suite(args.suite)
+    if args.selection.skip != "none" and suite.pool_sizes is None:
+        raise ValueError(
+            f"--selection.skip {args.selection.skip}: suite {suite.name!r} draws fresh prompts; expected a suite with "
+            "a finite prompt pool (paper3-pool, paper9-pool, or pool_size on every task of a suite file)"
+        )
     d = suite.defaults
     steps = at_least("steps", d.steps if args.steps is None else args.steps, 1)
     batch_size = at_least("batch_size", d.batch_size if args.batch_size is None else args.batch_size, 1)
@@ -69,13 +79,25 @@ def run_bench(args: BenchArgs) -> int:
     seeds = list(args.harness.seeds) or list(range(d.seeds))
     args.rule.check(methods, suite.num_tasks)
     runner = SimulatedRunner(
-        suite, steps, batch_size, group_size, max_rounds, eval_every, sampler, args.rule, args.improvement_reduce
+        suite,
+        steps,
+        batch_size,
+        group_size,
+        max_rounds,
+        eval_every,
+        sampler,
+        args.rule,
+        args.improvement_reduce,
+        filter=args.filter,
+        skip=args.selection.skip,
+        selection=args.selection.config(),
     )
     for m in methods:  # refuse what cannot be built (a user's rule that does not import) before any run starts
         runner.controller(m, 0)
     title = (
         f"suite {suite.name} ({suite.num_tasks} tasks), {steps} steps, B={batch_size}, N={group_size}, "
-        f"N_rs={max_rounds}"
+        f"N_rs={max_rounds}, {args.filter} filter"
+        + (f", skip {args.selection.skip}" if args.selection.skip != "none" else "")
     )
     settings = {
         "suite": suite.name,
@@ -86,6 +108,8 @@ def run_bench(args: BenchArgs) -> int:
         "max_rounds": max_rounds,
         "eval_every": eval_every,
         "improvement_reduce": args.improvement_reduce,
+        "filter": args.filter,
+        "selection": asdict(args.selection),
         "sampler": sampler,
         "rule": args.rule.given(),
         "harness": {k: v for k, v in asdict(args.harness).items() if k not in ("out", "quiet")},

@@ -4,7 +4,9 @@ Model (all randomness from numpy Generators seeded explicitly):
 - Task k has a skill logit s_k and a population of prompts of heterogeneous difficulty: a fraction u_k of prompts
   is unsolvable (p = 0: the accuracy ceiling is 1 - u_k); a solvable prompt has a logit offset o ~ Normal(0,
   spread_k) and success probability p = sigmoid(s_k + o). Training prompts are fresh draws from the population
-  (the skill is shared by all prompts of a task, nothing is memorised per prompt).
+  (the skill is shared by all prompts of a task, nothing is memorised per prompt), or, with a finite pool
+  (`pool_sizes`), rows of a training set drawn once per seed: each row keeps its own offset and solvability for
+  the whole run, so a prompt that was impossible stays impossible and a hard one stays hard as the skill moves.
 - A rollout is correct with probability p; a wrong rollout is in the right format with probability
   f_k = sigmoid(phi_k). Rewards follow the paper: 1.0 correct, 0.1 wrong but formatted, 0 otherwise. A group of N
   rollouts is zero-gradient under the strict filter with probability p^N + (1-p)^N.
@@ -26,7 +28,9 @@ Model (all randomness from numpy Generators seeded explicitly):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -59,10 +63,13 @@ class TaskModel:
         v.real_in_range(f"task {self.name!r} speed", self.speed, 0.0)
 
 
+_FRESH = np.zeros(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Groups:
     """Generated prompt groups: task (n,), solvable (n,), offset (n,), prob and format_prob (n,) at generation (the
-    generating policy's), correct and formatted (n, N) bool."""
+    generating policy's), correct and formatted (n, N) bool, prompt (n,): the pool row (-1: a fresh prompt)."""
 
     task: NDArray[np.int64]
     solvable: NDArray[np.bool_]
@@ -71,6 +78,11 @@ class Groups:
     format_prob: NDArray[np.float64]
     correct: NDArray[np.bool_]
     formatted: NDArray[np.bool_]
+    prompt: NDArray[np.int64] = field(default_factory=lambda: _FRESH)  # left out: -1 for every group
+
+    def __post_init__(self) -> None:
+        if self.prompt is _FRESH:
+            object.__setattr__(self, "prompt", np.full(self.task.shape, -1, dtype=np.int64))
 
     @property
     def rewards(self) -> NDArray[np.float64]:
@@ -87,15 +99,15 @@ class Groups:
     @staticmethod
     def empty(group_size: int) -> Groups:
         """No groups (rollout columns of width group_size)."""
-        flat, bools = np.zeros(0), np.zeros((0, group_size), dtype=np.bool_)
-        return Groups(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_), flat, flat, flat, bools, bools)
+        flat, bools, ints = np.zeros(0), np.zeros((0, group_size), dtype=np.bool_), np.zeros(0, dtype=np.int64)
+        return Groups(ints, np.zeros(0, dtype=np.bool_), flat, flat, flat, bools, bools, ints)
 
     @staticmethod
     def concat(parts: list[Groups]) -> Groups:
         return Groups(*(np.concatenate([getattr(p, f) for p in parts]) for f in _GROUP_FIELDS))
 
 
-_GROUP_FIELDS = ("task", "solvable", "offset", "prob", "format_prob", "correct", "formatted")
+_GROUP_FIELDS = ("task", "solvable", "offset", "prob", "format_prob", "correct", "formatted", "prompt")
 
 
 def zero_gradient_probability(
@@ -124,6 +136,7 @@ class SimulatedPolicy:
         group_size: int = 8,
         heldout_size: int = 200,
         seed: int = 0,
+        pool_sizes: Sequence[int] | None = None,
     ) -> None:
         if not tasks or not all(isinstance(t, TaskModel) for t in tasks):
             raise TypeError(f"tasks must be a non-empty list of TaskModel, got {tasks!r}")
@@ -139,12 +152,22 @@ class SimulatedPolicy:
         self._unsolvable = np.array([x.unsolvable for x in tasks])
         self.skill = np.array([x.skill for x in tasks])
         self.format_logit = logit(np.array([x.format_rate for x in tasks]))
-        seeds = np.random.SeedSequence(v.positive_int("seed", seed, minimum=0)).spawn(2)
+        seeds = np.random.SeedSequence(v.positive_int("seed", seed, minimum=0)).spawn(3)
         heldout = np.random.default_rng(seeds[0])
         h = v.positive_int("heldout_size", heldout_size)
         self._heldout_offset = heldout.standard_normal((k, h)) * self._spread[:, None]
         self._heldout_solvable = heldout.random((k, h)) >= self._unsolvable[:, None]
         self._rng = np.random.default_rng(seeds[1])
+        self.pool_task = np.zeros(0, dtype=np.int64)  # the finite training set, task-major (empty: fresh prompts)
+        self._pool_offset, self._pool_solvable = np.zeros(0), np.zeros(0, dtype=np.bool_)
+        if pool_sizes is not None:
+            sizes = [v.positive_int(f"pool_sizes[{i}]", n) for i, n in enumerate(pool_sizes)]
+            if len(sizes) != k:
+                raise ValueError(f"pool_sizes must hold {k} sizes (one per task), got {len(sizes)}")
+            pool = np.random.default_rng(seeds[2])
+            self.pool_task = np.repeat(np.arange(k), sizes)
+            self._pool_offset = pool.standard_normal(self.pool_task.size) * self._spread[self.pool_task]
+            self._pool_solvable = pool.random(self.pool_task.size) >= self._unsolvable[self.pool_task]
 
     @property
     def num_tasks(self) -> int:
@@ -170,12 +193,40 @@ class SimulatedPolicy:
         n = task.shape[0]
         solvable = rng.random(n) >= self._unsolvable[task]
         offset = rng.standard_normal(n) * self._spread[task]
+        return self._rollouts(task, solvable, offset, np.full(n, -1, dtype=np.int64))
+
+    def generate_rows(self, rows: ArrayLike) -> Groups:
+        """N rollouts of each pool row (a PromptPool draw over `pool_task`), in random order."""
+        r = v.int_array("rows", rows, ndim=1)
+        if r.size and (r.min() < 0 or r.max() >= self.pool_task.size):
+            raise ValueError(f"rows must be rows of the training pool, in [0, {self.pool_task.size}), got {r.tolist()}")
+        r = r[self._rng.permutation(r.size)]
+        return self._rollouts(self.pool_task[r], self._pool_solvable[r], self._pool_offset[r], r)
+
+    def informative_probability(self, rows: NDArray[np.int64], filter: str) -> NDArray[np.float64]:
+        """P(a group of pool row r is kept by `filter`) under the current policy, for each row."""
+        task = self.pool_task[rows]
+        prob = expit(self.skill[task] + self._pool_offset[rows]) * self._pool_solvable[rows]
+        return 1.0 - zero_gradient_probability(prob, self.group_size, self.format_rate[task], filter)
+
+    def expected_rewards(self, rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        """A group at expectation for each pool row, (n, N): round(p N) correct rollouts, the others at the expected
+        reward of a wrong one (the oracle's stand-in for a prompt it skipped)."""
+        task = self.pool_task[rows]
+        prob = expit(self.skill[task] + self._pool_offset[rows]) * self._pool_solvable[rows]
+        wrong = FORMATTED * self.format_rate[task] + UNFORMATTED * (1.0 - self.format_rate[task])
+        correct = np.arange(self.group_size)[None, :] < np.round(prob * self.group_size)[:, None]
+        return np.where(correct, CORRECT, wrong[:, None])
+
+    def _rollouts(
+        self, task: NDArray[np.int64], solvable: NDArray[np.bool_], offset: NDArray[np.float64], prompt: NDArray[Any]
+    ) -> Groups:
         prob = expit(self.skill[task] + offset) * solvable
         format_prob = self.format_rate[task]
-        draws = rng.random((2, n, self.group_size))
+        draws = self._rng.random((2, task.shape[0], self.group_size))
         correct = draws[0] < prob[:, None]
         formatted = ~correct & (draws[1] < format_prob[:, None])
-        return Groups(task, solvable, offset, prob, format_prob, correct, formatted)
+        return Groups(task, solvable, offset, prob, format_prob, correct, formatted, prompt)
 
     def train_step(self, batch: Groups) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """One GRPO step on the batch's groups. Returns, per rollout (n, N), the advantage A and the clipped

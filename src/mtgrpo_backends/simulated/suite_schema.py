@@ -6,10 +6,12 @@ numbers must be finite JSON numbers (no strings, no booleans), counts JSON integ
     {"name": "paper3", "description": "free text", "observed_group_size": 8, "heldout_size": 200,
      "defaults": {"steps": 720, "batch_size": 32, "group_size": 8, "max_rounds": 10, "seeds": 5, "record_every": 1},
      "tasks": [{"name": "countdown", "start_accuracy": 0.2, "zero_gradient_rate": 0.3, "observed_at_accuracy": 0.7,
-                "ceiling_accuracy": 0.95, "format_rate": 0.6, "learning_speed": 1.0, "grpo_accuracy": 0.75}],
+                "ceiling_accuracy": 0.95, "format_rate": 0.6, "learning_speed": 1.0, "grpo_accuracy": 0.75,
+     "pool_size": 10000}],
      "transfer": [[1.0]]}
 
 Instead of "tasks" (and "transfer") a suite may give a "recipe" (`RecipeSpec`) that generates many tasks.
+"pool_size" (optional, on every task or on none) makes the training prompts a finite pool drawn once per seed.
 What the loader solves from the observables is in suites.py (`solve_task`).
 """
 
@@ -93,6 +95,7 @@ class TaskSpec(_Schema):
     format_rate: OpenUnit  # P(wrong answer is in the right format) at the start
     learning_speed: Annotated[Number, Field(ge=0.0)]  # eta_k of the policy model (calibrated, see docs/benchmarks.md)
     grpo_accuracy: Omittable[Unit] = None  # accuracy uniform GRPO reaches at the defaults (calibration target)
+    pool_size: Omittable[Count] = None  # a finite training pool of this many prompts (left out: fresh prompts)
 
     @field_validator("grpo_accuracy")
     @classmethod
@@ -147,6 +150,10 @@ class SuiteSpec(_Schema):
         dup = sorted({x for x in names if names.count(x) > 1})
         if dup:
             raise ValueError(f"expected distinct task names, got duplicate name(s) {dup}")
+        pooled = [t.name for t in tasks if t.pool_size is not None]
+        if pooled and len(pooled) != len(tasks):
+            fresh = [t.name for t in tasks if t.pool_size is None]
+            raise ValueError(f"expected pool_size on every task or on none, got it on {pooled} but not on {fresh}")
         return tasks
 
     @field_validator("transfer")

@@ -37,6 +37,7 @@ class Suite:
     heldout_size: int
     defaults: SuiteDefaults
     grpo_accuracy: tuple[float | None, ...] = ()
+    pool_sizes: tuple[int, ...] | None = None  # prompts of each task's finite training pool (None: fresh prompts)
 
     @property
     def num_tasks(self) -> int:
@@ -48,7 +49,7 @@ class Suite:
 
     def policy(self, seed: int, group_size: int) -> SimulatedPolicy:
         """A fresh simulated policy for one run."""
-        return SimulatedPolicy(list(self.tasks), self.transfer, group_size, self.heldout_size, seed)
+        return SimulatedPolicy(list(self.tasks), self.transfer, group_size, self.heldout_size, seed, self.pool_sizes)
 
 
 def population_accuracy(skill: float, spread: float) -> float:
@@ -135,6 +136,7 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
     if spec.recipe is not None:
         tasks, transfer = _generate(f"{where}.recipe", spec.recipe, n_obs)
         grpo: tuple[float | None, ...] = ()
+        pools = None
     else:
         assert spec.tasks is not None  # the schema requires exactly one of tasks / recipe
         tasks = []
@@ -143,8 +145,10 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
             skill, spread, unsolvable = solve_task(f"{where}.tasks[{i}]", *args)
             tasks.append(TaskModel(t.name, skill, spread, unsolvable, t.format_rate, t.learning_speed))
         grpo = tuple(t.grpo_accuracy for t in spec.tasks)
+        sizes = [t.pool_size for t in spec.tasks if t.pool_size is not None]
+        pools = tuple(sizes) if sizes else None
         transfer = np.eye(len(tasks)) if spec.transfer is None else np.array(spec.transfer, dtype=np.float64)
-    return Suite(spec.name, spec.description, tuple(tasks), transfer, spec.heldout_size, spec.defaults, grpo)
+    return Suite(spec.name, spec.description, tuple(tasks), transfer, spec.heldout_size, spec.defaults, grpo, pools)
 
 
 def builtin_suites() -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
@@ -73,13 +74,19 @@ def noisy_answer(answer: str, noise: float, rng: np.random.Generator) -> str:
 
 
 def supervised_batch(
-    suite: Suite, tokenizer: CharTokenizer, batch_size: int, rng: np.random.Generator
+    suite: Suite,
+    tokenizer: CharTokenizer,
+    batch_size: int,
+    rng: np.random.Generator,
+    mix: NDArray[np.bool_] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Teacher-forcing batch over tasks drawn uniformly: ids, mask (R, P + C) and the completion start P.
-
-    Demonstrations carry the suite's `warmup_noise` (an imperfect corpus, like a base model's).
+    """Teacher-forcing batch over tasks drawn uniformly (among `mix`, default all): ids, mask (R, P + C) and the
+    completion start P. Demonstrations carry the suite's `warmup_noise` (an imperfect corpus, like a base model's).
     """
-    tasks = rng.integers(0, suite.num_tasks, size=batch_size)
+    if mix is None or mix.all():
+        tasks = rng.integers(0, suite.num_tasks, size=batch_size)
+    else:
+        tasks = rng.choice(np.flatnonzero(mix), size=batch_size)
     problems = [suite.sample(int(k), 1, rng)[0] for k in tasks]
     p_ids, p_mask = left_pad([tokenizer.encode(p.prompt) for p in problems], tokenizer.pad_id)
     answers = [
@@ -138,7 +145,8 @@ def warm_up(
     """Teacher-forced cross-entropy on completion tokens, AdamW, at most `steps` steps.
 
     With target > 0, every PROBE_EVERY steps the temperature-1 accuracy of each task is measured on PROBE_SIZE
-    fixed training prompts; the warm-up stops at the first check where every task reaches `target`.
+    fixed training prompts; the warm-up stops at the first check where every task reaches `target`, and a task
+    at or above the suite's `warmup_ceiling` at a check gets no more demonstrations.
     progress(step, steps, probe) is called after every step (probe: the check's accuracies, else None).
     Returns the steps taken and the last probe accuracies (None if never probed).
     """
@@ -152,9 +160,10 @@ def warm_up(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     probe = None
+    mix = np.ones(suite.num_tasks, dtype=np.bool_)
     for step in range(1, steps + 1):
         model.train()
-        ids, mask, start = supervised_batch(suite, tokenizer, batch_size, rng)
+        ids, mask, start = supervised_batch(suite, tokenizer, batch_size, rng, mix)
         ids, mask = ids.to(device), mask.to(device)
         tok_mask = mask[:, start:].float()
         loss = -(completion_logprobs(model, ids, mask, start) * tok_mask).sum() / tok_mask.sum()
@@ -166,6 +175,8 @@ def warm_up(
         checked = None
         if target > 0 and step % PROBE_EVERY == 0:
             probe = checked = probe_accuracy(model, suite, tokenizer, probes)
+            if suite.warmup_ceiling < 1.0:  # 1.0: no ceiling (tiny3)
+                mix &= np.asarray(checked) < suite.warmup_ceiling
         if progress is not None:
             progress(step, steps, checked)
         if checked is not None and min(checked) >= target:
@@ -195,6 +206,7 @@ def warm_started_model(
             "tasks": suite.task_names,
             "steps": steps,
             "target": suite.warmup_target,
+            **({"ceiling": suite.warmup_ceiling} if suite.warmup_ceiling < 1.0 else {}),  # tiny3's key unchanged
             "noise": suite.warmup_noise,
             "seed": seed,
             "model": asdict(config),

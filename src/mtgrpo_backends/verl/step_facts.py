@@ -24,7 +24,8 @@ def step_facts(
     group_task (G,), rewards (G, N), finished (G,): every group generated this step; failed groups (not
     finished) have no complete rewards and are left out of J_k. row_group (R,): each batch row's group, -1 for
     verl's padding rows; row_advantage (R,) its advantage; row_valid (R,) whether it has response tokens.
-    surrogate: (before, after), each (R,), the per-row clipped surrogate around the update (I_k, Eq. 8).
+    surrogate: (before, after), each (R,), the per-row clipped surrogate around the update (I_k, Eq. 8), measured
+    once around the whole update: one mini-batch row for the per-mini-batch presets (docs/verl.md).
     Padding rows and rows without response tokens are not trained samples.
     """
     n = rewards.shape[1]
@@ -38,6 +39,7 @@ def step_facts(
         sample_advantage=row_advantage[trained],
         surrogate_before=before,
         surrogate_after=after,
+        surrogate_minibatch=None if before is None else np.zeros(before.shape[0], dtype=np.int64),
     )
 
 

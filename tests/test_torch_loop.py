@@ -16,7 +16,14 @@ from mtgrpo_backends.torch.loop import train, train_step
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs, logits_of, sample
 from mtgrpo_backends.torch.state import make_state
 from mtgrpo_backends.torch.tasks import TASKS, CharTokenizer, Problem, RewardError, Suite, Task
-from mtgrpo_backends.torch.warmup import PROBE_EVERY, supervised_batch, warm_started_model, warm_up
+from mtgrpo_backends.torch.warmup import (
+    MAINTAIN,
+    PROBE_EVERY,
+    supervised_batch,
+    warm_started_model,
+    warm_up,
+    warmup_mix,
+)
 
 torch.set_num_threads(1)
 TOK = CharTokenizer()
@@ -205,7 +212,9 @@ def test_a_task_at_the_warm_up_ceiling_leaves_the_demonstration_mix() -> None:
     always = Task("always-right", TASKS["reverse-easy"].make, 7, reward=lambda p, c: 1.0)
     never = Task("never-right", TASKS["sort-easy"].make, 7, reward=lambda p, c: 0.0)
     suite = Suite("mix", (always, never), warmup_steps=60, warmup_target=0.05, warmup_ceiling=0.6, eval_size=4)
-    ids, _, start = supervised_batch(suite, TOK, 32, np.random.default_rng(0), np.array([False, True]))
+    np.testing.assert_array_equal(warmup_mix(np.array([1.0, 0.3, 0.01]), 0.05, 0.6), [0.0, MAINTAIN, 1.0])
+    mix = warmup_mix(np.array([1.0, 0.0]), 0.05, 0.6)  # above the ceiling: no demonstrations; below the target: all
+    ids, _, start = supervised_batch(suite, TOK, 32, np.random.default_rng(0), mix)
     prompts = [TOK.decode(row[:start].tolist()) for row in ids]
     assert all("sort:" in p and "rev:" not in p for p in prompts)
     seen: list[list[float] | None] = []

@@ -73,20 +73,29 @@ def noisy_answer(answer: str, noise: float, rng: np.random.Generator) -> str:
     return "".join(str(d) if f else c for c, f, d in zip(answer, flip, digits, strict=True))
 
 
+MAINTAIN = 0.1  # demonstration weight of a task between the warm-up target and ceiling (1 below the target)
+
+
+def warmup_mix(accuracy: NDArray[np.float64], target: float, ceiling: float) -> NDArray[np.float64]:
+    """Demonstration weights from a check's accuracies: 1 below `target`, MAINTAIN up to `ceiling`, 0 above it
+    (a task left out entirely is forgotten within a few dozen steps, so in-range tasks keep a small share)."""
+    return np.where(accuracy < target, 1.0, np.where(accuracy < ceiling, MAINTAIN, 0.0))
+
+
 def supervised_batch(
     suite: Suite,
     tokenizer: CharTokenizer,
     batch_size: int,
     rng: np.random.Generator,
-    mix: NDArray[np.bool_] | None = None,
+    mix: NDArray[np.float64] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Teacher-forcing batch over tasks drawn uniformly (among `mix`, default all): ids, mask (R, P + C) and the
+    """Teacher-forcing batch over tasks drawn uniformly (or in proportion to `mix`): ids, mask (R, P + C) and the
     completion start P. Demonstrations carry the suite's `warmup_noise` (an imperfect corpus, like a base model's).
     """
-    if mix is None or mix.all():
+    if mix is None or (mix == mix[0]).all():
         tasks = rng.integers(0, suite.num_tasks, size=batch_size)
     else:
-        tasks = rng.choice(np.flatnonzero(mix), size=batch_size)
+        tasks = rng.choice(suite.num_tasks, size=batch_size, p=mix / mix.sum())
     problems = [suite.sample(int(k), 1, rng)[0] for k in tasks]
     p_ids, p_mask = left_pad([tokenizer.encode(p.prompt) for p in problems], tokenizer.pad_id)
     answers = [
@@ -145,8 +154,10 @@ def warm_up(
     """Teacher-forced cross-entropy on completion tokens, AdamW, at most `steps` steps.
 
     With target > 0, every PROBE_EVERY steps the temperature-1 accuracy of each task is measured on PROBE_SIZE
-    fixed training prompts; the warm-up stops at the first check where every task reaches `target`, and a task
-    at or above the suite's `warmup_ceiling` at a check gets no more demonstrations.
+    fixed training prompts; the warm-up stops at the first check where every task reaches `target`. With a suite
+    `warmup_ceiling` below 1 the demonstrations follow the last check (`warmup_mix`): tasks below the target get
+    the batch, tasks between target and ceiling a maintenance share, tasks above the ceiling none; it stops at
+    the first check with every task in [target, ceiling).
     progress(step, steps, probe) is called after every step (probe: the check's accuracies, else None).
     Returns the steps taken and the last probe accuracies (None if never probed).
     """
@@ -160,7 +171,7 @@ def warm_up(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     probe = None
-    mix = np.ones(suite.num_tasks, dtype=np.bool_)
+    mix = np.ones(suite.num_tasks)
     for step in range(1, steps + 1):
         model.train()
         ids, mask, start = supervised_batch(suite, tokenizer, batch_size, rng, mix)
@@ -175,11 +186,13 @@ def warm_up(
         checked = None
         if target > 0 and step % PROBE_EVERY == 0:
             probe = checked = probe_accuracy(model, suite, tokenizer, probes)
-            if suite.warmup_ceiling < 1.0:  # 1.0: no ceiling (tiny3)
-                mix &= np.asarray(checked) < suite.warmup_ceiling
+            if suite.warmup_ceiling < 1.0:  # 1.0: no ceiling, uniform demonstrations (tiny3)
+                mix = warmup_mix(np.asarray(checked), target, suite.warmup_ceiling)
         if progress is not None:
             progress(step, steps, checked)
-        if checked is not None and min(checked) >= target:
+        # stop when every task reached the target and none is above the ceiling (or none is left to train)
+        capped = suite.warmup_ceiling < 1.0 and max(checked or [0.0]) >= suite.warmup_ceiling and mix.any()
+        if checked is not None and min(checked) >= target and not capped:
             return step, checked
     return steps, probe
 

@@ -125,3 +125,15 @@ def test_signals_nan_improvement_marks_untrained_tasks() -> None:
         TaskSignals.build(reward=[0.5, 0.2], improvement=[0.01, np.inf])
     with pytest.raises(ValueError, match="reward at present tasks must be finite"):
         TaskSignals.build(reward=[0.5, np.nan], present=np.array([True, True]))
+
+
+def test_ratio_preserving_methods_plan_lean_by_default_and_mt_grpo_paper_keeps_algorithm_2() -> None:
+    for method in ("mt-grpo:0.2", "rps-only", "minimax", "minimax-reg:0.01"):
+        config = Controller.from_method(method, 3, 8, 4).sampler.config
+        assert (config.planner, config.carry_over, config.max_inflation, config.oversample) == ("joint", 1, 25.0, 6.0)
+    for method in ("mt-grpo-paper:0.2", "mt-grpo-noinfl:0.2", "mt-grpo-ref:0.2"):
+        config = Controller.from_method(method, 3, 8, 4).sampler.config
+        assert config.planner.startswith("paper") and config.carry_over == 0 and config.oversample == 3.0
+    on_policy = Controller.from_method("mt-grpo:0.2", 3, 8, 4, carry_over=0).sampler.config
+    assert on_policy.planner == "joint" and on_policy.carry_over == 0
+    assert Controller.from_method("dapo", 3, 8, 4).sampler.config.carry_over == 0

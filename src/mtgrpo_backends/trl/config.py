@@ -58,6 +58,13 @@ class MTGRPOConfig(GRPOConfig):
             "clipped ratio against the policy that generated them (0: strictly on-policy; docs/sampler.md)."
         },
     )
+    selection: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Selective rollouts (docs/selective.md): None keeps no per-prompt history; a dict (or JSON) of "
+            "SelectionConfig settings, e.g. {} or {'exploration': 0.1}, skips prompts last seen uninformative."
+        },
+    )
     rule_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments of the weighting rule, e.g. {'lr': 0.025, 'weight_decay': 1e-5}."},
@@ -87,6 +94,10 @@ class MTGRPOConfig(GRPOConfig):
             self.tasks = names
         if isinstance(self.rule_kwargs, str):  # the command line passes JSON
             self.rule_kwargs = json.loads(self.rule_kwargs)
+        if isinstance(self.selection, str):
+            self.selection = json.loads(self.selection)
+        if self.selection is not None and not isinstance(self.selection, dict):
+            raise TypeError(f"selection must be None, a dict or a JSON object, got {self.selection!r}")
         if self.rule_kwargs is not None and not isinstance(self.rule_kwargs, dict):
             raise TypeError(f"rule_kwargs must be a dict or JSON object, got {self.rule_kwargs!r}")
         if self.improvement_reduce not in IMPROVEMENT_REDUCTIONS:

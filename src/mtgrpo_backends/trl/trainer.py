@@ -32,11 +32,11 @@ from mtgrpo_backends.trl.carried_rows import KeptRows, Rows
 from mtgrpo_backends.trl.checkpoint_state import STATE_FILE, PendingStep
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
+from mtgrpo_backends.trl.prompt_source import build_pool, draw
 from mtgrpo_backends.trl.step_data import StepData
-from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
+from mtgrpo_backends.trl.step_facts import step_facts, with_stand_ins, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
-from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, check_needs, step_signals
-from mtgrpo_core.prompt_pool import task_ids_of
+from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, step_signals
 from mtgrpo_core.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
@@ -110,8 +110,7 @@ class MTGRPOTrainer(GRPOTrainer):
                 f"scale_rewards 'group' or 'none' (got {cfg.scale_rewards!r}) and multi_objective_aggregation "
                 f"'sum_then_normalize' (got {cfg.multi_objective_aggregation!r})"
             )
-        row_tasks = task_ids_of(values, self.task_names, f"train_dataset column {cfg.task_column!r}")
-        self.prompt_pool = PromptPool(row_tasks, self.task_names, cfg.seed)
+        self.prompt_pool = build_pool(cfg, values, self.task_names, self.controller.sampler.config.filtering)
         check_needs(
             self.controller.needs,
             ("improvement", "mean_abs_advantage"),
@@ -156,7 +155,7 @@ class MTGRPOTrainer(GRPOTrainer):
         builder = self.controller.begin_step()
         data = StepData(self._next_key)
         while (request := builder.next_request()) is not None:
-            rows, tasks = self.prompt_pool.draw(request.counts)
+            rows, tasks = draw(self.prompt_pool, data, request.counts, self._group_size, self.cfg.correct_reward)
             seed = np.random.SeedSequence([self.cfg.seed, self.controller.step, request.round])
             order = np.random.default_rng(seed).permutation(rows.shape[0])  # report order decides DAPO's pick
             rows, tasks = rows[order], tasks[order]
@@ -164,6 +163,8 @@ class MTGRPOTrainer(GRPOTrainer):
                 part = slice(start, start + self._batch_groups)
                 chunk_rows, chunk_tasks = rows[part], tasks[part]
                 rewards = self._generate_chunk(data, chunk_rows, chunk_tasks)
+                if self.prompt_pool.selection is not None:
+                    self.prompt_pool.report(chunk_rows, rewards)
                 builder.report_arrays(chunk_tasks, data.add_chunk(chunk_tasks, rewards), rewards=rewards)
         batch = builder.finish()
         self._next_key = data.next_key
@@ -283,7 +284,7 @@ class MTGRPOTrainer(GRPOTrainer):
             rows[:, 1],
             np.asarray(batch.keys, dtype=np.int64),
         )
-        self._pending = PendingStep(facts)
+        self._pending = PendingStep(with_stand_ins(facts, data.stand_in_task, data.stand_in_reward))
 
     # -- the improvement signal I_k (Eq. 8) -----------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:

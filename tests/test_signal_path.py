@@ -23,6 +23,7 @@ from mtgrpo_core import (
     group_advantages,
     register_rule,
     step_signals,
+    with_stand_ins,
 )
 from mtgrpo_core.rule_registry import RULES
 from mtgrpo_core.weighting_rules import FixedRule, IWURule
@@ -200,3 +201,17 @@ def test_controller_state_is_json_as_is() -> None:
     twin = Controller.from_method("mt-grpo:0.2", num_tasks=3, batch_size=32, group_size=8)
     twin.load_state_dict(state)
     assert twin.state_dict() == ctrl.state_dict()
+
+
+def test_stand_ins_join_the_rollouts_and_move_j_and_accuracy() -> None:
+    facts = StepFacts(rollout_task=[0, 0, 1, 1], rollout_reward=[1.0, 0.0, 1.0, 1.0])
+    out = with_stand_ins(facts, [np.array([1, 1]), np.array([], dtype=np.int64)], [np.array([0.0, 0.0]), np.zeros(0)])
+    signals = step_signals(out, 2)
+    np.testing.assert_allclose(signals.reward, [0.5, 0.5])  # task 1: two skipped all-wrong stand-ins join 1, 1
+    assert signals.accuracy is not None
+    np.testing.assert_allclose(signals.accuracy, [0.5, 0.5])
+    assert with_stand_ins(facts, [], []) is facts
+    with pytest.raises(ValueError, match="one array per draw each, got 1 and 0"):
+        with_stand_ins(facts, [np.array([1])], [])
+    with pytest.raises(ValueError, match="must match in length, got 6 and 5"):
+        with_stand_ins(facts, [np.array([1, 1])], [np.array([0.0])])

@@ -36,7 +36,7 @@ from mtgrpo_core.sampler import (
     Request,
 )
 from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.signal_path import StepFacts, check_needs, step_signals
+from mtgrpo_core.signal_path import StepFacts, check_needs, step_signals, with_stand_ins
 from mtgrpo_core.signals import (
     DEFAULT_IMPROVEMENT_REDUCE,
     RewardChangeImprovement,
@@ -95,6 +95,7 @@ __all__ = [
     "task_improvement",
     "task_rewards",
     "token_level_advantages",
+    "with_stand_ins",
     "worst_task_accuracy",
     "zero_gradient_mask",
 ]

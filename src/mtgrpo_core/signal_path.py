@@ -7,8 +7,8 @@ conclusion) measured on one backend carries to another.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -103,6 +103,21 @@ def step_signals(
         accuracy=accuracy,
         improvement_steps=steps,
     )
+
+
+def with_stand_ins(facts: StepFacts, tasks: Sequence[ArrayLike], rewards: Sequence[ArrayLike]) -> StepFacts:
+    """The facts with the rollouts standing in for prompts a pool's selection passed over (`Selection.stand_ins`,
+    one (task, reward) pair of arrays per draw) added to the step's rollouts, so that J_k and accuracy measure the
+    task, not the prompts the skip rule let through (docs/selective.md)."""
+    if len(tasks) != len(rewards):
+        raise ValueError(f"tasks and rewards must hold one array per draw each, got {len(tasks)} and {len(rewards)}")
+    if not tasks:
+        return facts
+    task = np.concatenate([np.asarray(facts.rollout_task, dtype=np.int64), *(np.asarray(t) for t in tasks)])
+    reward = np.concatenate([np.asarray(facts.rollout_reward, dtype=np.float64), *(np.asarray(r) for r in rewards)])
+    if task.shape != reward.shape:
+        raise ValueError(f"stand-in tasks and rewards must match in length, got {task.size} and {reward.size}")
+    return replace(facts, rollout_task=task, rollout_reward=reward)
 
 
 def check_needs(needs: Iterable[str], provided: Iterable[str], rule: str, backend: str) -> None:

@@ -59,6 +59,7 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
         "ref_model": None if state.ref_model is None else state.ref_model.state_dict(),
         "next_key": int(getattr(state, "next_key", 0)),
         "kept": [[int(key), _group_to_dict(group)] for key, group in kept.items()],
+        "prompt_pool": None if state.training_set is None else json.dumps(state.training_set.pool.state_dict()),
         "history": state.history,
         "evals": state.evals,
     }
@@ -167,6 +168,11 @@ def load_checkpoint(
     if hasattr(state, "kept"):  # groups the sampler keeps for a later step (carry-over), with their keys
         state.next_key = int(payload.get("next_key", 0))
         state.kept = {int(key): _group_from_dict(group) for key, group in payload.get("kept", [])}
+    if state.training_set is not None:  # the finite training set's pool: cursors and per-prompt history
+        saved = payload.get("prompt_pool")
+        if saved is None:
+            raise ValueError(f"{name} {str(path)!r} holds no prompt pool state, but this run draws from a training set")
+        state.training_set.pool.load_state_dict(json.loads(saved))
     state.step = int(payload["step"])
     state.history = list(payload["history"])
     state.evals = list(payload["evals"])

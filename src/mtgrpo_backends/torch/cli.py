@@ -19,6 +19,7 @@ from mtgrpo_backends.options import (
     Flat,
     RuleOptions,
     SamplerOptions,
+    SelectionOptions,
     check_methods,
     parse,
     run_command,
@@ -33,12 +34,13 @@ from mtgrpo_backends.torch.cli_common import (
     checked_config,
     eval_line,
     record_from_state,
+    selection_settings,
     warm_start,
 )
 from mtgrpo_backends.torch.config import TrainConfig, TrainSettings
 from mtgrpo_backends.torch.loop import train
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig
-from mtgrpo_backends.torch.state import TrainState, make_state
+from mtgrpo_backends.torch.state import TrainState, make_controller, make_state, make_training_set
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, get_suite
 from mtgrpo_backends.torch.warmup import WarmStart
 
@@ -59,6 +61,7 @@ class TrainArgs:
     train: Annotated[TrainSettings, Flat] = field(default_factory=TrainSettings)
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
     rule: RuleOptions = field(default_factory=RuleOptions)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
     warm: Annotated[TorchOptions, Flat] = field(default_factory=TorchOptions)
     out: Annotated[Path | None, unset("write nothing")] = None
     """write results.json (with the full log) and figure.png in this directory"""
@@ -137,9 +140,16 @@ def run_train(args: TrainArgs) -> int:
     args.rule.check([args.method], suite.num_tasks)
     rule = args.rule.kwargs_for(args.method)
     config = checked_config(
-        args.train, suite=args.suite, method=args.method, seed=args.seed, sampler=sampler, rule=rule
+        args.train,
+        suite=args.suite,
+        method=args.method,
+        seed=args.seed,
+        sampler=sampler,
+        rule=rule,
+        selection=selection_settings(args.selection, args.train.pool_size),
     )
     check_methods([args.method], suite.num_tasks, config.batch_size, config.group_size, sampler, args.rule)
+    make_training_set(config, suite, make_controller(config, suite))  # refuses a pool or selection it cannot build
     _check_outputs(args)
     torch.set_num_threads(args.warm.threads)
     warm: WarmStart | None = None

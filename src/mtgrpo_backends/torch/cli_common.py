@@ -14,7 +14,7 @@ import numpy as np
 
 from mtgrpo_backends.harness.progress import Progress
 from mtgrpo_backends.harness.record import RunRecord
-from mtgrpo_backends.options import at_least, flag, unset, writable_dir
+from mtgrpo_backends.options import SelectionOptions, at_least, flag, unset, writable_dir
 from mtgrpo_backends.torch.config import TrainConfig, TrainSettings
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
@@ -88,6 +88,25 @@ def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
     return TrainConfig(**dataclasses.asdict(settings), **rest)
 
 
+def selection_settings(options: SelectionOptions, pool_size: int) -> dict[str, Any] | None:
+    """TrainConfig.selection of the --selection.* flags: None for --selection.skip none; the oracle is refused (it
+    needs each prompt's true success probability, which only the simulator knows)."""
+    if options.skip == "oracle":
+        raise ValueError(
+            "--selection.skip oracle: the oracle knows each prompt's true success probability, which only the "
+            "simulator has (mtgrpo bench); expected none or history"
+        )
+    if options.skip == "none":
+        return None
+    if pool_size == 0:
+        raise ValueError(
+            "--selection.skip history skips prompts by their history, which needs a finite training set: "
+            "set --pool-size > 0"
+        )
+    given = dataclasses.asdict(options.config())
+    return {key: value for key, value in given.items() if key not in ("filtering", "correct_reward")}
+
+
 def cache_usable(options: TorchOptions) -> bool:
     """Whether the warm-start cache is used: not with --no-cache, nor when the default cache directory cannot be
     written (said in one line; an explicit --cache-dir that cannot be written is refused by check())."""
@@ -156,6 +175,16 @@ def eval_line(suite: Suite, ev: dict[str, Any]) -> str:
     return f"step {ev['step']:4d}  held-out acc: {per_task}  | worst {ev['worst']:.3f}  avg {ev['average']:.3f}"
 
 
+def training_set_totals(history: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per task over a run's log rows: groups generated and, with selection, prompts handed out, retried, retried
+    that came back informative, and skipped."""
+    totals = {"generated": np.sum([h["generated"] for h in history], axis=0).tolist()}
+    selected = [h["selection"] for h in history if h.get("selection") is not None]
+    if selected:
+        totals.update({key: np.sum([s[key] for s in selected], axis=0).tolist() for key in selected[0]})
+    return totals
+
+
 def record_from_state(config: TrainConfig, state: TrainState, wall_s: float, keep_log: bool = False) -> RunRecord:
     """The harness record of a finished run of the reference loop (keep_log: its full log in the record)."""
     hist, evals = state.history, state.evals
@@ -166,6 +195,8 @@ def record_from_state(config: TrainConfig, state: TrainState, wall_s: float, kee
     seconds = {k: sum(h["seconds"].get(k, 0.0) for h in hist) for k in ("core", "generate", "update")}
     busy = max(sum(seconds.values()), 1e-12)
     log = {"config": dataclasses.asdict(config), "evals": evals, "history": hist} if keep_log else None
+    if config.pool_size > 0:  # per task over the run: groups generated (and the selection's counts)
+        log = {**(log or {}), "training_set": training_set_totals(hist)}
     return RunRecord(
         method=config.method,
         seed=config.seed,

@@ -8,10 +8,12 @@ generated from these fields by tyro, which reads the `help` in each field's meta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import checks as v
+from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.reward_protocol import CORRECT
 from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
 
 
@@ -45,6 +47,11 @@ class TrainSettings:
     eval_samples: int = _help("completions per held-out prompt when eval_temperature > 0", 4)
     reward_errors_as_zero: bool = _help("count a reward function that raises as reward 0 (counted in the log)", False)
     device: str = _help("torch device, e.g. cpu or cuda", "cpu")
+    pool_size: int = _help(
+        "distinct training prompts per task, a fixed set the prompt pool hands out in passes (0: a fresh prompt at "
+        "every draw)",
+        0,
+    )
 
 
 @dataclass
@@ -59,6 +66,13 @@ class TrainConfig(TrainSettings):
     )
     rule: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "arguments of the weighting rule (lr, improvement_clip, ...)"}
+    )
+    selection: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "skip prompts last seen uninformative: SelectionConfig settings (exploration, min_retry, "
+            "max_skips; the filter is the method's); needs pool_size > 0 (None: no skipping)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -80,3 +94,28 @@ class TrainConfig(TrainSettings):
         for name in ("sampler", "rule"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
+        v.positive_int("pool_size", self.pool_size, minimum=0)
+        if self.selection is not None:
+            self.selection_config("lenient")  # checks the settings; the filter is the method's (make_state)
+            if self.pool_size == 0:
+                raise ValueError(
+                    f"selection {self.selection!r} skips prompts by their history, which needs a finite training "
+                    "set: set pool_size > 0"
+                )
+
+    def selection_config(self, filtering: str) -> SelectionConfig | None:
+        """The pool's SelectionConfig with the method's filter (None without selection); refusals name the key."""
+        if self.selection is None:
+            return None
+        if not isinstance(self.selection, dict):
+            raise TypeError(f"selection must be a dict of SelectionConfig settings or None, got {self.selection!r}")
+        fixed = sorted({"filtering", "correct_reward"} & set(self.selection))
+        if fixed:
+            raise ValueError(
+                f"selection must not set {fixed}: the pool classifies groups with the method's filter and the "
+                "suite's correct reward"
+            )
+        try:
+            return SelectionConfig(filtering=cast(Any, filtering), correct_reward=CORRECT, **self.selection)
+        except TypeError as err:
+            raise ValueError(f"selection {self.selection!r}: {err}") from None

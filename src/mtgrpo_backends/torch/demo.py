@@ -48,6 +48,7 @@ class DemoRunner:
     rule: RuleOptions
     warm: Mapping[str, Any]  # {"config": CharGPTConfig, "weights": state_dict}
     threads: int = 1
+    selection: Mapping[str, Any] | None = None  # TrainConfig.selection (needs settings.pool_size > 0)
     start_method: Literal["fork", "spawn"] = "spawn"
 
     @property
@@ -63,6 +64,7 @@ class DemoRunner:
             seed=seed,
             sampler=dict(self.sampler),
             rule=self.rule.kwargs_for(method),
+            selection=None if self.selection is None else dict(self.selection),
         )
         model = CharGPT(self.warm["config"])
         model.load_state_dict(self.warm["weights"])

@@ -30,8 +30,8 @@ from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import completion_logprobs
 from mtgrpo_backends.torch.rollout import GeneratedGroup, evaluate, generate_groups
 from mtgrpo_backends.torch.state import TrainState, make_state
-from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, left_pad
-from mtgrpo_core import StepFacts, step_signals
+from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
+from mtgrpo_core import StepFacts, step_signals, with_stand_ins
 
 
 class _Timer:
@@ -97,13 +97,16 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     failures = 0
     while (request := builder.next_request()) is not None:
         timer.lap("core")
-        problems = [(k, p) for k in range(k_tasks) for p in suite.sample(k, int(request.counts[k]), state.prompt_rng)]
+        rows, problems = _draw(state, suite, request.counts, n)
         # shuffled like a dataset: DAPO keeps the first B informative groups in report order
-        problems = [problems[i] for i in state.prompt_rng.permutation(len(problems))]
+        order = state.prompt_rng.permutation(len(problems))
+        problems = [problems[i] for i in order]
         groups, failed = generate_groups(
             model, suite, tokenizer, problems, n, config.temperature, state.generator, config.reward_errors_as_zero
         )
         failures += failed
+        if state.training_set is not None and rows is not None and groups:
+            state.training_set.report(rows[order], np.stack([g.rewards for g in groups]))
         keys = range(state.next_key, state.next_key + len(groups))
         state.next_key += len(groups)
         fresh.update(zip(keys, groups, strict=True))
@@ -165,6 +168,10 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
 
     # 5. next task weights: the core's signal path turns the step's facts into J, accuracy, I and mean |A|
     facts = step_facts(list(fresh.values()), row_task, adv, before, after, surrogate_task, minibatch)
+    selection: dict[str, Any] | None = None
+    if state.training_set is not None and state.training_set.selection is not None:
+        stand_task, stand_reward, selection = state.training_set.end_step()
+        facts = with_stand_ins(facts, stand_task, stand_reward)  # skipped prompts count in J_k and accuracy
     reduce = ctrl.improvement_reduce or config.improvement_reduce  # a reference preset's own reduction wins
     signals = step_signals(facts, k_tasks, improvement_reduce=reduce)
     ctrl.end_step(signals)
@@ -188,11 +195,22 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
         "train_accuracy": None if signals.accuracy is None else signals.accuracy.tolist(),
         "improvement": None if signals.improvement is None else signals.improvement.tolist(),
         "reward_failures": failures,
+        "selection": selection,  # per task: handed_out, retried, retried_informative, skipped (None: no skipping)
         **stats,
         "seconds": timer.seconds,
     }
     state.history.append(row)
     return row
+
+
+def _draw(
+    state: TrainState, suite: Suite, counts: np.ndarray, n: int
+) -> tuple[np.ndarray | None, list[tuple[int, Problem]]]:
+    """Rows (None without a training set) and (task, problem) pairs of a request: fresh prompts at every draw, or
+    the finite training set's (skipping by history with selection)."""
+    if state.training_set is not None:
+        return state.training_set.draw(counts, n)
+    return None, [(k, p) for k in range(suite.num_tasks) for p in suite.sample(k, int(counts[k]), state.prompt_rng)]
 
 
 def _generating_logprobs(pre_logp: torch.Tensor, chosen: list[GeneratedGroup], n: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import check_vocab
 from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
+from mtgrpo_backends.torch.training_set import TrainingSet
 from mtgrpo_core import Controller
 
 
@@ -29,6 +30,7 @@ class TrainState:
     step: int = 0
     next_key: int = 0  # group keys count up over the run (carried groups keep theirs)
     kept: dict[int, GeneratedGroup] = field(default_factory=dict)  # groups the sampler keeps for later steps
+    training_set: TrainingSet | None = None  # the finite training set (pool_size > 0) and its pool
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -37,7 +39,21 @@ def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokeni
     """Fresh state: controller for the method, Adam on the model, generators seeded by config.seed."""
     model.to(config.device).eval()  # dropout off during RL: rollouts, old and new log-probs use one policy
     check_vocab(model, tokenizer.vocab_size)
-    controller = Controller.from_method(
+    controller = make_controller(config, suite)
+    return TrainState(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+        controller=controller,
+        prompt_rng=np.random.default_rng([config.seed, 2]),
+        generator=torch.Generator(device=config.device).manual_seed(config.seed),
+        ref_model=copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None,
+        training_set=make_training_set(config, suite, controller),
+    )
+
+
+def make_controller(config: TrainConfig, suite: Suite) -> Controller:
+    """The run's controller: its method with the config's sampler and rule settings."""
+    return Controller.from_method(
         config.method,
         suite.num_tasks,
         config.batch_size,
@@ -46,11 +62,17 @@ def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokeni
         rule_kwargs=config.rule,
         **config.sampler,
     )
-    return TrainState(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-        controller=controller,
-        prompt_rng=np.random.default_rng([config.seed, 2]),
-        generator=torch.Generator(device=config.device).manual_seed(config.seed),
-        ref_model=copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None,
-    )
+
+
+def make_training_set(config: TrainConfig, suite: Suite, controller: Controller) -> TrainingSet | None:
+    """The finite training set of config.pool_size prompts per task (None for 0); selection classifies groups with
+    the method's filter, so a method that does not filter is refused."""
+    filtering = controller.sampler.config.filtering
+    if config.selection is not None and filtering == "none":
+        raise ValueError(
+            f"selection {config.selection!r} classifies groups by the method's filter, but method {config.method!r} "
+            "does not filter groups; use a filtering method (e.g. dapo, mt-grpo:0.2) or no selection"
+        )
+    if config.pool_size == 0:
+        return None
+    return TrainingSet(suite, config.pool_size, config.seed, config.selection_config(filtering))

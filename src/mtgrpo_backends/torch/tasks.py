@@ -183,14 +183,29 @@ class Suite:
         return [t.name for t in self.tasks]
 
     def _draw_eval(self, k: int) -> tuple[Problem, ...]:
-        rng = np.random.default_rng([self.eval_seed, k])
+        return self._distinct(k, self.eval_size, np.random.default_rng([self.eval_seed, k]), frozenset(), "eval_size")
+
+    def _distinct(
+        self, k: int, size: int, rng: np.random.Generator, exclude: frozenset[str], what: str
+    ) -> tuple[Problem, ...]:
         seen: dict[str, Problem] = {}
-        for _ in range(20 * self.eval_size):
+        for _ in range(20 * size):
             p = self.tasks[k].make(rng)
-            seen.setdefault(p.prompt, p)
-            if len(seen) == self.eval_size:
+            if p.prompt not in exclude:
+                seen.setdefault(p.prompt, p)
+            if len(seen) == size:
                 return tuple(seen.values())
-        raise ValueError(f"task {self.tasks[k].name!r} yields fewer than eval_size={self.eval_size} distinct prompts")
+        raise ValueError(
+            f"task {self.tasks[k].name!r} yields fewer than {what}={size} distinct prompts"
+            + (" outside the held-out sets" if exclude else "")
+        )
+
+    def training_set(self, k: int, size: int) -> tuple[Problem, ...]:
+        """`size` distinct training problems of task k, none from a held-out set: a fixed dataset of the suite (the
+        same for every run seed; a run's seed orders it)."""
+        v.positive_int("pool_size", size)
+        rng = np.random.default_rng([self.eval_seed, 1, k])
+        return self._distinct(k, size, rng, self._held_out, "pool_size")
 
     def sample(self, k: int, count: int, rng: np.random.Generator) -> list[Problem]:
         """`count` training problems of task k, none of them from a held-out set."""

@@ -36,16 +36,6 @@ def step_facts(
     )
 
 
-def with_stand_ins(facts: StepFacts, tasks: list[NDArray[np.int64]], rewards: list[NDArray[np.float64]]) -> StepFacts:
-    """Add the rollouts standing in for prompts the pool's selection passed over (`Selection.stand_ins`) to the
-    step's rollouts, so that J_k and accuracy measure the task, not the prompts let through."""
-    if not tasks:
-        return facts
-    task = np.concatenate([np.asarray(facts.rollout_task, dtype=np.int64), *tasks])
-    reward = np.concatenate([np.asarray(facts.rollout_reward, dtype=np.float64), *rewards])
-    return replace(facts, rollout_task=task, rollout_reward=reward)
-
-
 def with_surrogate(facts: StepFacts, steps: list[NDArray[np.float64]]) -> StepFacts:
     """Add the surrogate measured around each optimizer step: steps[m] (S_m, 4) rows of [before, after, task,
     valid] of optimizer step m (its mini-batch); rows with valid 0 (completions without tokens) are left out."""

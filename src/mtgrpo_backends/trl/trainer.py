@@ -34,9 +34,9 @@ from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
 from mtgrpo_backends.trl.prompt_source import build_pool, draw
 from mtgrpo_backends.trl.step_data import StepData
-from mtgrpo_backends.trl.step_facts import step_facts, with_stand_ins, with_surrogate
+from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
-from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, step_signals
+from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, step_signals, with_stand_ins
 from mtgrpo_core.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))

@@ -1,4 +1,4 @@
-"""Selective rollouts on the real small policy (the PyTorch loop, tiny3 with a finite training set per task).
+"""Selective rollouts on the real small policy (the PyTorch loop, tiny3 or tiny9 with a finite training set per task).
 
 GRPO, DAPO and MT-GRPO (the lean default: joint planner q 0.9, carry-over 1) draw from one fixed training set of
 `--pool-size` prompts per task (`TrainConfig.pool_size`); MT-GRPO runs without skipping and with the history rule
@@ -7,8 +7,8 @@ the `--filter` (strict by default: all-correct and all-wrong groups dropped, whe
 generation is the equal budget. Every run starts from `mtgrpo demo`'s warm start. The simulator's twin is
 `bench_selective.py` (which also has the oracle: a real policy has no true success probabilities).
 
-    .venv/bin/python benchmarks/bench_selective_torch.py [--seeds 0,1,2] [--steps 150] [--pool-size 1000]
-        [--filter strict] [--eval-every 10] [--workers 2] [--variants grpo,dapo,...]
+    .venv/bin/python benchmarks/bench_selective_torch.py [--suite tiny3] [--mt-method mt-grpo:0.2] [--seeds 0,1,2]
+        [--steps 150] [--pool-size 1000] [--filter strict] [--eval-every 10] [--workers 2] [--variants grpo,...]
 
 Printed: the harness table (equal steps and equal budget), then per run gen/used (prompts generated per prompt
 trained, over the run and its second half), and per task draws per training prompt, retried and skipped per
@@ -40,8 +40,8 @@ from mtgrpo_backends.torch.warmup import warm_started_model
 VARIANTS: dict[str, tuple[str, bool, dict[str, Any] | None]] = {
     "grpo": ("grpo", False, None),
     "dapo": ("dapo", True, None),
-    "mt-grpo skip none": ("mt-grpo:0.2", True, None),
-    "mt-grpo skip history": ("mt-grpo:0.2", True, {}),
+    "mt-grpo skip none": ("mt-grpo", True, None),
+    "mt-grpo skip history": ("mt-grpo", True, {}),
 }
 
 
@@ -68,7 +68,7 @@ def _selection_table(runs: dict[str, list[RunRecord]], names: list[str], pool_si
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratios = (
                     (retried / handed, 2),
-                    (sums["skipped"] / handed, 1),
+                    (sums["skipped"] / handed, 2),
                     (sums["retried_informative"] / retried, 2),
                 )
             cells += [" / ".join("-" if np.isnan(x) else f"{x:.{d}f}" for x in values) for values, d in ratios]
@@ -80,6 +80,8 @@ def _selection_table(runs: dict[str, list[RunRecord]], names: list[str], pool_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=("tiny3", "tiny9"), default="tiny3")
+    parser.add_argument("--mt-method", default="mt-grpo:0.2", help="the MT-GRPO variants' method string")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--pool-size", type=int, default=1000)
@@ -93,11 +95,11 @@ def main() -> None:
     unknown = [label for label in chosen if label not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected labels from {list(VARIANTS)}")
-    suite = get_suite("tiny3")
+    suite = get_suite(args.suite)
     started = time.perf_counter()
     warm = warm_started_model(suite, CharTokenizer(), seed=0)
     print(
-        f"tiny3: warm start {warm.steps} steps, probe accuracy {warm.probe_accuracy}; {args.steps} RL steps, "
+        f"{args.suite}: warm start {warm.steps} steps, probe accuracy {warm.probe_accuracy}; {args.steps} RL steps, "
         f"{args.pool_size} training prompts per task, {args.filter} filter, seeds {seeds}",
         flush=True,
     )
@@ -107,8 +109,9 @@ def main() -> None:
     runs: dict[str, list[RunRecord]] = {}
     for label in chosen:
         method, filters, selection = VARIANTS[label]
+        method = args.mt_method if method == "mt-grpo" else method
         runner = DemoRunner(
-            suite="tiny3",
+            suite=args.suite,
             settings=settings,
             sampler={"filtering": args.filter} if filters else {},
             rule=RuleOptions(),

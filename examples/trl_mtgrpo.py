@@ -29,7 +29,15 @@ from typing import Any, Literal
 
 from transformers import TrainerCallback
 
-from mtgrpo_backends.options import Names, RuleOptions, SamplerOptions, parse, rule_parameters, run_command
+from mtgrpo_backends.options import (
+    Names,
+    RuleOptions,
+    SamplerOptions,
+    SelectionOptions,
+    parse,
+    rule_parameters,
+    run_command,
+)
 from mtgrpo_backends.trl import PAPER_TASKS_3, MTGRPOConfig, MTGRPOTrainer, build_dataset, paper_reward
 from mtgrpo_backends.trl.rewards import reference_reward
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
@@ -81,6 +89,7 @@ class ExampleArgs:
     """with --cpu-smoke: a reward a random policy can earn"""
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
     rule: RuleOptions = field(default_factory=RuleOptions)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
 
 
 def toy_reward(completions: list[str], task: list[str], **_: Any) -> list[float]:
@@ -166,7 +175,12 @@ def run(a: ExampleArgs) -> int:
         }
     controller = controller_settings(a, tasks, max(1, per_device // n), n)
     config = MTGRPOConfig(
-        **common, **controller, **trl_settings, per_device_train_batch_size=per_device, num_generations=n
+        **common,
+        **controller,
+        **trl_settings,
+        per_device_train_batch_size=per_device,
+        num_generations=n,
+        selection=a.selection.trainer_settings(),
     )
     clock = StepClock()
     reward = reference_reward if a.suite == "reference" else paper_reward

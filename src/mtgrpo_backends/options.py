@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -191,6 +191,20 @@ class SelectionOptions:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{flag(name, 'selection.')} {given[name]!r}: {err}") from None
         return SelectionConfig(**settings)
+
+    def trainer_settings(self) -> dict[str, Any] | None:
+        """The settings a trainer's pool takes (TrainConfig.selection, MTGRPOConfig.selection): None for skip none;
+        the filter is the method's. The oracle is refused: it needs each prompt's true success probability, which
+        only the simulator has."""
+        if self.skip == "oracle":
+            raise ValueError(
+                "--selection.skip oracle: the oracle knows each prompt's true success probability, which only the "
+                "simulator has (mtgrpo bench); expected none or history"
+            )
+        if self.skip == "none":
+            return None
+        given = asdict(self.config())
+        return {key: value for key, value in given.items() if key not in ("filtering", "correct_reward")}
 
 
 def rule_parameters(method: str) -> set[str] | None:

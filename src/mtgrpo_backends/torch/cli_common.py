@@ -89,22 +89,15 @@ def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
 
 
 def selection_settings(options: SelectionOptions, pool_size: int) -> dict[str, Any] | None:
-    """TrainConfig.selection of the --selection.* flags: None for --selection.skip none; the oracle is refused (it
-    needs each prompt's true success probability, which only the simulator knows)."""
-    if options.skip == "oracle":
-        raise ValueError(
-            "--selection.skip oracle: the oracle knows each prompt's true success probability, which only the "
-            "simulator has (mtgrpo bench); expected none or history"
-        )
-    if options.skip == "none":
-        return None
-    if pool_size == 0:
+    """TrainConfig.selection of the --selection.* flags (None for --selection.skip none); skipping needs a finite
+    training set (--pool-size > 0)."""
+    settings = options.trainer_settings()
+    if settings is not None and pool_size == 0:
         raise ValueError(
             "--selection.skip history skips prompts by their history, which needs a finite training set: "
             "set --pool-size > 0"
         )
-    given = dataclasses.asdict(options.config())
-    return {key: value for key, value in given.items() if key not in ("filtering", "correct_reward")}
+    return settings
 
 
 def cache_usable(options: TorchOptions) -> bool:

@@ -234,6 +234,14 @@ def test_cli_train_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: 
     log = data["methods"]["dapo"]["runs"][0]["log"]
     assert len(log["history"]) == 1 and log["evals"][-1]["step"] == 1
     assert (tmp_path / "figure.png").stat().st_size > 1000
+    out = capsys.readouterr().out.splitlines()  # --quiet: the last evaluation's line and what was written
+    assert len(out) == 2 and out[0].startswith("step    1  held-out acc:") and out[1].startswith("wrote results.json")
+    pooled = ["--pool-size", "20", "--selection.skip", "history", "--out", str(tmp_path / "pool")]
+    assert main([*args, *pooled, "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "pool" / "results.json").read_text())
+    totals = data["methods"]["dapo"]["runs"][0]["log"]["training_set"]
+    assert set(totals) == {"generated", "handed_out", "retried", "retried_informative", "skipped"}
+    assert totals["handed_out"] == totals["generated"] and sum(totals["generated"]) > 0
     capsys.readouterr()
     assert main(["train", "--suite", "tiny4", "--quiet"]) == 2
     assert "mtgrpo train: error: suite must be one of" in capsys.readouterr().err

@@ -80,6 +80,8 @@ def _train(config: TrainConfig, model: torch.nn.Module, suite: Suite, args: Trai
     shown: set[int] = set()  # evaluation steps whose line was printed
 
     def show_evals(state: TrainState) -> None:
+        if args.quiet:  # nothing is written: the last evaluation's line comes after the run
+            return
         for ev in state.evals:
             if ev["step"] > start and ev["step"] not in shown:
                 progress.write(eval_line(suite, ev))

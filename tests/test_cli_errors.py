@@ -122,6 +122,7 @@ def test_resume_with_the_same_settings_skips_the_warm_up(
         ([*TRAIN, "--method", "bogus"], "method must be one of"),
         ([*TRAIN, "--pool-size", "-2"], "--pool-size -2: pool_size must be >= 0, got -2"),
         ([*TRAIN, "--pool-size", "20000"], "'reverse-easy' yields fewer than pool_size=20000 distinct prompts"),
+        ([*DEMO, "--pool-size", "20000"], "'reverse-easy' yields fewer than pool_size=20000 distinct prompts"),
         ([*TRAIN, "--selection.skip", "oracle"], "--selection.skip oracle: the oracle knows each prompt's true"),
         ([*TRAIN, "--selection.skip", "history"], "needs a finite training set: set --pool-size > 0"),
         ([*TRAIN, "--pool-size", "9", "--selection.skip", "history", "--method", "grpo"], "'grpo' does not filter"),

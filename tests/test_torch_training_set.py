@@ -135,3 +135,13 @@ def test_bad_training_set_settings_are_refused(kwargs: dict, message: str) -> No
 def test_selection_with_a_method_that_does_not_filter_is_refused() -> None:
     with pytest.raises(ValueError, match="method 'grpo' does not filter groups"):
         make_state(_config("grpo", pool_size=SIZE, selection={}), CharGPT(TINY, seed=0), _suite(), TOK)
+
+
+def test_selection_settings_are_spelled_out_and_a_resume_with_others_is_refused(tmp_path: Path) -> None:
+    assert _pooled(selection={}).selection == {"exploration": 0.1, "min_retry": 0.01, "max_skips": None}
+    suite, ckpt = _suite(), tmp_path / "run.pt"
+    train(_pooled(steps=1, selection={}), CharGPT(TINY, seed=0), suite, TOK, checkpoint=ckpt)
+    same = _pooled(steps=2, selection={"exploration": 0.1})  # the same settings, spelled differently
+    assert train(same, CharGPT(TINY, seed=0), suite, TOK, resume=ckpt).step == 2
+    with pytest.raises(ValueError, match=r"--selection\.exploration 0\.1 in the checkpoint, 0\.3 in this run"):
+        train(_pooled(steps=2, selection={"exploration": 0.3}), CharGPT(TINY, seed=0), suite, TOK, resume=ckpt)

@@ -106,10 +106,11 @@ def _setting_flag(key: str) -> str:
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
-    """Flat {flag: value} of a TrainConfig dict: sampler and rule options as --sampler.x / --rule.x."""
+    """Flat {flag: value} of a TrainConfig dict: sampler, rule and selection options as --sampler.x, --rule.x,
+    --selection.x."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if key in ("sampler", "rule") and isinstance(value, dict):
+        if key in ("sampler", "rule", "selection") and isinstance(value, dict):
             flat.update({f"--{key}.{k.replace('_', '-')}": x for k, x in value.items()})
         else:
             flat[_setting_flag(key)] = value

@@ -7,6 +7,7 @@ generated from these fields by tyro, which reads the `help` in each field's meta
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -95,8 +96,11 @@ class TrainConfig(TrainSettings):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
         v.positive_int("pool_size", self.pool_size, minimum=0)
-        if self.selection is not None:
-            self.selection_config("lenient")  # checks the settings; the filter is the method's (make_state)
+        if self.selection is not None:  # checked and spelled out (the filter is the method's: make_state)
+            checked = self.selection_config("lenient")
+            assert checked is not None
+            settings = dataclasses.asdict(checked)
+            self.selection = {k: x for k, x in settings.items() if k not in ("filtering", "correct_reward")}
             if self.pool_size == 0:
                 raise ValueError(
                     f"selection {self.selection!r} skips prompts by their history, which needs a finite training "

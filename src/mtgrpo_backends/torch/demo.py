@@ -31,6 +31,7 @@ from mtgrpo_backends.torch.cli_common import TorchOptions, check_device, checked
 from mtgrpo_backends.torch.config import TrainSettings
 from mtgrpo_backends.torch.loop import train
 from mtgrpo_backends.torch.model import CharGPT
+from mtgrpo_backends.torch.state import make_controller, make_training_set
 from mtgrpo_backends.torch.tasks import CharTokenizer, get_suite
 
 PROG = "mtgrpo demo"
@@ -99,7 +100,8 @@ def run_demo(args: DemoArgs) -> int:
     seeds = list(args.harness.seeds) or [0]
     sampler = args.sampler.check(args.train.batch_size, args.train.group_size)
     args.rule.check(methods, suite.num_tasks)
-    checked_config(args.train, suite=args.suite, sampler=sampler)
+    config = checked_config(args.train, suite=args.suite, sampler=sampler)
+    make_training_set(config, suite, make_controller(config, suite))  # refuses a --pool-size the suite lacks
     check_methods(methods, suite.num_tasks, args.train.batch_size, args.train.group_size, sampler, args.rule)
     torch.set_num_threads(args.warm.threads)
     warm = warm_start(args.warm, suite, tokenizer, args.harness.quiet)

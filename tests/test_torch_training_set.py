@@ -35,7 +35,7 @@ def test_training_set_is_fixed_distinct_and_outside_the_held_out_sets() -> None:
         assert not set(prompts) & {p.prompt for s in suite.eval_sets for p in s}
         assert prompts == [p.prompt for p in suite.training_set(k, 500)]  # a dataset: the same for every run
     with pytest.raises(ValueError, match="pool_size=20000 distinct prompts outside the held-out sets"):
-        suite.training_set(0, 20_000)  # reverse-easy has 10,000 four-digit prompts
+        suite.training_set(0, 20_000)  # reverse-easy has 10,000 four-digit prompts: refused by count, at once
 
 
 def test_a_run_draws_only_its_training_set_and_every_prompt_once_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:

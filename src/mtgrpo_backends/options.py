@@ -29,11 +29,19 @@ T = TypeVar("T")
 
 
 def _comma_list(convert: Callable[[str], Any], metavar: str) -> tyro.constructors.PrimitiveConstructorSpec[Any]:
-    """A list flag that takes comma- or space-separated values: `--seeds 0,1,2` or `--seeds 0 1 2`."""
+    """A list flag that takes comma- or space-separated values: `--seeds 0,1,2` or `--seeds 0 1 2`; a flag given
+    with no value in it (`--methods ,`) is refused rather than read as unset."""
+
+    def from_tokens(tokens: list[str]) -> tuple[Any, ...]:
+        values = tuple(convert(x.strip()) for t in tokens for x in t.split(",") if x.strip())
+        if not values:
+            raise ValueError(f"expected at least one value ({metavar}), got {' '.join(tokens)!r}")
+        return values
+
     return tyro.constructors.PrimitiveConstructorSpec(
         nargs="*",
         metavar=metavar,
-        instance_from_str=lambda tokens: tuple(convert(x.strip()) for t in tokens for x in t.split(",") if x.strip()),
+        instance_from_str=from_tokens,
         is_instance=lambda value: isinstance(value, tuple),
         str_from_instance=lambda value: [",".join(str(x) for x in value)],
     )
@@ -180,7 +188,7 @@ class SelectionOptions:
 
     def config(self) -> SelectionConfig:
         """The SelectionConfig of the settings given (filtering is set per method by the backend); refusals name
-        the flag."""
+        the flag. A setting given with --selection.skip none is refused: nothing would use it."""
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "skip"}
         settings = {k: x for k, x in given.items() if x is not None}
         if settings.get("max_skips") == 0:
@@ -190,6 +198,12 @@ class SelectionOptions:
                 SelectionConfig(**{name: value})
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{flag(name, 'selection.')} {given[name]!r}: {err}") from None
+        if self.skip == "none" and settings:
+            listed = ", ".join(f"{flag(k, 'selection.')} {given[k]!r}" for k in settings)
+            raise ValueError(
+                f"{listed}: used only when prompts are skipped, but --selection.skip is none; expected "
+                "--selection.skip history with it (on a finite prompt pool), or leave it out"
+            )
         return SelectionConfig(**settings)
 
     def trainer_settings(self) -> dict[str, Any] | None:
@@ -201,9 +215,10 @@ class SelectionOptions:
                 "--selection.skip oracle: the oracle knows each prompt's true success probability, which only the "
                 "simulator has (mtgrpo bench); expected none or history"
             )
+        checked = self.config()  # refuses a setting given with skip none
         if self.skip == "none":
             return None
-        given = asdict(self.config())
+        given = asdict(checked)
         return {key: value for key, value in given.items() if key not in ("filtering", "correct_reward")}
 
 
@@ -346,4 +361,16 @@ def check_methods(
     from mtgrpo_core.controller import Controller
 
     for m in methods:
-        Controller.from_method(m, num_tasks, batch_size, group_size, rule_kwargs=rule.kwargs_for(m), **sampler)
+        try:
+            Controller.from_method(m, num_tasks, batch_size, group_size, rule_kwargs=rule.kwargs_for(m), **sampler)
+        except (TypeError, ValueError) as err:
+            raise method_refusal(m, sampler, err) from None
+
+
+def method_refusal(method: str, sampler: dict[str, Any], err: Exception) -> ValueError:
+    """A method whose controller cannot be built with the --sampler.* settings given, naming the method, the
+    settings and why (e.g. --sampler.carry-over 1 with grpo, whose planner cannot carry over)."""
+    given = ", ".join(f"{flag(k, 'sampler.')} {x!r}" for k, x in sampler.items())
+    return ValueError(
+        f"method {method!r}{' with ' + given if given else ''}: {err}; leave the method out or change the setting"
+    )

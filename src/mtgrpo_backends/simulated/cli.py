@@ -16,6 +16,7 @@ from mtgrpo_backends.options import (
     SelectionOptions,
     at_least,
     chosen_methods,
+    method_refusal,
     parse,
     run_command,
     unset,
@@ -45,8 +46,9 @@ class BenchArgs:
     """N: rollouts per prompt"""
     eval_every: Annotated[int | None, SUITES] = None
     """held-out accuracy after step 1 and every this many steps"""
-    improvement_reduce: Literal["mean", "sum"] = "mean"
-    """I_k over task k's samples: mean or sum (reference code)"""
+    improvement_reduce: Literal["mean", "sum"] | None = None
+    """I_k over task k's samples: mean or sum (reference code); unset: each method's own (mean; the reference
+    presets sum, and refuse the other)"""
     filter: Literal["lenient", "strict"] = "lenient"
     """zero-gradient filter of every method that filters: lenient (all-equal rewards) or strict (all-correct or
     all-wrong, as the paper's 3-task runs); GRPO's methods stay unfiltered, --sampler.filtering sets all"""
@@ -93,7 +95,10 @@ def run_bench(args: BenchArgs) -> int:
         selection=args.selection.config(),
     )
     for m in methods:  # refuse what cannot be built (a user's rule that does not import) before any run starts
-        runner.controller(m, 0)
+        try:
+            runner.controller(m, 0)
+        except (TypeError, ValueError) as err:
+            raise method_refusal(m, sampler, err) from None
     title = (
         f"suite {suite.name} ({suite.num_tasks} tasks), {steps} steps, B={batch_size}, N={group_size}, "
         f"N_rs={max_rounds}, {args.filter} filter"

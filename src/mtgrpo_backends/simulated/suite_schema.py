@@ -11,7 +11,8 @@ numbers must be finite JSON numbers (no strings, no booleans), counts JSON integ
      "transfer": [[1.0]]}
 
 Instead of "tasks" (and "transfer") a suite may give a "recipe" (`RecipeSpec`) that generates many tasks.
-"pool_size" (optional, on every task or on none) makes the training prompts a finite pool drawn once per seed.
+"pool_size" (optional, on every task or on none) makes the training prompts a finite pool drawn once per seed; the
+pools of all tasks hold at most MAX_POOL_PROMPTS (10,000,000) prompts together.
 What the loader solves from the observables is in suites.py (`solve_task`).
 """
 
@@ -60,6 +61,19 @@ def _ordered(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+MAX_POOL_PROMPTS = 10_000_000  # of all tasks' pools together: the simulator keeps about 50 bytes per prompt
+
+
+def _pool_cap(value: int) -> int:
+    if value > MAX_POOL_PROMPTS:
+        raise ValueError(
+            f"expected at most {MAX_POOL_PROMPTS} prompts (the simulator keeps about 50 bytes per prompt in "
+            f"memory), got {value}"
+        )
+    return value
+
+
+PoolSize = Annotated[int, Strict(), Field(ge=1), AfterValidator(_pool_cap)]
 UnitRange = Annotated[tuple[Unit, Unit], AfterValidator(_ordered)]  # [low, high]
 OpenUnitRange = Annotated[tuple[OpenUnit, OpenUnit], AfterValidator(_ordered)]
 Start = Annotated[Number, Field(gt=0.0, le=1.0)]  # a start accuracy of 0 has no finite skill
@@ -95,7 +109,7 @@ class TaskSpec(_Schema):
     format_rate: OpenUnit  # P(wrong answer is in the right format) at the start
     learning_speed: Annotated[Number, Field(ge=0.0)]  # eta_k of the policy model (calibrated, see docs/benchmarks.md)
     grpo_accuracy: Omittable[Unit] = None  # accuracy uniform GRPO reaches at the defaults (calibration target)
-    pool_size: Omittable[Count] = None  # a finite training pool of this many prompts (left out: fresh prompts)
+    pool_size: Omittable[PoolSize] = None  # a finite training pool of this many prompts (left out: fresh prompts)
 
     @field_validator("grpo_accuracy")
     @classmethod
@@ -154,6 +168,12 @@ class SuiteSpec(_Schema):
         if pooled and len(pooled) != len(tasks):
             fresh = [t.name for t in tasks if t.pool_size is None]
             raise ValueError(f"expected pool_size on every task or on none, got it on {pooled} but not on {fresh}")
+        total = sum(t.pool_size or 0 for t in tasks)
+        if total > MAX_POOL_PROMPTS:
+            raise ValueError(
+                f"expected pool sizes that add up to at most {MAX_POOL_PROMPTS} prompts (the simulator keeps about "
+                f"50 bytes per prompt in memory), got {total}"
+            )
         return tasks
 
     @field_validator("transfer")

@@ -79,12 +79,17 @@ def bracket_reward(problem: Problem, completion: str) -> float:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: a problem generator, a reward function and the longest completion it needs (end token included)."""
+    """A task: a problem generator, a reward function and the longest completion it needs (end token included).
+
+    prompts: how many distinct prompts `make` can produce (None: not known; a training set is then generated until
+    it is complete or 20 draws per prompt found too few), so that a training set larger than that is refused at once.
+    """
 
     name: str
     make: Callable[[np.random.Generator], Problem]
     max_new_tokens: int
     reward: RewardFn = bracket_reward
+    prompts: int | None = None
 
 
 class RewardError(RuntimeError):
@@ -127,11 +132,13 @@ def _add(rng: np.random.Generator, n: int) -> Problem:
 
 
 def _family(name: str, make: Callable[..., Problem], sizes: tuple[int, int, int]) -> list[Task]:
-    """Easy/medium/hard tasks of one family; completions are `[answer]` plus the end token."""
+    """Easy/medium/hard tasks of one family; completions are `[answer]` plus the end token. Distinct prompts: 10^n
+    digit strings (reverse, sort), (9 * 10^(n-1))^2 ordered pairs of n-digit numbers (add)."""
     tasks = []
     for level, n in zip(("easy", "medium", "hard"), sizes, strict=True):
         answer_len = n + 1 if name == "add" else n
-        tasks.append(Task(f"{name}-{level}", functools.partial(make, n=n), max_new_tokens=answer_len + 3))
+        prompts = (9 * 10 ** (n - 1)) ** 2 if name == "add" else 10**n
+        tasks.append(Task(f"{name}-{level}", functools.partial(make, n=n), answer_len + 3, prompts=prompts))
     return tasks
 
 
@@ -200,10 +207,22 @@ class Suite:
             + (" outside the held-out sets" if exclude else "")
         )
 
+    def check_pool_size(self, size: int) -> None:
+        """Refuse a training set of `size` prompts per task that some task cannot give, from each task's count of
+        distinct prompts (Task.prompts) less its held-out set, without generating any."""
+        v.positive_int("pool_size", size)
+        for task, held_out in zip(self.tasks, self.eval_sets, strict=True):
+            if task.prompts is not None and size > task.prompts - len(held_out):
+                raise ValueError(
+                    f"task {task.name!r} yields fewer than pool_size={size} distinct prompts outside the held-out "
+                    f"sets: it has {task.prompts} distinct prompts, {len(held_out)} of them held out; expected "
+                    f"pool_size <= {task.prompts - len(held_out)} for suite {self.name!r}"
+                )
+
     def training_set(self, k: int, size: int) -> tuple[Problem, ...]:
         """`size` distinct training problems of task k, none from a held-out set: a fixed dataset of the suite (the
         same for every run seed; a run's seed orders it)."""
-        v.positive_int("pool_size", size)
+        self.check_pool_size(size)
         rng = np.random.default_rng([self.eval_seed, 1, k])
         return self._distinct(k, size, rng, self._held_out, "pool_size")
 

@@ -4,15 +4,22 @@ warm-up, model build or run starts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from mtgrpo_backends.cli import main
-from mtgrpo_backends.torch.tasks import Suite, _add, _family, _reverse, _sort, get_suite
+from mtgrpo_backends.torch.checkpoint import load_checkpoint, save_checkpoint
+from mtgrpo_backends.torch.config import TrainConfig
+from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig
+from mtgrpo_backends.torch.state import make_state
+from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, _add, _family, _reverse, _sort, get_suite
 from tests.test_cli_errors import BENCH, DEMO, TRAIN, refused
+from tests.test_cli_errors import checkpoint as checkpoint  # the fixture
 
 
 @pytest.mark.parametrize("base", [DEMO, BENCH])
@@ -97,3 +104,48 @@ def test_a_suite_pool_too_large_for_memory_is_refused(tmp_path: Path, capsys: py
     path.write_text(json.dumps(data))
     assert main([*BENCH, "--suite", str(path)]) == 2
     assert "pool sizes that add up to at most 10000000 prompts" in capsys.readouterr().err
+
+
+def _forged(source: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    payload = torch.load(source, weights_only=True)
+    edit(payload)
+    path = tmp_path / "forged.pt"
+    torch.save(payload, path)
+    return path
+
+
+def _truncate(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda payload: payload.update({key: payload[key][: len(payload[key]) // 2]})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_truncate("controller"), "entry 'controller' is not valid JSON (Unterminated string"),
+        (lambda p: p.pop("config"), "holds no 'config' entry; expected a checkpoint written by mtgrpo train"),
+        (lambda p: p.update(step=5), "entry 'step' is 5 but entry 'history' (one row per step trained) holds 0 rows"),
+        (lambda p: p.update(step=2, history=[{}, {}]), "entry 'step' is 2 but the controller's state (entry"),
+        (lambda p: p.update(step=-1), "entry 'step' must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_truncated_or_forged_torch_checkpoint_is_refused(
+    checkpoint: Path,
+    tmp_path: Path,
+    edit: Callable[[dict[str, Any]], None],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    forged = _forged(checkpoint, tmp_path, edit)
+    refused(capsys, [*TRAIN, "--resume", str(forged)], f"--resume '{forged}'")
+    refused(capsys, [*TRAIN, "--resume", str(forged)], message)
+
+
+def test_a_truncated_prompt_pool_entry_is_refused(tmp_path: Path) -> None:
+    config = TrainConfig(steps=1, batch_size=3, group_size=2, minibatches=1, eval_samples=1, pool_size=4)
+    suite, tokenizer = get_suite("tiny3"), CharTokenizer()
+    state = make_state(config, CharGPT(CharGPTConfig(vocab_size=tokenizer.vocab_size)), suite, tokenizer)
+    save_checkpoint(tmp_path / "run.pt", state, config, suite)
+    forged = _forged(tmp_path / "run.pt", tmp_path, _truncate("prompt_pool"))
+    fresh = make_state(config, CharGPT(CharGPTConfig(vocab_size=tokenizer.vocab_size)), suite, tokenizer)
+    with pytest.raises(ValueError, match=r"checkpoint '.*forged.pt': entry 'prompt_pool' is not valid JSON"):
+        load_checkpoint(forged, fresh, config, suite)

@@ -135,15 +135,65 @@ def setting_differences(saved: dict[str, Any], config: TrainConfig) -> list[tupl
     return out
 
 
+# what save_checkpoint writes, besides format, ref_model, next_key, kept and prompt_pool (checked where used)
+_ENTRIES: tuple[str, ...] = ("suite", "tasks", "method", "config", "step", "model", "optimizer", "controller")
+_ENTRIES += ("prompt_rng", "generator", "history", "evals")
+
+
+def json_entry(payload: dict[str, Any], key: str, where: str) -> Any:
+    """The parsed JSON text of a checkpoint entry (`controller`, `prompt_pool`); a truncated or corrupted one is
+    refused naming the file and the entry."""
+    text = payload.get(key)
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: entry {key!r} must be the JSON text the loop wrote, got {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{where}: entry {key!r} is not valid JSON ({err}); the checkpoint is truncated or corrupted"
+        ) from None
+
+
+def check_contents(payload: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint that lacks an entry, or whose step disagrees with its log or its controller (a
+    checkpoint edited by hand, or cut short), naming the entries and their values."""
+    missing = [key for key in _ENTRIES if key not in payload]
+    if missing:
+        raise ValueError(
+            f"{where} holds no {', '.join(map(repr, missing))} entr{'y' if len(missing) == 1 else 'ies'}; expected "
+            "a checkpoint written by mtgrpo train --checkpoint, which holds them all (its settings in 'config')"
+        )
+    if not isinstance(payload["config"], dict):
+        raise ValueError(f"{where}: entry 'config' must be the run's settings (a dict), got {payload['config']!r}")
+    step, history = payload["step"], payload["history"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{where}: entry 'step' must be an integer >= 0, got {step!r}")
+    if not isinstance(history, list) or len(history) != step:
+        held = f"{len(history)} rows" if isinstance(history, list) else repr(type(history).__name__)
+        raise ValueError(
+            f"{where}: entry 'step' is {step} but entry 'history' (one row per step trained) holds {held}; the "
+            "checkpoint is inconsistent"
+        )
+    controller = json_entry(payload, "controller", where)
+    trained = controller.get("step") if isinstance(controller, dict) else None
+    if trained != step:
+        raise ValueError(
+            f"{where}: entry 'step' is {step} but the controller's state (entry 'controller') is at step {trained!r}; "
+            "the checkpoint is inconsistent"
+        )
+
+
 def check_resumable(
     payload: dict[str, Any], config: TrainConfig, suite: Suite, name: str = "checkpoint", path: Path | str = ""
 ) -> None:
-    """Refuse to resume a checkpoint of another suite, task list or method, or with other settings."""
+    """Refuse to resume a checkpoint that is incomplete or inconsistent (check_contents), of another suite, task
+    list or method, or with other settings."""
     where = f"{name} {str(path)!r}"
+    check_contents(payload, where)
     for key, want in (("suite", suite.name), ("tasks", suite.task_names), ("method", config.method)):
         if payload.get(key) != want:
             raise ValueError(f"{where} was written for {key} {payload.get(key)!r}, but this run uses {want!r}")
-    differences = setting_differences(payload.get("config") or {}, config)
+    differences = setting_differences(payload["config"], config)
     if differences:
         listed = "; ".join(f"{key} {was!r} in the checkpoint, {now!r} in this run" for key, was, now in differences)
         allowed = " and ".join(_setting_flag(k) for k in RESUMABLE_CHANGES)
@@ -159,9 +209,15 @@ def load_checkpoint(
     """Restore `state` from a checkpoint of the same suite, method and settings; anything else is refused."""
     payload = read_checkpoint(path, name)
     check_resumable(payload, config, suite, name, path)
+    where = f"{name} {str(path)!r}"
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
-    state.controller.load_state_dict(json.loads(payload["controller"]))
+    try:
+        state.controller.load_state_dict(json_entry(payload, "controller", where))
+    except (TypeError, ValueError, KeyError) as err:
+        if str(err).startswith(where):
+            raise
+        raise ValueError(f"{where}: entry 'controller' does not load ({err})") from None
     state.prompt_rng.bit_generator.state = payload["prompt_rng"]
     state.generator.set_state(payload["generator"])
     if state.ref_model is not None and payload["ref_model"] is not None:
@@ -173,7 +229,12 @@ def load_checkpoint(
         saved = payload.get("prompt_pool")
         if saved is None:
             raise ValueError(f"{name} {str(path)!r} holds no prompt pool state, but this run draws from a training set")
-        state.training_set.pool.load_state_dict(json.loads(saved))
+        try:
+            state.training_set.pool.load_state_dict(json_entry(payload, "prompt_pool", where))
+        except (TypeError, ValueError, KeyError) as err:
+            if str(err).startswith(where):
+                raise
+            raise ValueError(f"{where}: entry 'prompt_pool' does not load ({err})") from None
     state.step = int(payload["step"])
     state.history = list(payload["history"])
     state.evals = list(payload["evals"])

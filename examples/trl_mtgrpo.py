@@ -58,8 +58,8 @@ class ExampleArgs:
     """seed of the controller, data and TRL"""
     improvement: Literal["surrogate", "reward-change"] = "surrogate"
     """I_k: surrogate (Eq. 8, one extra forward pass) or reward-change"""
-    improvement_reduce: Literal["mean", "sum"] = "mean"
-    """I_k over task k's samples: mean or sum (the reference code's)"""
+    improvement_reduce: Literal["mean", "sum"] | None = None
+    """I_k over task k's samples: mean or sum (the reference code's); unset: the method's own"""
     tasks: Names = PAPER_TASKS_3
     """task names, e.g. zebra-hard (with --cpu-smoke the default is the easy level)"""
     suite: Literal["paper", "reference"] = "paper"

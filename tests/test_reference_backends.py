@@ -24,13 +24,15 @@ pytestmark = [
 
 
 def _spy(ctrl: Controller) -> list[TaskSignals]:
-    """Record the signals every end_step receives (the controller still does its real work)."""
+    """Record the signals every end_step applies (the controller still does its real work)."""
     seen: list[TaskSignals] = []
     real = ctrl.end_step
 
-    def end_step(signals: TaskSignals) -> Any:
-        seen.append(signals)
-        return real(signals)
+    def end_step(step: Any) -> Any:
+        weights = real(step)
+        assert ctrl.last_signals is not None
+        seen.append(ctrl.last_signals)
+        return weights
 
     ctrl.end_step = end_step  # type: ignore[method-assign]
     return seen

@@ -62,13 +62,13 @@ def test_selection_skips_counts_stand_ins_and_logs_per_task(monkeypatch: pytest.
     suite, config = _suite(), _pooled(selection={"exploration": 0.1})
     state = make_state(config, CharGPT(TINY, seed=0), suite, TOK)
     captured = []
-    original = loop.step_signals
+    original = state.controller.end_step
 
-    def spy(facts, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def spy(facts):  # type: ignore[no-untyped-def]
         captured.append(facts)
-        return original(facts, *args, **kwargs)
+        return original(facts)
 
-    monkeypatch.setattr(loop, "step_signals", spy)
+    monkeypatch.setattr(state.controller, "end_step", spy)
     rows = [train_step(state, config, suite, TOK) for _ in range(6)]
     skipped = 0
     for row, facts in zip(rows, captured, strict=True):

@@ -121,6 +121,19 @@ class BatchLedger:
             return None
         return np.concatenate([r for r in self._rewards if r is not None])[idx]
 
+    def fresh_rollouts(self) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+        """Task (n N,) and reward (n N,) of every rollout reported this step (carried groups excluded), in report
+        order; None if a report came without rewards."""
+        fresh = [(t, r) for t, r, c in zip(self._tasks, self._rewards, self._carried, strict=True) if not c.any()]
+        if any(r is None for _, r in fresh):
+            return None
+        task = [np.repeat(t, self.group_size) for t, _ in fresh]
+        reward = [r.ravel() for _, r in fresh if r is not None]
+        return (
+            np.concatenate(task) if task else np.zeros(0, dtype=np.int64),
+            np.concatenate(reward) if reward else np.zeros(0),
+        )
+
     def keys(self, idx: NDArray[np.int64]) -> KeyArray:
         return self._keys.take(idx)
 

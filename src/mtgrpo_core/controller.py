@@ -1,7 +1,8 @@
 """Algorithm 1 without the policy: the controller holds a weighting rule, the sampler and its estimates.
 
 Per step: `begin_step()` hands out the batch conversation built from the current weights; after the caller's
-policy update, `end_step(signals)` takes the per-task rewards J_k (and improvements I_k) and makes the next weights.
+policy update, `end_step(facts)` turns what the step observed into the per-task signals (J_k, accuracy, I_k with
+the method's reduction, SEC's r_k) and makes the next weights. No trainer chooses a reduction or a filter value.
 """
 
 from __future__ import annotations
@@ -18,12 +19,26 @@ from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
 from mtgrpo_core.sampler import BatchBuilder, RatioPreservingSampler
 from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.signal_path import StepFacts, step_signals
+from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
 
 
 class Controller:
-    """Runs MT-GRPO's decisions (or a baseline's) for a trainer that owns generation and gradients."""
+    """Runs MT-GRPO's decisions (or a baseline's) for a trainer that owns generation and gradients.
 
-    def __init__(self, rule: WeightingRule, sampler: RatioPreservingSampler, method: str = "custom") -> None:
+    improvement_reduce: how I_k sums a task's per-sample surrogate change ("mean"; the reference presets "sum").
+    minibatch_updates: one weight update per PPO mini-batch (the reference presets; the rule's update_minibatches).
+    """
+
+    def __init__(
+        self,
+        rule: WeightingRule,
+        sampler: RatioPreservingSampler,
+        method: str = "custom",
+        *,
+        improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE,
+        minibatch_updates: bool = False,
+    ) -> None:
         if not isinstance(rule, WeightingRule):
             missing = "" if hasattr(rule, "needs") else " (it lacks `needs`, the set of optional signals it reads)"
             raise TypeError(f"rule must satisfy the WeightingRule protocol, got {type(rule).__name__}{missing}")
@@ -32,9 +47,12 @@ class Controller:
         self.rule = rule
         self.sampler = sampler
         self.method = method
-        self.improvement_reduce: str | None = None  # a method's own I_k reduction (reference presets: "sum")
-        self.minibatch_updates = False  # one weight update per mini-batch (reference presets; needs update_minibatches)
+        self.improvement_reduce = v.choice("improvement_reduce", improvement_reduce, IMPROVEMENT_REDUCTIONS)
+        self.minibatch_updates = bool(minibatch_updates)
         self.step = 0
+        self.last_signals: TaskSignals | None = None  # what the last end_step applied (after the fill-ins)
+        self._measured = np.full((2, rule.num_tasks), np.nan)  # last measured J_k and accuracy per task
+        self._open: BatchBuilder | None = None
         self._check_weights(rule.weights, "initial weights")
 
     @classmethod
@@ -46,22 +64,24 @@ class Controller:
         group_size: int,
         seed: int = 0,
         rule_kwargs: Mapping[str, Any] | None = None,
+        improvement_reduce: str | None = None,
         **sampler_overrides: Any,
     ) -> Controller:
         """Build a named configuration ("mt-grpo:0.2", "dapo", ...; see mtgrpo_core.methods).
 
         rule_kwargs go to the rule's constructor (e.g. lr, improvement_clip); sampler_overrides to SamplerConfig.
+        improvement_reduce: None takes the method's own ("sum" for the reference presets, else "mean"); a value
+        that contradicts a reference preset's is refused.
         """
         spec = parse_method(method)
         num_tasks = v.positive_int("num_tasks", num_tasks)
+        reduce = _method_reduce(spec.name, spec.improvement_reduce, improvement_reduce)
         spec.check_sampler_overrides(dict(sampler_overrides))  # a reference preset refuses or warns by name
         settings = {**spec.sampler_settings, **sampler_overrides}
         config = SamplerConfig(batch_size=batch_size, group_size=group_size, **settings)
         rule = spec.build_rule(num_tasks, **dict(rule_kwargs or {}))
-        ctrl = cls(rule, RatioPreservingSampler(num_tasks, config, seed=seed), method=spec.name)
-        ctrl.improvement_reduce = spec.improvement_reduce
-        ctrl.minibatch_updates = spec.minibatch_updates
-        return ctrl
+        sampler = RatioPreservingSampler(num_tasks, config, seed=seed)
+        return cls(rule, sampler, spec.name, improvement_reduce=reduce, minibatch_updates=spec.minibatch_updates)
 
     @property
     def num_tasks(self) -> int:
@@ -79,12 +99,38 @@ class Controller:
 
     def begin_step(self) -> BatchBuilder:
         """Algorithm 1, line 1: the RP-SAMPLER conversation for this step's batch."""
-        return self.sampler.begin(self.weights, self.step)
+        self._open = self.sampler.begin(self.weights, self.step)
+        return self._open
 
-    def end_step(self, signals: TaskSignals) -> NDArray[np.float64]:
-        """Algorithm 1, line 4: next weights from this step's signals; advances the step counter."""
-        if not isinstance(signals, TaskSignals):
-            raise TypeError(f"signals must be a TaskSignals, got {type(signals).__name__}")
+    def signals(self, facts: StepFacts) -> TaskSignals:
+        """The step's per-task signals from its facts (the one signal path), with this method's I_k reduction and
+        the sampler's correct_reward for accuracy. Rollouts left None in the facts are the step's reported ones
+        (`BatchBuilder.rollouts`). `end_step(facts)` calls it; a trainer that logs or adjusts the signals (then
+        passes them to `end_step`) calls it too."""
+        if facts.rollout_task is None and facts.rollout_reward is None and self._open is not None:
+            reported = self._open.rollouts()
+            if reported is None:
+                raise ValueError(
+                    "facts.rollout_task/rollout_reward are None and the step's groups were reported without rewards "
+                    "(informative=...): pass every rollout's task and reward in the facts"
+                )
+            facts = replace(facts, rollout_task=reported[0], rollout_reward=reported[1])
+        return step_signals(
+            facts,
+            self.num_tasks,
+            improvement_reduce=self.improvement_reduce,
+            correct_reward=self.sampler.config.correct_reward,
+        )
+
+    def end_step(self, step: StepFacts | TaskSignals) -> NDArray[np.float64]:
+        """Algorithm 1, line 4: next weights from this step's facts (or signals the caller computed); advances the
+        step counter. A task trained only from carried groups keeps its signal (`_carried_tasks_measured`)."""
+        if isinstance(step, StepFacts):
+            signals = self.signals(step)
+        elif isinstance(step, TaskSignals):
+            signals = step
+        else:
+            raise TypeError(f"end_step takes the step's StepFacts (or TaskSignals), got {type(step).__name__}")
         if signals.num_tasks != self.num_tasks:
             raise ValueError(f"signals cover {signals.num_tasks} tasks, expected {self.num_tasks}")
         missing = sorted(n for n in self.needs if getattr(signals, n) is None)
@@ -93,13 +139,46 @@ class Controller:
                 f"rule {type(self.rule).__name__} needs signals {missing}, but they are None: measure them "
                 "(StepFacts surrogate values for improvement, sample advantages for mean_abs_advantage)"
             )
+        signals = self._carried_tasks_measured(signals)
         guard = self.sampler.guard
         if guard is not None and guard.barren.any():  # the rule does not chase a task that yields no signal
             signals = replace(signals, present=signals.present & ~guard.barren)
         weights = self._update_rule(signals)
         self._check_weights(weights, f"weights after step {self.step}")
+        self.last_signals = signals
         self.step += 1
         return weights
+
+    def _carried_tasks_measured(self, signals: TaskSignals) -> TaskSignals:
+        """Beyond the paper (carry-over): a task whose batch share this step came only from carried groups has no
+        fresh rollout, hence no J_k, yet it was trained (its I_k and r_k are measured). It keeps its place in the
+        weight update with the J_k and accuracy last measured for it (the step that generated its carried groups,
+        at most max_staleness steps old) instead of dropping out (docs/signals.md). Measured J_k are remembered."""
+        present = signals.present
+        self._measured[0, present] = signals.reward[present]
+        if signals.accuracy is not None:
+            self._measured[1, present] = signals.accuracy[present]
+        report = self._open.report if self._open is not None else None
+        self._open = None
+        if report is None:
+            return signals
+        fill = ~present & (report.realized_counts > 0) & ~np.isnan(self._measured[0])
+        if signals.accuracy is not None:
+            fill &= ~np.isnan(self._measured[1])
+        if not fill.any():
+            return signals
+        reward, accuracy = signals.reward.copy(), None if signals.accuracy is None else signals.accuracy.copy()
+        reward[fill] = self._measured[0, fill]
+        if accuracy is not None:
+            accuracy[fill] = self._measured[1, fill]
+        return TaskSignals.build(
+            reward=reward,
+            present=present | fill,
+            improvement=signals.improvement,
+            mean_abs_advantage=signals.mean_abs_advantage,
+            accuracy=accuracy,
+            improvement_steps=signals.improvement_steps,
+        )
 
     def _update_rule(self, signals: TaskSignals) -> NDArray[np.float64]:
         if not self.minibatch_updates:
@@ -127,6 +206,7 @@ class Controller:
             "num_tasks": self.num_tasks,
             "method": self.method,
             "step": self.step,
+            "measured": [[None if np.isnan(x) else float(x) for x in row] for row in self._measured],
             "rule": self.rule.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
@@ -136,10 +216,11 @@ class Controller:
         v.state_matches(state, "controller", self.num_tasks)
         if state.get("method") != self.method:
             raise ValueError(f"state['method'] is {state.get('method')!r}, expected {self.method!r}")
-        missing = [key for key in ("step", "rule", "sampler") if key not in state]
+        missing = [key for key in ("step", "measured", "rule", "sampler") if key not in state]
         if missing:
             raise ValueError(f"state lacks {missing}: not a complete controller state")
         step = v.positive_int("state['step']", state["step"], minimum=0)
+        measured = _measured_from_state(state["measured"], self.num_tasks)
         backup = self.state_dict()
         try:
             self.rule.load_state_dict(state["rule"])
@@ -149,3 +230,30 @@ class Controller:
             self.sampler.load_state_dict(backup["sampler"])
             raise
         self.step = step
+        self._measured = measured
+        self._open = None
+
+
+def _method_reduce(method: str, preset_reduce: str | None, given: str | None) -> str:
+    """The I_k reduction of a run: the given one, or the method's own; a contradiction of a preset is refused."""
+    if given is None:
+        return preset_reduce or DEFAULT_IMPROVEMENT_REDUCE
+    given = v.choice("improvement_reduce", given, IMPROVEMENT_REDUCTIONS)
+    if preset_reduce is not None and given != preset_reduce:
+        raise ValueError(
+            f"improvement_reduce={given!r} contradicts method {method!r}, whose reference code measures I_k with "
+            f"{preset_reduce!r}: leave improvement_reduce unset"
+        )
+    return given
+
+
+def _measured_from_state(value: Any, num_tasks: int) -> NDArray[np.float64]:
+    """state['measured']: two rows (J_k, accuracy) of num_tasks numbers or None (never measured)."""
+    rows = value if isinstance(value, list) and len(value) == 2 else None
+    if rows is None or any(not isinstance(r, list) or len(r) != num_tasks for r in rows):
+        raise ValueError(f"state['measured'] must be 2 lists of {num_tasks} numbers or None, got {value!r}")
+    assert rows is not None
+    numbers = [[x for x in r if x is not None] for r in rows]
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for r in numbers for x in r):
+        raise ValueError(f"state['measured'] must hold finite numbers or None, got {value!r}")
+    return np.array([[np.nan if x is None else float(x) for x in r] for r in rows], dtype=np.float64)

@@ -68,6 +68,7 @@ class BatchBuilder:
         self._round = 0
         self._done = False
         self._finished = False
+        self.report: BatchReport | None = None  # set by finish()
         self._ledger = BatchLedger(self._k, config.group_size)
         self._carry = carry
         offered = carry.offer() if carry is not None else None
@@ -83,6 +84,11 @@ class BatchBuilder:
     def outstanding(self) -> NDArray[np.int64]:
         """Requested groups not reported yet, per task."""
         return self._ledger.pending.copy()
+
+    def rollouts(self) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+        """Task and reward of every rollout reported so far this step (carried groups excluded), flattened in report
+        order: what J_k and accuracy are measured on. None if a group was reported without rewards."""
+        return self._ledger.fresh_rollouts()
 
     def next_request(self) -> Request | None:
         """The next prompts to generate, or None when the batch is complete or the round budget is spent.
@@ -201,6 +207,7 @@ class BatchBuilder:
             carried_counts=np.bincount(tasks[idx][carried[idx]], minlength=self._k),
             kept_counts=np.bincount(tasks[kept], minlength=self._k),
         )
+        self.report = report
         return Batch(
             tasks=tasks[idx],
             keys=ledger.keys(idx),

@@ -30,7 +30,8 @@ class StepFacts:
     """What a trainer observed in one step. n generated rollouts, m trained samples (rollouts of batch groups).
 
     rollout_task, rollout_reward: (n,) task id and reward of EVERY rollout generated this step, before any
-        zero-gradient filtering (J_k and accuracy come from these).
+        zero-gradient filtering (J_k and accuracy come from these). Left None (both), `Controller.end_step` takes
+        them from the step's batch conversation (every group reported with rewards).
     sample_task, sample_advantage: (m,) task id and advantage of each trained sample (SEC's r_k = mean |A|).
     surrogate_task, surrogate_before, surrogate_after: (s,) the per-sample clipped surrogate objective evaluated
         with the policy before and after the update (I_k, Eq. 8). surrogate_task defaults to sample_task; a trainer
@@ -41,8 +42,8 @@ class StepFacts:
     Arrays left None are not measured; the signals they feed come back as None.
     """
 
-    rollout_task: ArrayLike
-    rollout_reward: ArrayLike
+    rollout_task: ArrayLike | None = None
+    rollout_reward: ArrayLike | None = None
     sample_task: ArrayLike | None = None
     sample_advantage: ArrayLike | None = None
     surrogate_before: ArrayLike | None = None
@@ -70,6 +71,11 @@ def step_signals(
     if not isinstance(facts, StepFacts):
         raise TypeError(f"facts must be a StepFacts, got {type(facts).__name__}")
     k = v.positive_int("num_tasks", num_tasks)
+    if facts.rollout_task is None or facts.rollout_reward is None:
+        raise ValueError(
+            "facts.rollout_task and facts.rollout_reward are needed (every rollout generated this step); "
+            "Controller.end_step fills them in from the batch conversation when both are None"
+        )
     reward, _ = task_rewards(facts.rollout_reward, facts.rollout_task, k)
     accuracy = task_accuracy(facts.rollout_reward, facts.rollout_task, k, correct_reward)
     mean_abs = None
@@ -113,6 +119,8 @@ def with_stand_ins(facts: StepFacts, tasks: Sequence[ArrayLike], rewards: Sequen
         raise ValueError(f"tasks and rewards must hold one array per draw each, got {len(tasks)} and {len(rewards)}")
     if not tasks:
         return facts
+    if facts.rollout_task is None or facts.rollout_reward is None:
+        raise ValueError("facts.rollout_task and rollout_reward are None: stand-ins join the step's own rollouts")
     task = np.concatenate([np.asarray(facts.rollout_task, dtype=np.int64), *(np.asarray(t) for t in tasks)])
     reward = np.concatenate([np.asarray(facts.rollout_reward, dtype=np.float64), *(np.asarray(r) for r in rewards)])
     if task.shape != reward.shape:

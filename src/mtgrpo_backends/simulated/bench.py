@@ -25,8 +25,7 @@ from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.prompt_history import SelectionConfig
 from mtgrpo_core.sampler import BatchReport
-from mtgrpo_core.signal_path import StepFacts, step_signals
-from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE
+from mtgrpo_core.signal_path import StepFacts
 
 DEFAULT_METHODS = (
     "grpo",
@@ -80,7 +79,6 @@ class _Kept:
 def _train_step(
     ctrl: Controller,
     policy: SimulatedPolicy,
-    improvement_reduce: str,
     kept: _Kept,
     feed: PoolFeed | None,
 ) -> tuple[BatchReport, int]:
@@ -101,8 +99,7 @@ def _train_step(
     trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
     advantage, before, after = policy.train_step(trained)
     facts = step_facts(generated, trained, advantage, before, after, None if feed is None else feed.stand_ins())
-    reduce = ctrl.improvement_reduce or improvement_reduce  # a reference preset's own reduction wins
-    ctrl.end_step(step_signals(facts, ctrl.num_tasks, improvement_reduce=reduce))
+    ctrl.end_step(facts)
     kept_keys = np.asarray(batch.kept, dtype=np.int64) if batch.kept is not None else np.zeros(0, np.int64)
     kept.groups, kept.keys = pool.take(np.searchsorted(pool_keys, kept_keys)), kept_keys
     return batch.report, len(batch)
@@ -125,7 +122,7 @@ class SimulatedRunner:
     record_every: int = 1
     sampler: Mapping[str, Any] = field(default_factory=dict)
     rule: RuleOptions = field(default_factory=RuleOptions)
-    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
+    improvement_reduce: str | None = None
     start_method: Literal["fork", "spawn"] = "fork"
     filter: Literal["lenient", "strict"] = "lenient"
     skip: Skip = "none"
@@ -150,6 +147,7 @@ class SimulatedRunner:
             self.group_size,
             seed,
             rule_kwargs=self.rule.kwargs_for(method),
+            improvement_reduce=self.improvement_reduce,
             **self.sampler_for(method),
         )
 
@@ -180,7 +178,7 @@ class SimulatedRunner:
         kept = _Kept(Groups.empty(self.group_size), np.zeros(0, dtype=np.int64))
         for step in range(t):
             try:
-                report, batch[step] = _train_step(ctrl, policy, self.improvement_reduce, kept, feed)
+                report, batch[step] = _train_step(ctrl, policy, kept, feed)
             except ValueError as err:
                 raise ValueError(f"method {method!r}, seed {seed}, step {step}: {err}") from err
             weights[step], shares[step] = report.weights, report.realized_shares

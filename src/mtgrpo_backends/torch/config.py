@@ -15,7 +15,7 @@ from mtgrpo_backends.torch import ops
 from mtgrpo_core import checks as v
 from mtgrpo_core.prompt_history import SelectionConfig
 from mtgrpo_core.reward_protocol import CORRECT
-from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 
 
 def _help(text: str, default: Any) -> Any:
@@ -36,9 +36,10 @@ class TrainSettings:
     clip_high: float = _help("ratio clip above 1 (clip-higher, paper 0.28)", 0.28)
     aggregation: Literal["token-mean", "seq-mean"] = _help("loss aggregation over tokens", "token-mean")
     advantage: Literal["grpo", "dr_grpo", "rloo"] = _help("group advantage estimator", "grpo")
-    improvement_reduce: Literal["mean", "sum"] = _help(
-        "I_k over task k's sequences: mean (independent of the batch share) or sum (the reference code's)",
-        DEFAULT_IMPROVEMENT_REDUCE,
+    improvement_reduce: Literal["mean", "sum"] | None = _help(
+        "I_k over task k's sequences: mean (independent of the batch share) or sum (the reference code's); unset: "
+        "the method's own (mean; the reference presets sum and refuse mean)",
+        None,
     )
     kl_coef: float = _help("coefficient of KL(pi || initial policy), k3 estimator; paper 0", 0.0)
     max_grad_norm: float = _help("gradient-norm clip of the policy update", 1.0)
@@ -89,7 +90,8 @@ class TrainConfig(TrainSettings):
         v.real_in_range("kl_coef", self.kl_coef, 0.0)
         v.choice("aggregation", self.aggregation, ops.AGGREGATIONS)
         v.choice("advantage", self.advantage, ops.ADVANTAGE_METHODS)
-        v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
+        if self.improvement_reduce is not None:
+            v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
         if self.minibatches > self.batch_size * self.group_size:
             raise ValueError(f"minibatches must be <= batch_size * group_size, got {self.minibatches}")
         for name in ("sampler", "rule"):

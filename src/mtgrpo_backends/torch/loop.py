@@ -5,7 +5,7 @@
     advantage         group advantages on the selected groups
     update            several mini-batch steps of the clipped surrogate (clip-higher)
     surrogate         per-sequence surrogate before and after the update (for I_k, Eq. 8), if the rule needs it
-    weights           the core's signal path (step_signals) -> J, accuracy, I, mean |A| -> controller.end_step
+    weights           the step's facts -> controller.end_step (the core's signal path: J, accuracy, I, mean |A|)
     log               per-task rewards, zero-gradient rates, batch shares, timings; held-out accuracy every eval
 
 Works with every controller method string and any causal LM returning logits for (input_ids, attention_mask).
@@ -31,7 +31,7 @@ from mtgrpo_backends.torch.model import completion_logprobs
 from mtgrpo_backends.torch.rollout import GeneratedGroup, evaluate, generate_groups
 from mtgrpo_backends.torch.state import TrainState, make_state
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
-from mtgrpo_core import StepFacts, step_signals, with_stand_ins
+from mtgrpo_core import StepFacts, with_stand_ins
 
 
 class _Timer:
@@ -86,7 +86,7 @@ def step_facts(
 
 def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: CharTokenizer) -> dict[str, Any]:
     """One step of Algorithm 1 with a GRPO update; returns the step's log row."""
-    model, ctrl, k_tasks, n = state.model, state.controller, suite.num_tasks, config.group_size
+    model, ctrl, n = state.model, state.controller, config.group_size
     timer = _Timer()
     weights = ctrl.weights
 
@@ -172,9 +172,9 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     if state.training_set is not None and state.training_set.selection is not None:
         stand_task, stand_reward, selection = state.training_set.end_step()
         facts = with_stand_ins(facts, stand_task, stand_reward)  # skipped prompts count in J_k and accuracy
-    reduce = ctrl.improvement_reduce or config.improvement_reduce  # a reference preset's own reduction wins
-    signals = step_signals(facts, k_tasks, improvement_reduce=reduce)
-    ctrl.end_step(signals)
+    ctrl.end_step(facts)
+    signals = ctrl.last_signals
+    assert signals is not None
     state.step += 1
     timer.lap("core")
 

@@ -60,6 +60,7 @@ def make_controller(config: TrainConfig, suite: Suite) -> Controller:
         config.group_size,
         seed=config.seed,
         rule_kwargs=config.rule,
+        improvement_reduce=config.improvement_reduce,
         **config.sampler,
     )
 

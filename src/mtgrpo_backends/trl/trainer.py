@@ -36,7 +36,7 @@ from mtgrpo_backends.trl.prompt_source import build_pool, draw
 from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
-from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, step_signals, with_stand_ins
+from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, with_stand_ins
 from mtgrpo_core.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
@@ -101,6 +101,7 @@ class MTGRPOTrainer(GRPOTrainer):
             group_size=self._group_size,
             seed=cfg.seed,
             rule_kwargs=cast(dict[str, Any] | None, cfg.rule_kwargs),
+            improvement_reduce=cfg.improvement_reduce,
             **cfg.sampler_overrides(),
         )
         filtering = self.controller.sampler.config.filtering != "none"
@@ -342,14 +343,12 @@ class MTGRPOTrainer(GRPOTrainer):
         facts = pending.facts
         if self._wants_surrogate:
             facts = with_surrogate(facts, pending.surrogate_rows)
-        cfg = self.cfg
-        num_tasks = self.controller.num_tasks
-        reduce = self.controller.improvement_reduce or cfg.improvement_reduce  # a reference preset's wins
-        signals = step_signals(facts, num_tasks, improvement_reduce=reduce, correct_reward=cfg.correct_reward)
+        signals = self.controller.signals(facts)
         if self._reward_change is not None:  # the documented approximation of I_k, from the signal path's J_k
             signals = replace(signals, improvement=self._reward_change.update(signals.reward))
-        log_signals(self._metrics["train"], self.task_names, signals, self._reward_change is None)
         self.controller.end_step(signals)
+        assert self.controller.last_signals is not None  # with carried-only tasks' J_k filled in
+        log_signals(self._metrics["train"], self.task_names, self.controller.last_signals, self._reward_change is None)
 
     # -- evaluation and logs --------------------------------------------------------------------------------
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:

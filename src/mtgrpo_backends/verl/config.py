@@ -16,7 +16,7 @@ from packaging.version import Version
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.methods import parse_method
-from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 
 SUPPORTED_VERL = (Version("0.9.1"), Version("0.10.0"))
 BUFFER_PATH = "pkg://mtgrpo_backends.verl.replay_buffer"
@@ -51,7 +51,7 @@ class MTGRPOSettings:
     seed: int = 0
     rule_kwargs: Mapping[str, Any] = field(default_factory=dict)
     sampler: Mapping[str, Any] = field(default_factory=dict)
-    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE
+    improvement_reduce: str | None = None
     correct_reward: float = 1.0
     poll_interval: float = 0.2
     round_timeout_s: float = 3600.0
@@ -75,20 +75,26 @@ class MTGRPOSettings:
                 f"mtgrpo.sampler sets {clash}: these come from verl (data.train_batch_size, "
                 "actor_rollout_ref.rollout.n); remove them from mtgrpo.sampler"
             )
+        if "correct_reward" in self.sampler:
+            raise ValueError(
+                f"mtgrpo.sampler.correct_reward is {self.sampler['correct_reward']!r}: set mtgrpo.correct_reward, "
+                "which the strict filter and accuracy both read"
+            )
         if self.sampler.get("carry_over", 0) != 0:
             raise ValueError(
                 f"mtgrpo.sampler.carry_over is {self.sampler['carry_over']!r}: the verl backend trains strictly "
                 "on-policy (a kept group would need its TransferQueue data and generating log-probs across steps); "
                 "remove the setting (methods that carry over get 0 here)"
             )
-        v.choice("mtgrpo.improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
+        if self.improvement_reduce is not None:
+            v.choice("mtgrpo.improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
         v.real_in_range("mtgrpo.correct_reward", self.correct_reward)
         v.real_in_range("mtgrpo.poll_interval", self.poll_interval, 0.0, low_open=True)
         v.real_in_range("mtgrpo.round_timeout_s", self.round_timeout_s, 0.0, low_open=True)
 
     def sampler_overrides(self) -> dict[str, Any]:
         """SamplerConfig overrides: the given ones, and carry_over 0 where the method would carry over."""
-        overrides = dict(self.sampler)
+        overrides = {**self.sampler, "correct_reward": self.correct_reward}
         if parse_method(self.method).sampler_settings.get("carry_over", 0):
             overrides["carry_over"] = 0
         return overrides

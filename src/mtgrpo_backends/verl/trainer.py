@@ -28,7 +28,7 @@ from mtgrpo_backends.verl.config import check_trainer_config, check_verl_version
 from mtgrpo_backends.verl.metrics import signal_metrics
 from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
 from mtgrpo_backends.verl.step_facts import row_groups, step_facts
-from mtgrpo_core import check_needs, step_signals
+from mtgrpo_core import check_needs
 
 check_verl_version(verl.__version__)
 PROVIDED_SIGNALS = ("improvement", "mean_abs_advantage")
@@ -115,11 +115,9 @@ class MTGRPOTrainer(PPOTrainerSync):
         facts = step_facts(
             record.group_task, record.rewards, record.finished, groups, rows.advantage, rows.valid, rows.surrogate
         )
-        settings = self.buffer.settings
-        reduce = ctrl.improvement_reduce or settings.improvement_reduce  # a reference preset's reduction wins
-        signals = step_signals(facts, ctrl.num_tasks, improvement_reduce=reduce, correct_reward=settings.correct_reward)
-        ctrl.end_step(signals)
-        return signal_metrics(self.buffer.task_names, signals)
+        ctrl.end_step(facts)
+        assert ctrl.last_signals is not None
+        return signal_metrics(self.buffer.task_names, ctrl.last_signals)
 
     def _save_checkpoint(self) -> None:
         """MT-GRPO's state first, then verl's files (verl marks the folder as the latest last)."""

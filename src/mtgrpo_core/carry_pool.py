@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.advantages import zero_gradient_mask
 from mtgrpo_core.report_keys import KeyArray
 
 
@@ -37,13 +38,29 @@ class CarriedGroups:
 
 
 class CarryPool:
-    """The kept groups between steps; explicit, JSON-native state."""
+    """The kept groups between steps; explicit, JSON-native state.
+
+    group_size, filtering, correct_reward: the sampler's N and filter, against which a loaded state's rewards are
+    checked (width N, every kept group informative); group_size None (a pool used without a sampler) checks only
+    that the rewards are a table.
+    """
 
     KIND = "carry_pool"
 
-    def __init__(self, num_tasks: int, max_staleness: int) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        max_staleness: int,
+        *,
+        group_size: int | None = None,
+        filtering: str = "lenient",
+        correct_reward: float = 1.0,
+    ) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
         self.max_staleness = v.positive_int("max_staleness", max_staleness)
+        self.group_size = None if group_size is None else v.positive_int("group_size", group_size)
+        self.filtering = v.choice("filtering", filtering, ("none", "lenient", "strict"))
+        self.correct_reward = v.real_in_range("correct_reward", correct_reward)
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
         self._retired: KeyArray = np.zeros(0, np.int64)
         self._retired_set: set[int] = set()  # exact integer comparison whatever the two key dtypes
@@ -95,6 +112,9 @@ class CarryPool:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned. Every entry is checked first (integer keys, distinct; staleness in
+        [1, max_staleness]; rewards (groups, N), each kept group informative under the filter) and a refused state
+        changes nothing."""
         v.state_matches(state, self.KIND, self._k)
         if state.get("max_staleness") != self.max_staleness:
             raise ValueError(f"state['max_staleness'] is {state.get('max_staleness')!r}, expected {self.max_staleness}")
@@ -107,25 +127,61 @@ class CarryPool:
         if n == 0 and rewards is not None and rewards.size == 0:
             rewards = None  # nothing kept (JSON does not keep the shape (0, N)); an empty offer is never booked
         if keys.shape != (n,) or staleness.shape != (n,) or (rewards is not None and rewards.shape[:1] != (n,)):
-            raise ValueError(f"state holds {n} kept groups but keys, staleness or rewards of other lengths")
-        if rewards is not None and rewards.ndim != 2:
-            raise ValueError(f"state['rewards'] must have shape (groups, N), got {rewards.shape}")
-        if not np.issubdtype(keys.dtype, np.integer) or np.unique(keys).shape[0] != n:
+            rows = "no" if rewards is None else (rewards.shape[0] if rewards.ndim else "a scalar for")
+            raise ValueError(
+                f"state holds {n} kept groups (state['tasks']) but {keys.shape[0]} keys, {staleness.shape[0]} "
+                f"staleness entries and {rows} rows of rewards; expected {n} of each"
+            )
+        if np.unique(keys).shape[0] != n:
             raise ValueError(f"state['keys'] must be {n} distinct integers, got {keys.tolist()[:8]}")
         if n and (staleness.min() < 1 or staleness.max() > self.max_staleness):
             raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
+        if rewards is not None:
+            self._check_rewards(rewards)
         self._groups = CarriedGroups(tasks, keys, rewards, staleness)
         self._retire(retired)
+
+    def _check_rewards(self, rewards: NDArray[np.float64]) -> None:
+        """Refuse kept rewards that are not (groups, N) or hold a group the sampler's filter would not keep."""
+        width = "N" if self.group_size is None else f"N = {self.group_size}"
+        if rewards.ndim != 2 or (self.group_size is not None and rewards.shape[1] != self.group_size):
+            raise ValueError(f"state['rewards'] must have shape (groups, {width}), got {rewards.shape}")
+        strict = self.filtering == "strict"
+        barren = zero_gradient_mask(rewards, "strict" if strict else "lenient", self.correct_reward)
+        if barren.any():
+            row = int(np.flatnonzero(barren)[0])
+            rule = f"some but not all == correct_reward {self.correct_reward}" if strict else "not all equal"
+            raise ValueError(
+                f"state['rewards'] row {row} is {rewards[row].tolist()}, a group without signal: only informative "
+                f"groups are kept, expected rewards {rule}"
+            )
 
     def _retire(self, keys: KeyArray) -> None:
         self._retired, self._retired_set = keys, set(keys.tolist())
 
 
 def _keys(state: Mapping[str, Any], name: str, dtype_name: str) -> KeyArray:
+    """state[name] as an array of state[dtype_name], an integer dtype; every entry must be an int (a float such as
+    3.0 or 3.5, a bool or a string is refused, not truncated)."""
+    raw, dtype_value = state.get(name, []), state.get(dtype_name, "int64")
     try:
-        keys = np.asarray(state.get(name, []), dtype=np.dtype(state.get(dtype_name, "int64")))
+        dtype = np.dtype(dtype_value)
+    except TypeError as err:
+        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name") from err
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name")
+    items = raw.tolist() if isinstance(raw, np.ndarray) else raw
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        raise TypeError(f"state[{name!r}] must be a list of integers, got {v._show(raw)}")
+    for i, key in enumerate(items):
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+            raise TypeError(
+                f"state[{name!r}] must hold integers, got {key!r} of type {type(key).__name__} at index {i}"
+            )
+    try:
+        keys = np.array(items, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"state[{name!r}] do not fit state[{dtype_name!r}] {state.get(dtype_name)!r}: {err}") from err
-    if keys.ndim != 1 or not np.issubdtype(keys.dtype, np.integer):
-        raise ValueError(f"state[{name!r}] must be a list of integers, got dtype {keys.dtype} shape {keys.shape}")
+        raise ValueError(f"state[{name!r}] do not fit state[{dtype_name!r}] {dtype_value!r}: {err}") from err
+    if keys.ndim != 1:
+        raise ValueError(f"state[{name!r}] must be a list of integers, got shape {keys.shape}")
     return keys

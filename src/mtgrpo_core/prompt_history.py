@@ -110,19 +110,35 @@ class PromptHistory:
         return {"outcome": outcome, "reward": reward, "skips": skips, "seen": seen}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], num_rows: int, draws: int) -> PromptHistory:
+    def from_state(cls, state: Any, num_rows: int, draws: int) -> PromptHistory:
         """A history from `state_dict()` output, every entry checked against the dataset's rows and the draws."""
+        fields = ("outcome", "reward", "skips", "seen")
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state['history'] must be a mapping with keys {list(fields)} (PromptHistory.state_dict()), got "
+                f"{v._show(state)} of type {type(state).__name__}"
+            )
+        missing = [name for name in fields if name not in state]
+        if missing:
+            raise ValueError(f"state['history'] has no {missing}; expected keys {list(fields)}, got {sorted(state)}")
         history = cls(num_rows)
         limits = {"outcome": (0, len(OUTCOMES) - 1), "skips": (0, MAX_SKIPS), "seen": (-1, draws - 1)}
         for name, (low, high) in limits.items():
-            arr = v.int_array(f"state['history']['{name}']", state.get(name, []), ndim=1)
+            arr = v.int_array(f"state['history']['{name}']", state[name], ndim=1)
             if arr.shape[0] != num_rows or (arr.size and (arr.min() < low or arr.max() > high)):
                 raise ValueError(
                     f"state['history']['{name}'] must hold {num_rows} ints (one per row) in [{low}, {high}], got "
                     f"{arr.shape[0]} in [{arr.min() if arr.size else '-'}, {arr.max() if arr.size else '-'}]"
                 )
             getattr(history, name)[:] = arr
-        reward = state.get("reward", [])
+        reported_unseen = np.flatnonzero((history.outcome != UNSEEN) & (history.seen < 0))
+        if reported_unseen.size:
+            row = int(reported_unseen[0])
+            raise ValueError(
+                f"state['history'] row {row} has outcome {OUTCOMES[history.outcome[row]]!r} but seen -1: a row is "
+                "reported only after it was handed out; expected seen >= 0 where an outcome is recorded"
+            )
+        reward = state["reward"]
         if not isinstance(reward, (list, tuple)) or len(reward) != num_rows:
             raise ValueError(f"state['history']['reward'] must hold {num_rows} numbers or None (one per row)")
         values = v.as_float_array("state['history']['reward']", [np.nan if x is None else x for x in reward], ndim=1)
@@ -180,11 +196,30 @@ class RetryStats:
 
     @classmethod
     def from_state(cls, value: Any, num_tasks: int) -> RetryStats:
+        """Stats from `state_dict()` output: (4, K, 2) finite sums, groups >= 0, accuracy and informative in [0,
+        groups] (they are discounted counts of the same groups), everything 0 where no group was recorded. The
+        reward sums may be negative (so may rewards)."""
         arr = v.finite_array("state['retry_stats']", value, ndim=3)
-        if arr.shape != (len(cls.FIELDS), num_tasks, 2) or (arr < 0).any():
+        if arr.shape != (len(cls.FIELDS), num_tasks, 2):
             raise ValueError(
-                f"state['retry_stats'] must be {len(cls.FIELDS)} x {num_tasks} x 2 sums >= 0, got shape {arr.shape}"
+                f"state['retry_stats'] must be {len(cls.FIELDS)} x {num_tasks} x 2 sums (fields {list(cls.FIELDS)} x "
+                f"tasks x last-seen class all-correct, all-wrong), got shape {arr.shape}"
             )
+        groups = arr[0]
+        slack = 1e-9 * np.maximum(groups, 1.0)  # the sums are accumulated in floating point
+        checks = {
+            "groups": (groups < 0, "a discounted count >= 0"),
+            "reward": ((groups <= 0) & (arr[1] != 0), "0 where the class has no group"),
+            "accuracy": ((arr[2] < 0) | (arr[2] > groups + slack), "in [0, groups]: a discounted count of groups"),
+            "informative": ((arr[3] < 0) | (arr[3] > groups + slack), "in [0, groups]: a discounted count of groups"),
+        }
+        for f, (name, (bad, expected)) in enumerate(checks.items()):
+            if bad.any():
+                k, c = (int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"state['retry_stats'] field {name!r} of task {k}, class {OUTCOMES[ALL_CORRECT + c]!r} is "
+                    f"{float(arr[f, k, c])!r} (groups {float(groups[k, c])!r}); expected {expected}"
+                )
         stats = cls(num_tasks)
         stats.sums = arr.copy()
         return stats

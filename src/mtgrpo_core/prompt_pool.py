@@ -41,11 +41,15 @@ def task_ids_of(values: Sequence[Any], tasks: Sequence[str], what: str = "task c
     return ids
 
 
+STAND_IN_STREAM = 0x5354414E  # "STAN": stand-ins draw from SeedSequence([seed, STAND_IN_STREAM, draw])
+
+
 @dataclass(frozen=True)
 class Selection:
     """One draw: rows and tasks handed out (task by task), `retried` (rows: handed out although last seen
     uninformative), and the rows passed over with their tasks and the (mean reward, accuracy) standing in for each
-    (`RetryStats.stand_in`; NaN for a row not last seen uninformative)."""
+    (`RetryStats.stand_in`; NaN for a row not last seen uninformative). `draw_seed` is (pool seed, draw number):
+    it seeds the stand-ins, so they are the same on every rank and after a resume."""
 
     rows: NDArray[np.int64]
     tasks: NDArray[np.int64]
@@ -54,19 +58,37 @@ class Selection:
     skipped_tasks: NDArray[np.int64]
     skipped_reward: NDArray[np.float64]
     skipped_accuracy: NDArray[np.float64]
+    draw_seed: tuple[int, int]
 
     def stand_ins(self, group_size: int, correct_reward: float = 1.0) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """(task, reward) of stand-in rollouts for the skipped rows last seen uninformative: each counts as a group
-        of group_size rollouts with round(accuracy N) correct ones and the mean reward of its estimate. Appended to
-        a step's rollouts (StepFacts), they keep J_k and accuracy a measure of the task rather than of the prompts
-        the rule let through (docs/selective.md)."""
+        """(task, reward) of stand-in rollouts for the skipped rows last seen uninformative, N = group_size per row.
+        Appended to a step's rollouts (StepFacts), they keep J_k and accuracy a measure of the task rather than of
+        the prompts the rule let through (docs/selective.md).
+
+        A row's estimate is (mean reward m, accuracy a), accuracy being the share of rollouts == correct_reward
+        (`signals.task_accuracy`). Its group holds C rollouts of correct_reward and N - C of w = (m - a
+        correct_reward) / (1 - a), the estimate's mean reward of the rollouts that were not correct. C is a N
+        rounded at random, floor(a N) + Bernoulli(a N - floor(a N)), so E[C] = a N: the accuracy is unbiased,
+        and as w does not depend on C, so is the mean reward (E[C correct_reward + (N - C) w] / N = m). Every
+        reward is correct_reward or the (discounted) mean of rewards that were seen, so none leaves their range.
+        Rounding a N to the nearest count instead biases both (0.95 became N correct rollouts, mean reward 1), and
+        fitting w to the rounded count gives rewards outside the range (0.33 with N = 8: -0.07). Fractional
+        rewards alone cannot carry the accuracy, which counts whole rollouts. The coins come from
+        SeedSequence([seed, STAND_IN_STREAM, draw]) (`draw_seed`): the same stand-ins on every rank, after a
+        resume and at every call.
+        """
         n = v.positive_int("group_size", group_size)
+        target = v.real_in_range("correct_reward", correct_reward)
         known = ~np.isnan(self.skipped_reward)
-        reward, accuracy = self.skipped_reward[known], self.skipped_accuracy[known]
-        correct = np.round(accuracy * n)
+        reward, accuracy = self.skipped_reward[known], np.clip(self.skipped_accuracy[known], 0.0, 1.0)
+        seed, draw = self.draw_seed
+        coins = np.random.default_rng(np.random.SeedSequence([seed, STAND_IN_STREAM, draw])).random(reward.size)
+        expected = accuracy * n
+        correct = np.floor(expected) + (coins < expected - np.floor(expected))
         with np.errstate(invalid="ignore", divide="ignore"):
-            wrong = np.where(correct < n, (reward * n - correct * correct_reward) / (n - correct), 0.0)
-        rollouts = np.where(np.arange(n)[None, :] < correct[:, None], correct_reward, wrong[:, None])
+            wrong = np.where(accuracy < 1.0, (reward - accuracy * target) / (1.0 - accuracy), target)
+        wrong = np.where(wrong == target, np.nextafter(target, -np.inf), wrong)  # a wrong rollout never counts correct
+        rollouts = np.where(np.arange(n)[None, :] < correct[:, None], target, wrong[:, None])
         return np.repeat(self.skipped_tasks[known], n), rollouts.ravel()
 
 
@@ -177,6 +199,7 @@ class PromptPool:
             skipped_tasks=skipped_tasks,
             skipped_reward=reward,
             skipped_accuracy=accuracy,
+            draw_seed=(self.seed, self._draws - 1),
         )
 
     def _walk(
@@ -263,7 +286,7 @@ class PromptPool:
                 f"state['task_names'] is {state.get('task_names')!r}, expected {self.task_names}: a pool of other tasks"
             )
         seed = v.positive_int("state['seed']", state.get("seed"), minimum=0)
-        cursor = v.int_array("state['cursor']", state["cursor"], ndim=1)
+        cursor = v.int_array("state['cursor']", state.get("cursor", []), ndim=1)
         if cursor.shape[0] != self._k or (cursor < 0).any():
             raise ValueError(f"state['cursor'] must be {self._k} non-negative ints, got {cursor.tolist()}")
         loaded = self._load_history(state)

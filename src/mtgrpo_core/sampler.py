@@ -247,7 +247,17 @@ class RatioPreservingSampler:
         guarded = config.filtering != "none" and config.guard_floor > 0
         probe = -(-config.batch_size // self._k) if config.guard_probe is None else config.guard_probe
         self.guard = NoSignalGuard(self._k, config.guard_floor, probe=probe) if guarded else None
-        self.carry = CarryPool(self._k, config.carry_over) if config.carry_over > 0 else None
+        self.carry = (
+            CarryPool(
+                self._k,
+                config.carry_over,
+                group_size=config.group_size,
+                filtering=config.filtering,
+                correct_reward=config.correct_reward,
+            )
+            if config.carry_over > 0
+            else None
+        )
 
     @property
     def num_tasks(self) -> int:

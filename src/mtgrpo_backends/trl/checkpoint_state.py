@@ -107,9 +107,42 @@ def state_dict(trainer: MTGRPOTrainer) -> dict[str, Any]:
     return state
 
 
+def check_fields(state: Any, where: str) -> None:
+    """Refuse a state that is not a JSON object with the controller's and the prompt pool's states, naming the
+    missing or mistyped field."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: {STATE_FILE} must hold a JSON object, got {type(state).__name__}")
+    for key in ("controller", "prompt_pool"):
+        if not isinstance(state.get(key), dict):
+            got = "no such field" if key not in state else f"{type(state[key]).__name__}"
+            raise ValueError(
+                f"{where}: field {key!r} of {STATE_FILE} must be the {key.replace('_', ' ')}'s state (an object), "
+                f"got {got}"
+            )
+
+
+def check_sampler_settings(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) -> None:
+    """Refuse a state whose sampler was built with other settings (carry_over, filtering, ...), naming each
+    setting that differs with both values."""
+    saved = (state["controller"].get("sampler") or {}).get("config")
+    now = (trainer.controller.state_dict().get("sampler") or {}).get("config")
+    if not isinstance(saved, dict) or not isinstance(now, dict) or saved == now:
+        return  # a malformed sampler state is refused by the controller itself
+    differ = [key for key in dict.fromkeys([*saved, *now]) if saved.get(key, "unset") != now.get(key, "unset")]
+    listed = "; ".join(
+        f"{key} {saved.get(key, 'unset')!r} in the checkpoint, {now.get(key, 'unset')!r} now" for key in differ
+    )
+    raise ValueError(
+        f"{where} was written with other sampler settings: {listed}; resume with the checkpoint's settings (the "
+        "MTGRPOConfig fields of the same names, or the method's), or start a new run"
+    )
+
+
 def check_compatible(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) -> None:
-    """Refuse a state of other tasks, or one saved inside a generation batch under other generation settings."""
-    saved = state.get("tasks", state.get("prompt_pool", {}).get("task_names"))  # format 1 had only the pool's
+    """Refuse a state of other tasks or sampler settings, or one saved inside a generation batch under other
+    generation settings."""
+    check_fields(state, where)
+    saved = state.get("tasks", state["prompt_pool"].get("task_names"))  # format 1 had only the pool's
     check_tasks(list(saved or []), list(trainer.task_names), where)
     pending = state.get("pending")
     if pending is not None:
@@ -125,6 +158,7 @@ def check_compatible(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) 
                 f"resuming it needs the same settings, but (saved, now) = {changed}; resume from a checkpoint "
                 f"whose global step is a multiple of {pending['generate_every']}, or keep the settings"
             )
+    check_sampler_settings(trainer, state, where)
 
 
 def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = "the state") -> None:
@@ -187,7 +221,14 @@ def _read(trainer: MTGRPOTrainer, checkpoint: str) -> dict[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer")
     with open(path, encoding="utf-8") as f:
-        state: dict[str, Any] = json.load(f)
+        text = f.read()
+    try:
+        state: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"checkpoint {checkpoint!r}: {STATE_FILE} is not valid JSON ({err}; {len(text)} characters): the file is "
+            "truncated or corrupted; resume from another checkpoint"
+        ) from None
     check_compatible(trainer, state, f"checkpoint {checkpoint!r}")
     name = BUFFER_FILE.format(rank=trainer.accelerator.process_index)
     if state.get("pending") is not None and not os.path.exists(os.path.join(checkpoint, name)):

@@ -32,7 +32,12 @@ def _compose(*overrides: str) -> DictConfig:
 
 
 def test_hydra_composes_verls_config_with_the_mtgrpo_group() -> None:
-    config = _compose("mtgrpo.method=dapo", "+mtgrpo.sampler.max_rounds=3", "data.train_batch_size=16")
+    config = _compose(
+        "mtgrpo.method=dapo",
+        "+mtgrpo.sampler.max_rounds=3",
+        "data.train_batch_size=16",
+        "actor_rollout_ref.rollout.n=5",
+    )
     check_trainer_config(config)
     assert config.trainer.v1.trainer_mode == "sync" and config.algorithm.adv_estimator == "grpo"
     assert config.actor_rollout_ref.actor.ppo_epochs == 1  # verl's own defaults are all there

@@ -56,8 +56,23 @@ def read(folder: str, global_steps: int) -> dict[str, Any]:
             "checkpoint of this run, or set trainer.resume_mode=disable to start a new run"
         )
     with open(path, encoding="utf-8") as f:
-        state: dict[str, Any] = json.load(f)
-    saved_step = state.get("controller", {}).get("step")
+        text = f.read()
+    try:
+        state: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}; {len(text)} characters): the file is truncated or corrupted; resume "
+            "from another checkpoint"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(state).__name__}")
+    for key in ("controller", "prompt_pool"):
+        if not isinstance(state.get(key), dict):
+            got = "no such field" if key not in state else type(state[key]).__name__
+            raise ValueError(
+                f"{path}: field {key!r} must be the {key.replace('_', ' ')}'s state (an object), got {got}"
+            )
+    saved_step = state["controller"].get("step")
     if saved_step != global_steps:
         raise ValueError(
             f"{path} holds the controller after {saved_step!r} steps but the checkpoint is of global step "

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from packaging.version import Version
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 
@@ -58,6 +59,11 @@ class MTGRPOSettings:
 
     def __post_init__(self) -> None:
         parse_method(self.method)
+        if isinstance(self.tasks, str):  # tuple("gsm8k") would be five one-letter tasks
+            raise TypeError(
+                f"mtgrpo.tasks must be a list of task names, got the string {self.tasks!r}; for one task write "
+                f"mtgrpo.tasks=[{self.tasks}]"
+            )
         if self.tasks is not None:
             names = list(self.tasks)
             if not names or len(set(names)) != len(names) or not all(isinstance(t, str) and t for t in names):
@@ -91,6 +97,27 @@ class MTGRPOSettings:
         v.real_in_range("mtgrpo.correct_reward", self.correct_reward)
         v.real_in_range("mtgrpo.poll_interval", self.poll_interval, 0.0, low_open=True)
         v.real_in_range("mtgrpo.round_timeout_s", self.round_timeout_s, 0.0, low_open=True)
+        num_tasks = 1 if self.tasks is None else len(self.tasks)
+        self.check_controller(batch_size=num_tasks, group_size=2)  # verl's B and N: check_trainer_config
+
+    def check_controller(self, batch_size: int, group_size: int) -> None:
+        """Build the method's rule with rule_kwargs and its sampler with the sampler settings once, as the replay
+        buffer will, so that what they refuse is refused before any worker starts, naming the key. When the
+        settings are built, verl's B and N are not known yet: B = K and N = 2 stand in, and check_trainer_config
+        checks again with data.train_batch_size and actor_rollout_ref.rollout.n."""
+        num_tasks = 1 if self.tasks is None else len(self.tasks)
+        rule_kwargs = dict(self.rule_kwargs)
+        try:
+            if "num_tasks" in rule_kwargs:
+                raise ValueError("num_tasks comes from the tasks, not from rule_kwargs")
+            parse_method(self.method).build_rule(num_tasks, **rule_kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"mtgrpo.rule_kwargs {rule_kwargs!r} (method {self.method!r}): {err}") from None
+        try:
+            Controller.from_method(self.method, num_tasks, batch_size, group_size, **self.sampler_overrides())
+        except (TypeError, ValueError) as err:
+            given = f" with mtgrpo.sampler {dict(self.sampler)!r}" if self.sampler else ""
+            raise ValueError(f"mtgrpo.method {self.method!r}{given} (B={batch_size}, N={group_size}): {err}") from None
 
     def sampler_overrides(self) -> dict[str, Any]:
         """SamplerConfig overrides: the given ones, and carry_over 0 where the method would carry over."""
@@ -147,6 +174,20 @@ def check_trainer_config(config: Any) -> None:
             f"trainer.v1.sampler.custom_sampler is (path={path!r}, name={name!r}); set path={BUFFER_PATH} and "
             f"name={BUFFER_NAME} (the mtgrpo_ppo config does)"
         )
+    group = get("mtgrpo")
+    batch_size, group_size = get("data.train_batch_size"), get("actor_rollout_ref.rollout.n")
+    if group is not None and isinstance(batch_size, int) and isinstance(group_size, int):
+        try:
+            settings = MTGRPOSettings.from_config(group)
+            tasks = len(settings.tasks or ())
+            if batch_size < tasks:
+                raise ValueError(
+                    f"data.train_batch_size={batch_size} is below the {tasks} tasks of mtgrpo.tasks: the per-task "
+                    "quotas do not fit; use data.train_batch_size >= the number of tasks"
+                )
+            settings.check_controller(batch_size, group_size)
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
     if problems:
         raise ValueError("verl config not usable with MT-GRPO:\n- " + "\n- ".join(problems))
 

@@ -196,14 +196,14 @@ def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray
     return np.minimum(m, max_inflation)
 
 
-def fill_cdf(
+def fill_pmf(
     deficit: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], width: int
 ) -> NDArray[np.float64]:
-    """P(accepted_k >= d_k | d_k + f requests) for f = 0..width-1, shape (K, width); every d_k >= 1.
+    """P(F_k = f) for f = 0..width-1, shape (K, width); every d_k >= 1 (`fill_cdf` sums it).
 
-    That is P(F_k <= f) with F_k the failures before the d_k-th acceptance, a beta-negative-binomial law with the
-    posterior's (alpha_k, beta_k): pmf(0) = B(a + d, c) / B(a, c), pmf(f + 1) / pmf(f) = (d + f)(c + f) /
-    ((f + 1)(a + d + c + f)).
+    F_k, the failures before the d_k-th acceptance, follows a beta-negative-binomial law with the posterior's
+    (alpha_k, beta_k): pmf(0) = B(a + d, c) / B(a, c), pmf(f + 1) / pmf(f) = (d + f)(c + f) / ((f + 1)(a + d + c + f)).
+    Row k's first w columns do not depend on `width` (every column >= w): a narrower grid is an exact prefix.
     """
     d = deficit.astype(np.float64)[:, None]
     a = alpha[:, None]
@@ -212,7 +212,18 @@ def fill_cdf(
     log_ratio = np.log((d + f) * (c + f) / ((f + 1.0) * (a + d + c + f)))
     log_pmf0 = betaln(a + d, c) - betaln(a, c)
     log_pmf = log_pmf0 + np.concatenate((np.zeros_like(d), np.cumsum(log_ratio, axis=1)), axis=1)
-    return np.asarray(np.cumsum(np.exp(log_pmf), axis=1))
+    return np.asarray(np.exp(log_pmf))
+
+
+def fill_cdf(
+    deficit: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], width: int
+) -> NDArray[np.float64]:
+    """P(accepted_k >= d_k | d_k + f requests) for f = 0..width-1, shape (K, width); every d_k >= 1.
+
+    That is P(F_k <= f) with F_k the failures before the d_k-th acceptance (`fill_pmf`). The sums run left to
+    right, so a narrower grid is an exact prefix of a wider one.
+    """
+    return np.asarray(np.cumsum(fill_pmf(deficit, alpha, beta, width), axis=1))
 
 
 def plan_requests(

@@ -55,7 +55,7 @@ class ExampleArgs:
     method: str = "mt-grpo:0.2"
     """controller method: mt-grpo:0.2 (paper), dapo, grpo, sec-dapo, ..."""
     seed: int = 0
-    """seed of the controller, data and TRL"""
+    """seed of the controller, data, TRL and (with --cpu-smoke) the tiny model's initial weights"""
     improvement: Literal["surrogate", "reward-change"] = "surrogate"
     """I_k: surrogate (Eq. 8, one extra forward pass) or reward-change"""
     improvement_reduce: Literal["mean", "sum"] | None = None
@@ -149,7 +149,7 @@ def run(a: ExampleArgs) -> int:
     }
     if a.cpu_smoke:
         tokenizer = build_char_tokenizer(string.printable)
-        model: Any = build_tiny_model(tokenizer)
+        model: Any = build_tiny_model(tokenizer, seed=a.seed)
         dataset = build_dataset(tasks, size=8, seed=a.seed, chat=False, cache_dir=a.cache_dir, suite=a.suite)
         n, per_device = 4, 4 * len(tasks)
         trl_settings: dict[str, Any] = {

@@ -64,6 +64,10 @@ def test_carried_groups_are_trained_once_within_the_bound_against_their_generati
     assert gap[stale > 0].min() > 1e-4  # a carried one is measured against the policy one update earlier
     logged = [h for h in run.state.log_history if "loss" in h]
     assert [h["mtgrpo/carried_groups"] for h in logged] == [float(b.report.carried_counts.sum()) for b in batches]
+    for h, b in zip(logged, batches, strict=True):  # a task trained only from carried groups is flagged
+        only = (b.report.realized_counts > 0) & (b.report.generated == 0)
+        assert [h[f"mtgrpo/carried_only/{n}"] for n in run.task_names] == only.astype(float).tolist()
+        assert h["mtgrpo/carried_only_step"] == float(b.report.generated.sum() == 0)
 
 
 def test_resume_restores_the_kept_rows_and_continues_exactly(run: RatioRecorder, tmp_path: Path) -> None:

@@ -63,6 +63,24 @@ def test_per_task_eval_metrics_in_a_run(tmp_path: Path) -> None:
     assert all("mtgrpo/reward/easy" in h and not any(k.startswith("eval_") for k in h) for h in train)
 
 
+def test_each_eval_set_of_a_dict_logs_under_its_own_prefix(tmp_path: Path) -> None:
+    sets = {"first": toy_dataset(("easy",), rows=4), "second": toy_dataset(("mid",), rows=4)}
+    trainer = make_trainer(
+        tmp_path,
+        eval_dataset=sets,  # type: ignore[arg-type]
+        max_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_eval_batch_size=8,
+    )
+    trainer.train()
+    metrics = {k: v for h in trainer.state.log_history for k, v in h.items() if k.startswith("eval_")}
+    assert {"eval_first_mtgrpo/reward/easy", "eval_second_mtgrpo/reward/mid"} <= set(metrics)
+    assert not [k for k in metrics if k.startswith("eval_mtgrpo/")]  # no shared key that both sets would write
+    assert not [k for k in metrics if k.startswith("eval_first_") and k.endswith("/mid")]
+    assert not [k for k in metrics if k.startswith("eval_second_") and k.endswith("/easy")]
+
+
 def test_eval_dataset_without_task_column_or_with_other_tasks_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"eval_dataset has no task column 'task'.*per-task eval"):
         make_trainer(tmp_path, eval_dataset=toy_dataset().remove_columns("task"))

@@ -34,6 +34,12 @@ def test_history_is_kept_prompts_are_skipped_and_stand_ins_reach_the_signals(tmp
     stand_ins = [rollouts - GROUP * groups for rollouts, groups in trainer.counts]
     assert min(stand_ins) >= 0 and sum(stand_ins) > 0, "no prompt was skipped: the test shows nothing"
     assert all(s % GROUP == 0 for s in stand_ins)  # each skipped prompt stands in as one group of N rollouts
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    names = trainer.task_names
+    skipped = [sum(h[f"mtgrpo/skipped_prompts/{n}"] for n in names) for h in logged]
+    assert all(sk * GROUP >= s for sk, s in zip(skipped, stand_ins, strict=True))  # stand-ins only for skipped ones
+    shares = [h.get(f"mtgrpo/stand_in_share/{n}", 0.0) for h in logged for n in names]
+    assert all(0.0 <= x < 1.0 for x in shares) and max(shares) > 0.0
     pool = trainer.prompt_pool
     assert pool.history is not None and pool.selection is not None and pool.selection.filtering == "strict"
     seen = pool.history.outcome != 0  # 0: never reported

@@ -278,3 +278,13 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple, np.ndarray)):
         return bool(np.array_equal(np.asarray(a), np.asarray(b)))
     return bool(a == b)
+
+
+def test_the_tiny_model_seed_fixes_its_weights_and_leaves_the_global_generator() -> None:
+    tokenizer = build_char_tokenizer(LETTERS)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first, again, other = (build_tiny_model(tokenizer, seed=s) for s in (7, 7, 8))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is untouched
+    weights = [m.transformer.wte.weight for m in (first, again, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])

@@ -2,12 +2,14 @@
 
 During `trainer.evaluate()` every scored eval rollout (TRL's gathered rewards, combined with the reward weights)
 is kept with its task; at the end of the pass one `StepFacts` of all of them goes through `step_signals`, so the
-eval reward J_k and accuracy are defined exactly as the training ones (docs/signals.md). They are logged as
-`eval_mtgrpo/reward/<task>` and `eval_mtgrpo/accuracy/<task>` (TRL prefixes its eval metrics with `eval_`).
+eval reward J_k and accuracy are defined exactly as the training ones (docs/signals.md). They join the evaluation's
+own metrics under its `metric_key_prefix`: `eval_mtgrpo/reward/<task>` and `eval_mtgrpo/accuracy/<task>`, or
+`eval_<name>_mtgrpo/...` for each set of a dict of eval datasets.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,12 +59,15 @@ class EvalSignals:
         self._tasks.append(tasks[keep])
         self._rewards.append(rewards[keep])
 
-    def log_into(self, metrics: Any) -> None:
-        """Append this pass's per-task reward and accuracy (tasks without a scored rollout are left out)."""
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """This pass's per-task reward and accuracy as `{prefix}_mtgrpo/...` (tasks without a scored rollout are
+        left out)."""
         tasks, rewards = np.concatenate([np.zeros(0, np.int64), *self._tasks]), np.concatenate([[], *self._rewards])
         self.reset()
         if tasks.size == 0:
-            return
+            return {}
         facts = StepFacts(rollout_task=tasks, rollout_reward=rewards)
         signals = step_signals(facts, len(self.task_names), correct_reward=self.correct_reward)
-        log_signals(metrics, self.task_names, signals)
+        logged: dict[str, list[float]] = defaultdict(list)
+        log_signals(logged, self.task_names, signals)
+        return {f"{prefix}_{key}": values[0] for key, values in logged.items() if np.isfinite(values[0])}

@@ -39,4 +39,5 @@ def draw(
     task, reward = picked.stand_ins(group_size, correct_reward)
     data.stand_in_task.append(task)
     data.stand_in_reward.append(reward)
+    data.skipped_task.append(picked.skipped_tasks)
     return picked.rows, picked.tasks

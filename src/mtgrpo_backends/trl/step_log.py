@@ -1,5 +1,6 @@
 """What the TRL backend logs: per-task weights, filter rates and shares of each batch conversation; rounds and
-generation; a warning when the round budget runs out; per-task signals (train and eval), absent values left out."""
+generation; tasks trained only from carried groups; prompts skipped and the stand-ins' share of J_k; a warning when
+the round budget runs out; per-task signals (train and eval), absent values left out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.sampler import BatchReport
@@ -34,6 +36,11 @@ def log_batch(
         metrics[f"mtgrpo/filtered_ratio/{name}"].append(float(filtered[k]))
         metrics[f"mtgrpo/batch_share/{name}"].append(float(report.realized_shares[k]))
         metrics[f"mtgrpo/barren/{name}"].append(float(k in report.barren_tasks))
+    if report.carried_counts is not None:  # trained only from carried groups: J_k is the last measured one
+        carried_only = (report.realized_counts > 0) & (report.generated == 0)
+        for k, name in enumerate(task_names):
+            metrics[f"mtgrpo/carried_only/{name}"].append(float(carried_only[k]))
+        metrics["mtgrpo/carried_only_step"].append(float(report.generated.sum() == 0))
     metrics["mtgrpo/rounds"].append(float(report.rounds))
     metrics["mtgrpo/generated_groups"].append(float(report.generated.sum()))
     metrics["mtgrpo/generated_rollouts"].append(float(report.generated.sum() * rollouts_per_group))
@@ -50,6 +57,24 @@ def log_batch(
             int(report.realized_counts.sum()) + shortfall,
             [task_names[k] for k in report.short_tasks],
         )
+
+
+def log_selection(
+    metrics: Any,
+    task_names: Sequence[str],
+    skipped_task: NDArray[np.int64],
+    rollout_task: NDArray[np.int64],
+    fresh: int,
+) -> None:
+    """Per task: prompts the pool passed over this step, and the share of the task's rollouts in J_k that are
+    stand-ins for them (the rollouts after the first `fresh` of rollout_task; docs/selective.md)."""
+    k = len(task_names)
+    skipped = np.bincount(skipped_task, minlength=k)
+    total = np.bincount(rollout_task, minlength=k)
+    stand_ins = np.bincount(rollout_task[fresh:], minlength=k)
+    for j, name in enumerate(task_names):
+        metrics[f"mtgrpo/skipped_prompts/{name}"].append(float(skipped[j]))
+        metrics[f"mtgrpo/stand_in_share/{name}"].append(float(stand_ins[j] / total[j]) if total[j] else math.nan)
 
 
 def log_signals(

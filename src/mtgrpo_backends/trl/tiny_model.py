@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -24,9 +25,15 @@ def build_char_tokenizer(characters: str = string.printable) -> PreTrainedTokeni
 
 
 def build_tiny_model(
-    tokenizer: PreTrainedTokenizerFast, n_layer: int = 2, n_embd: int = 64, n_head: int = 2, n_positions: int = 2048
+    tokenizer: PreTrainedTokenizerFast,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 2,
+    n_positions: int = 2048,
+    seed: int | None = None,
 ) -> GPT2LMHeadModel:
-    """A randomly initialised GPT-2 (no dropout) sized for `tokenizer`."""
+    """A randomly initialised GPT-2 (no dropout) sized for `tokenizer`; `seed` fixes its initial weights (None:
+    torch's global generator as it stands), leaving the global generator untouched."""
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_layer=n_layer,
@@ -40,4 +47,8 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
+    if seed is None:
+        return GPT2LMHeadModel(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)

@@ -35,7 +35,7 @@ from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
 from mtgrpo_backends.trl.prompt_source import build_pool, draw
 from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
-from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_signals
+from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_selection, log_signals
 from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, with_stand_ins
 from mtgrpo_core.sampler import Batch
 
@@ -285,7 +285,12 @@ class MTGRPOTrainer(GRPOTrainer):
             rows[:, 1],
             np.asarray(batch.keys, dtype=np.int64),
         )
-        self._pending = PendingStep(with_stand_ins(facts, data.stand_in_task, data.stand_in_reward))
+        facts = with_stand_ins(facts, data.stand_in_task, data.stand_in_reward)
+        if self.prompt_pool.selection is not None:
+            skipped = np.concatenate([np.zeros(0, np.int64), *data.skipped_task])
+            fresh = len(data.group_task) * self._group_size
+            log_selection(self._metrics["train"], self.task_names, skipped, np.asarray(facts.rollout_task), fresh)
+        self._pending = PendingStep(facts)
 
     # -- the improvement signal I_k (Eq. 8) -----------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -351,12 +356,20 @@ class MTGRPOTrainer(GRPOTrainer):
         log_signals(self._metrics["train"], self.task_names, self.controller.last_signals, self._reward_change is None)
 
     # -- evaluation and logs --------------------------------------------------------------------------------
-    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
-        """TRL's evaluation, then the per-task eval reward and accuracy of all its rollouts (eval_mtgrpo/...)."""
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """TRL's evaluation, then the per-task eval reward and accuracy of all its rollouts in its metrics, under
+        its prefix (`eval_mtgrpo/...`; `eval_<set>_mtgrpo/...` for each of a dict of eval datasets)."""
         self._eval_signals.reset()
-        output = super().evaluation_loop(*args, **kwargs)
-        self._eval_signals.log_into(self._metrics["eval"])
-        return output
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        per_task = self._eval_signals.metrics(metric_key_prefix)
+        return output._replace(metrics={**(output.metrics or {}), **per_task})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         drop_absent(self._metrics["train" if self._training() else "eval"])  # no None for an absent value

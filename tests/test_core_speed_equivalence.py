@@ -94,8 +94,8 @@ def _posterior(rng: np.random.Generator, k: int) -> tuple[NDArray[np.float64], N
 def _case(
     rng: np.random.Generator,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], float, NDArray[np.int64]]:
-    k = int(rng.choice([1, 2, 3, 9, 20, 60]))
-    top = int(rng.choice([3, 30, 120, 400]))
+    k = int(rng.choice([1, 2, 3, 9, 20, 60, 300]))
+    top = int(rng.choice([3, 10, 30] if k == 300 else [3, 30, 120, 400]))
     deficit = rng.integers(0, top + 1, k).astype(np.int64)
     deficit[rng.random(k) < 0.2] = 0
     alpha, beta = _posterior(rng, k)

@@ -25,49 +25,85 @@ from mtgrpo_core.acceptance import BetaFilterRate, fill_pmf
 from mtgrpo_core.planners import PosteriorPlanner, register_planner
 
 _LOG_NEVER = -1e6  # log-probabilities below this (probability 0 in float64) are held here: differences stay finite
-_FIRST_WIDTH = 64  # grid columns tried first; a task whose fill probability has not settled gets 4x more
 _SETTLED_PMF = 2.0**-55  # under half an ulp of any CDF value >= 0.5: adding such a term leaves the CDF unchanged
 _SCALE_LIMIT = 5e13  # a + d + c + span up to this keeps the tail's pmf ratio below 1 by far more than rounding
+_ROUNDING = 2.0**-51  # 4 units in the last place: room for the rounding of a sum of n terms, per term
 
 
 class _FillGrid:
-    """log P(fill_k | d_k + f requests), f = 0..w-1, of a group of tasks (`rows` index the planner's tasks). Past
-    column w - 1 a row is constant or past its task's span, so the grid stands for the full (K, max span + 1) one."""
+    """log P(fill_k | d_k + f requests), f = 0..w-1, of some tasks (`rows` index the planner's tasks)."""
 
     def __init__(self, rows: NDArray[np.int64], logp: NDArray[np.float64]) -> None:
         self.rows = rows
         self.logp = logp
+        self.gains = np.minimum.accumulate(np.diff(logp, axis=1), axis=1)  # non-increasing marginal gains
 
 
-def _fill_grids(
-    d: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], span: NDArray[np.int64]
-) -> list[_FillGrid]:
-    """The clipped log fill probabilities of every task on grids just wide enough: a task's row stops at its span
-    or where its CDF can no longer change in float64 (exactly the values a full-width grid would hold).
+class _FillTable:
+    """The clipped log fill probabilities of every task, each row only as wide as the plan needs, in grids of
+    tasks computed alike: exactly the values a full (K, max span + 1) table would hold, where they are read.
 
-    The CDF is a left-to-right sum of the pmf (`fill_pmf`); once it is >= 1 it is clipped to 1, and once it is
+    A row is complete at its span or where its CDF can no longer change in float64: the CDF is a left-to-right
+    sum of the pmf (`fill_pmf`; a narrower grid is an exact prefix); once >= 1 it is clipped to 1, and once it is
     >= 0.5 with a pmf term <= 2^-55 past the pmf's mode (ratio (d+f)(c+f) / ((f+1)(a+d+c+f)) < 1 with room for
-    rounding: (f+1)(a+1) >= 2(d-1)(c-1) and a+d+c+span <= 5e13), every later term is under half an ulp of the CDF
-    and the sum stays as it is.
+    rounding: (f+1)(a+1) >= 2(d-1)(c-1) and a+d+c+span <= 5e13), every later term is under half an ulp of the CDF.
+    An incomplete row's later gains are at most its last one (they do not increase).
     """
-    grids: list[_FillGrid] = []
-    todo = np.arange(d.shape[0])
-    width = _FIRST_WIDTH
-    while todo.size:
-        w = min(width, int(span[todo].max()) + 1)
-        dt, at, ct = d[todo], alpha[todo], beta[todo]
-        pmf = fill_pmf(dt, at, ct, w)
+
+    def __init__(
+        self, d: NDArray[np.int64], alpha: NDArray[np.float64], beta: NDArray[np.float64], span: NDArray[np.int64]
+    ) -> None:
+        self.d, self.alpha, self.beta, self.span = d, alpha, beta, span
+        n = d.shape[0]
+        self.grids: list[_FillGrid] = []
+        self.grid_of = np.zeros(n, dtype=np.int64)
+        self.width = np.zeros(n, dtype=np.int64)
+        self.complete = np.zeros(n, dtype=np.bool_)
+        # first width: about twice the mean failures before filling (d c / a), at least 16 columns
+        failures = np.minimum(d * beta / alpha, span)
+        self.grow(np.arange(n), 16 * 2 ** max(math.ceil(math.log2(1.0 + float(failures.mean()) / 8.0)), 0))
+
+    def grow(self, tasks: NDArray[np.int64], width: int) -> None:
+        """Recompute `tasks` on `width` columns (at most their largest span + 1)."""
+        span = self.span[tasks]
+        w = min(width, int(span.max()) + 1)
+        d, a, c = self.d[tasks], self.alpha[tasks], self.beta[tasks]
+        pmf = fill_pmf(d, a, c, w)
         cdf = np.cumsum(pmf, axis=1)
         with np.errstate(divide="ignore"):
             logp = np.maximum(np.log(np.minimum(cdf, 1.0)), _LOG_NEVER)
-        df, last = dt.astype(np.float64), cdf[:, -1]
-        past_mode = (w * (at + 1.0) >= 2.0 * (df - 1.0) * (ct - 1.0)) & (at + df + ct + span[todo] <= _SCALE_LIMIT)
+        df, last = d.astype(np.float64), cdf[:, -1]
+        past_mode = (w * (a + 1.0) >= 2.0 * (df - 1.0) * (c - 1.0)) & (a + df + c + span <= _SCALE_LIMIT)
         settled = (last >= 1.0) | ((last >= 0.5) & (pmf[:, -1] <= _SETTLED_PMF) & past_mode)
-        done = (span[todo] < w) | settled
-        grids.append(_FillGrid(todo[done], logp[done]))
-        todo = todo[~done]
-        width *= 4
-    return grids
+        self.grid_of[tasks] = len(self.grids)
+        self.grids.append(_FillGrid(tasks, logp))
+        self.width[tasks] = w
+        self.complete[tasks] = (span < w) | settled
+
+    def finish(self, tasks: NDArray[np.int64]) -> None:
+        """Grow `tasks` until every row is complete."""
+        tasks = tasks[~self.complete[tasks]]
+        while tasks.size:
+            self.grow(tasks, 4 * int(self.width[tasks].max()))
+            tasks = tasks[~self.complete[tasks]]
+
+    def current(self) -> list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]]:
+        """(rows, logp, gains) of every grid, rows recomputed since left out."""
+        out = []
+        for i, g in enumerate(self.grids):
+            live = self.grid_of[g.rows] == i
+            if live.all():
+                out.append((g.rows, g.logp, g.gains))
+            elif live.any():
+                out.append((g.rows[live], g.logp[live], g.gains[live]))
+        return out
+
+    def column(self, col: NDArray[np.int64]) -> NDArray[np.float64]:
+        """logp of each task at column min(col_k, its last computed column)."""
+        out = np.empty(self.d.shape[0])
+        for rows, logp, _ in self.current():
+            out[rows] = logp[np.arange(rows.size), np.minimum(col[rows], logp.shape[1] - 1)]
+        return out
 
 
 def joint_requests(
@@ -78,74 +114,103 @@ def joint_requests(
     max_per_task: NDArray[np.int64],
 ) -> NDArray[np.int64]:
     """Requests r (K,) with prod_k P(fill_k | r_k) >= confidence at (near) the smallest total; tasks without a
-    deficit get 0; r_k never exceeds max_per_task[k] (nor falls below deficit_k)."""
+    deficit get 0; r_k never exceeds max_per_task[k] (nor falls below deficit_k). alpha, beta: finite, > 0."""
     r = np.zeros_like(deficit)
     need = np.flatnonzero(deficit > 0)
     if need.size == 0:
         return r
     d, cap = deficit[need], np.maximum(max_per_task[need], deficit[need])
     span = cap - d
-    grids = _fill_grids(d, alpha[need], beta[need], span)
-    first = np.empty(need.size)
-    at_cap = np.empty(need.size)
-    for g in grids:
-        first[g.rows] = g.logp[:, 0]
-        at_cap[g.rows] = g.logp[np.arange(g.rows.size), np.minimum(span[g.rows], g.logp.shape[1] - 1)]
+    table = _FillTable(d, alpha[need], beta[need], span)
     goal = math.log(confidence)
     # Tasks that cannot complete with the others in this round even at their caps need more rounds whatever the
     # others do: the most likely-to-fill tasks whose at-cap probabilities still multiply to `confidence` form the
-    # joint constraint; the rest get their caps.
-    likeliest = np.argsort(-at_cap, kind="stable")
-    hopeless = np.ones(need.size, dtype=np.bool_)
-    hopeless[likeliest[np.cumsum(at_cap[likeliest]) >= goal]] = False
+    # joint constraint; the rest get their caps. (When even lower bounds of the at-cap probabilities, those at
+    # the last computed columns, meet the goal with room for rounding, every task is in the constraint.)
+    hopeless = np.zeros(need.size, dtype=np.bool_)
+    lower = table.column(span)
+    if table.complete.all() or float(lower.sum()) - need.size * _ROUNDING * float(np.abs(lower).sum()) < goal:
+        table.finish(np.arange(need.size))
+        at_cap = table.column(span)
+        likeliest = np.argsort(-at_cap, kind="stable")
+        hopeless = np.ones(need.size, dtype=np.bool_)
+        hopeless[likeliest[np.cumsum(at_cap[likeliest]) >= goal]] = False
     best = np.where(hopeless, span, 0).astype(np.int64)
-    target = goal - float(first[~hopeless].sum())
+    target = goal - float(table.column(np.zeros_like(span))[~hopeless].sum())
     if target > 0:
-        best = best + _greedy_increments(grids, span, hopeless, target)
+        best = best + _greedy_increments(table, hopeless, target)
     r[need] = d + best
     return r
 
 
-def _greedy_increments(
-    grids: list[_FillGrid], span: NDArray[np.int64], hopeless: NDArray[np.bool_], target: float
-) -> NDArray[np.int64]:
+def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: float) -> NDArray[np.int64]:
     """Extra requests per task: the largest marginal gains first until they add up to `target` (all of them when
     they never do).
 
     Marginal gains of one more prompt per task, made non-increasing (a lower bound on the true gains), so taking
     the largest gains first takes each task's increments in order: greedy is exact for concave log P_k and
     conservative (the joint probability only exceeds the goal) where it is not concave. Ties go to the lower task,
-    then the lower increment. A gain of 0 stays 0 for the task's later increments (non-increasing, and a row past
-    its grid is constant): only positive gains can count before the goal is met.
+    then the lower increment. Only the gains >= a threshold whose gains reach the goal are sorted (the first cells
+    of the order over all gains); a row not computed that far grows first. A gain of 0 stays 0 for the task's
+    later increments: only positive gains can count before the goal is met.
     """
-    n = span.shape[0]
-    usable = np.zeros(n, dtype=np.int64)  # finite gains within the span: what each task takes if the goal is missed
-    task_parts, step_parts, gain_parts = [], [], []
-    for g in grids:
-        w = g.logp.shape[1]
-        if w < 2:
-            usable[g.rows] = np.where(hopeless[g.rows], 0, span[g.rows])
-            continue
-        gains = np.minimum.accumulate(np.diff(g.logp, axis=1), axis=1)
-        valid = (np.arange(1, w)[None, :] <= span[g.rows][:, None]) & ~hopeless[g.rows][:, None]
-        beyond = np.maximum(span[g.rows] - (w - 1), 0)  # past the grid: gains of exactly 0
-        usable[g.rows] = (valid & np.isfinite(gains)).sum(axis=1) + np.where(hopeless[g.rows], 0, beyond)
-        row, step = np.nonzero(valid & (gains > 0))
-        task_parts.append(g.rows[row])
-        step_parts.append(step)
-        gain_parts.append(gains[row, step])
-    if not task_parts:
-        return usable
-    task, step, gain = (np.concatenate(p) for p in (task_parts, step_parts, gain_parts))
-    if len(grids) > 1:  # one grid lists its cells by task, then increment, already
-        by_cell = np.lexsort((step, task))
-        task, gain = task[by_cell], gain[by_cell]
-    order = np.argsort(-gain, kind="stable")
-    taken = np.cumsum(gain[order])
-    count = int(np.searchsorted(taken, target)) + 1  # the fewest increments reaching the goal
-    if count > taken.size:
-        return usable
-    return np.bincount(task[order[:count]], minlength=n).astype(np.int64)
+    span = table.span
+    while True:
+        cells = []
+        for rows, logp, gains in table.current():
+            valid = (np.arange(1, logp.shape[1])[None, :] <= span[rows][:, None]) & ~hopeless[rows][:, None]
+            cells.append((rows, gains, valid & (gains > 0), valid))
+        positive = np.concatenate([gains[mask] for _, gains, mask, _ in cells])
+        grown = False
+        for threshold in _thresholds(positive, target):
+            short = np.zeros(span.shape[0], dtype=np.bool_)  # incomplete rows whose next gains may pass it
+            for rows, gains, _, _ in cells:
+                if gains.shape[1]:
+                    short[rows] = ~table.complete[rows] & ~hopeless[rows] & (gains[:, -1] > 0)
+                    short[rows] &= gains[:, -1] >= threshold
+            if short.any():
+                tasks = np.flatnonzero(short)
+                table.grow(tasks, 4 * int(table.width[tasks].max()))
+                grown = True
+                break
+            task_parts, step_parts, gain_parts = [], [], []
+            for rows, gains, mask, _ in cells:
+                row, step = np.nonzero(mask & (gains >= threshold)) if threshold > 0 else np.nonzero(mask)
+                task_parts.append(rows[row])
+                step_parts.append(step)
+                gain_parts.append(gains[row, step])
+            task, step, gain = (np.concatenate(p) for p in (task_parts, step_parts, gain_parts))
+            if len(cells) > 1:  # one grid lists its cells by task, then increment, already
+                by_cell = np.lexsort((step, task))
+                task, gain = task[by_cell], gain[by_cell]
+            order = np.argsort(-gain, kind="stable")
+            taken = np.cumsum(gain[order])
+            count = int(np.searchsorted(taken, target)) + 1  # the fewest increments reaching the goal
+            if count <= taken.size:
+                return np.bincount(task[order[:count]], minlength=span.shape[0]).astype(np.int64)
+        if not grown:
+            break
+    # the goal is out of reach: every task in the constraint takes all its finite gains (0 past its grid)
+    usable = np.zeros(span.shape[0], dtype=np.int64)
+    for rows, gains, _, valid in cells:
+        beyond = np.maximum(span[rows] - gains.shape[1], 0)
+        usable[rows] = (valid & np.isfinite(gains)).sum(axis=1) + np.where(hopeless[rows], 0, beyond)
+    return usable
+
+
+_SORT_ALL = 4096  # up to this many positive gains, sort them all
+
+
+def _thresholds(positive: NDArray[np.float64], target: float) -> list[float]:
+    """Gain thresholds to try in turn: the m-th largest gain for the first m = 1024, 4096, ... whose m largest
+    gains add up to `target` with room for rounding, then 0 (every positive gain)."""
+    m = 1024
+    while positive.size > _SORT_ALL and m < positive.size:
+        top = np.partition(positive, positive.size - m)[positive.size - m :]
+        if float(top.sum()) >= target * (1.0 + 1e-9):
+            return [float(top.min()), 0.0]
+        m *= 4
+    return [0.0]
 
 
 class JointPlanner(PosteriorPlanner):

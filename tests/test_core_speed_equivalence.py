@@ -7,15 +7,19 @@ fuzz loops (seeded) require identical outputs over thousands of random inputs, e
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from scipy.special import betaln
 
-from mtgrpo_core import Controller, StepFacts, joint_planner
+from mtgrpo_core import Controller, StepFacts, checks, joint_planner
+from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.acceptance import fill_cdf
 from mtgrpo_core.joint_planner import joint_requests
+from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.weighting_rules import IWURule
 
 # --- references: the code as it was before the rewrite ---------------------------------------------------------
 
@@ -168,3 +172,88 @@ def test_fill_cdf_is_unchanged(seed: int) -> None:
         got = fill_cdf(deficit[need], alpha[need], beta[need], width)
         want = _reference_fill_cdf(deficit[need], alpha[need], beta[need], width)
         assert np.array_equal(got, want, equal_nan=True)
+
+
+# --- the IWU rule's steps (the rule's own state no longer re-checked at every call) ------------------------------
+
+
+def _reference_iwu_update_minibatches(rule: IWURule, signals: TaskSignals, improvements: np.ndarray) -> np.ndarray:
+    """IWURule.update_minibatches as it was: every step through the checked public functions."""
+    s = signals
+    rows = np.asarray(improvements, dtype=np.float64)
+    reward, scored, average = rule.reward_term.evaluate(s)
+    checks.finite_array("improvements at present tasks", rows[:, s.present])
+    if not s.present.any():
+        return rule.weights
+    logits, adam = rule._logits, rule._adam
+    for improvement in np.where(s.present, rows, 0.0):
+        if rule.improvement_clip is not None:
+            improvement = np.clip(improvement, -rule.improvement_clip, rule.improvement_clip)
+        score = wf.iwu_score(improvement, reward, rule.lam)
+        g = _ref_finite("gradient", wf.iwu_gradient(wf.stable_softmax(logits), score, scored))
+        if rule.optimizer == "sgd":
+            logits = wf.regularised_step(logits, g, rule.lr, rule.lr * rule.weight_decay)
+        else:
+            decoupled = not rule.coupled_decay
+            logits, adam = wf.adamw_step(logits, g, adam, rule.lr, rule.weight_decay, decoupled=decoupled)
+        logits = _ref_finite("logits", logits)
+    rule._logits, rule._adam = logits, adam
+    rule.reward_term.commit(average)
+    rule._z = wf.stable_softmax(rule._logits)
+    return rule.weights
+
+
+def _ref_finite(name: str, arr: np.ndarray) -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            f"this step would make the {name} non-finite: the signals are too large for float64 "
+            "(keep |reward|, |improvement| below about 1e307); the rule was left unchanged"
+        )
+    return arr
+
+
+def _outcome(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except (TypeError, ValueError) as err:
+        return (type(err), str(err))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iwu_rule_steps_exactly_as_before(seed: int) -> None:
+    rng = np.random.default_rng([19, 10, seed])
+    for _ in range(150):
+        k = int(rng.choice([1, 3, 9, 40]))
+        options = {
+            "lam": float(rng.choice([0.0, 0.2, 3.0])),
+            "lr": float(rng.choice([0.025, 1.0, 40.0])),
+            "optimizer": str(rng.choice(["adamw", "sgd"])),
+            "weight_decay": float(rng.choice([0.0, 1e-5, 0.01])),
+            "improvement_clip": None if rng.random() < 0.3 else float(rng.choice([0.2, 5.0])),
+            "coupled_decay": bool(rng.random() < 0.3),
+            "reward_signal": str(rng.choice(["reward", "accuracy_ema"])),
+        }
+        options["score_absent"] = options["reward_signal"] == "accuracy_ema" and bool(rng.random() < 0.5)
+        new, old = IWURule(k, **options), IWURule(k, **options)
+        scale = float(rng.choice([1.0, 1e3, 1e150, 1e306, 5e307]))
+        for _ in range(6):
+            present = rng.random(k) < 0.8
+            accuracy = np.where(present, rng.random(k), np.nan)
+            with np.errstate(over="ignore"):
+                reward = np.where(present, np.clip(rng.normal(size=k) * scale, -1.7e308, 1.7e308), np.nan)
+                rows = np.clip(rng.normal(size=(int(rng.integers(1, 4)), k)) * scale, -1.7e308, 1.7e308)
+            rows[:, ~present] = np.nan
+            signals = TaskSignals.build(reward=reward, present=present, improvement=rows[0], accuracy=accuracy)
+            batch = rows[:1] if rng.random() < 0.5 else rows
+            with np.errstate(over="ignore", invalid="ignore"):
+                got = _outcome(
+                    partial(new.update, signals)
+                    if batch.shape[0] == 1
+                    else partial(new.update_minibatches, signals, batch)
+                )
+                want = _outcome(partial(_reference_iwu_update_minibatches, old, signals, batch))
+            if isinstance(want, tuple):
+                assert got == want
+            else:
+                assert np.array_equal(got, want)
+            assert new.state_dict() == old.state_dict()

@@ -59,9 +59,9 @@ class _FillTable:
         self.grid_of = np.zeros(n, dtype=np.int64)
         self.width = np.zeros(n, dtype=np.int64)
         self.complete = np.zeros(n, dtype=np.bool_)
-        # first width: about twice the mean failures before filling (d c / a), at least 16 columns
+        # first width: about four times the mean failures before filling (d c / a), at least 16 columns
         failures = np.minimum(d * beta / alpha, span)
-        self.grow(np.arange(n), 16 * 2 ** max(math.ceil(math.log2(1.0 + float(failures.mean()) / 8.0)), 0))
+        self.grow(np.arange(n), 16 * 2 ** max(math.ceil(math.log2(1.0 + float(failures.mean()) / 4.0)), 0))
 
     def grow(self, tasks: NDArray[np.int64], width: int) -> None:
         """Recompute `tasks` on `width` columns (at most their largest span + 1)."""

@@ -31,6 +31,11 @@ def stable_softmax(logits: ArrayLike, temperature: float = 1.0) -> NDArray[np.fl
     if xi.size == 0:
         raise ValueError("logits must have at least one entry, got an empty vector")
     t = v.real_in_range("temperature", temperature, 0.0, low_open=True)
+    return _softmax(xi, t)
+
+
+def _softmax(xi: NDArray[np.float64], t: float = 1.0) -> NDArray[np.float64]:
+    """`stable_softmax` of checked arguments (finite float64 logits, t > 0): the rules' own state."""
     # The shift can only overflow towards -inf, whose exp is 0; the maximum entry maps to exp(0) = 1.
     with np.errstate(over="ignore"):
         e = np.exp((xi - xi.max()) / t)
@@ -58,7 +63,13 @@ def _centred_gradient(
     if u.shape != z.shape:
         raise ValueError(f"{values_name} must have shape {z.shape} (one per task), got {u.shape}")
     mask = _present_mask(present, z.shape[0])
-    u_present = v.finite_array(f"{values_name} at present tasks", u[mask])
+    v.finite_array(f"{values_name} at present tasks", u[mask])
+    return _centred(z, u, mask)
+
+
+def _centred(z: NDArray[np.float64], u: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """`_centred_gradient` of checked arguments: z on the simplex, u (K,) finite where mask (bool (K,))."""
+    u_present = u[mask]
     g = np.zeros_like(z)
     total = float(z[mask].sum())
     if total > 0.0:
@@ -108,6 +119,11 @@ def regularised_step(logits: ArrayLike, grad: ArrayLike, lr: float, eta: float) 
     xi, g = _logits_and_grad(logits, grad)
     beta = v.real_in_range("lr", lr, 0.0, low_open=True)
     eta_ = v.real_in_range("eta", eta, 0.0, 1.0, high_open=True)
+    return _regularised(xi, g, beta, eta_)
+
+
+def _regularised(xi: NDArray[np.float64], g: NDArray[np.float64], beta: float, eta_: float) -> NDArray[np.float64]:
+    """`regularised_step` of checked arguments (finite xi and g of one shape, beta > 0, eta in [0, 1))."""
     return np.asarray(xi - beta * g - eta_ * xi, dtype=np.float64)
 
 
@@ -149,11 +165,7 @@ def adamw_step(
     Returns the new logits and the new state; the inputs are not modified.
     """
     xi, g = _logits_and_grad(logits, grad)
-    lr_ = v.real_in_range("lr", lr, 0.0, low_open=True)
-    wd = v.real_in_range("weight_decay", weight_decay, 0.0)
-    b1 = v.real_in_range("betas[0]", betas[0], 0.0, 1.0, high_open=True)
-    b2 = v.real_in_range("betas[1]", betas[1], 0.0, 1.0, high_open=True)
-    eps_ = v.real_in_range("eps", eps, 0.0, low_open=True)
+    lr_, wd, b1, b2, eps_ = _adamw_settings(lr, weight_decay, betas, eps)
     if not isinstance(state, AdamWState):
         raise TypeError(f"state must be an AdamWState, got {type(state).__name__}")
     for name, arr in (("state.exp_avg", state.exp_avg), ("state.exp_avg_rms", state.exp_avg_rms)):
@@ -161,6 +173,33 @@ def adamw_step(
             raise ValueError(f"{name} must have shape {xi.shape} like the logits, got {arr.shape}")
     if not isinstance(decoupled, bool):
         raise TypeError(f"decoupled must be a bool, got {v._show(decoupled)}")
+    return _adamw(xi, g, state, lr_, wd, b1, b2, eps_, decoupled)
+
+
+def _adamw_settings(
+    lr: float, weight_decay: float, betas: tuple[float, float] = ADAMW_BETAS, eps: float = ADAMW_EPS
+) -> tuple[float, float, float, float, float]:
+    """`adamw_step`'s scalar arguments, checked: (lr, weight_decay, beta1, beta2, eps)."""
+    lr_ = v.real_in_range("lr", lr, 0.0, low_open=True)
+    wd = v.real_in_range("weight_decay", weight_decay, 0.0)
+    b1 = v.real_in_range("betas[0]", betas[0], 0.0, 1.0, high_open=True)
+    b2 = v.real_in_range("betas[1]", betas[1], 0.0, 1.0, high_open=True)
+    eps_ = v.real_in_range("eps", eps, 0.0, low_open=True)
+    return lr_, wd, b1, b2, eps_
+
+
+def _adamw(
+    xi: NDArray[np.float64],
+    g: NDArray[np.float64],
+    state: AdamWState,
+    lr_: float,
+    wd: float,
+    b1: float,
+    b2: float,
+    eps_: float,
+    decoupled: bool,
+) -> tuple[NDArray[np.float64], AdamWState]:
+    """`adamw_step` of checked arguments (finite xi and g of the state's shape, settings from `_adamw_settings`)."""
     shrink = 1.0 - lr_ * wd
     if not decoupled:
         g, shrink = g + wd * xi, 1.0

@@ -142,7 +142,7 @@ class IWURule(_LogitRule):
         s = _checked_signals(signals, self._k)
         improvement = _required("improvement", s.improvement, "IWURule")
         v.finite_array("signals.improvement at present tasks", improvement[s.present])
-        return self.update_minibatches(s, improvement[None, :])
+        return self._steps(s, improvement[None, :], rows_checked=True)
 
     def update_minibatches(self, signals: TaskSignals, improvements: ArrayLike) -> NDArray[np.float64]:
         """One step on xi per row of improvements (M, K), in order: the reference code takes one weight update
@@ -153,27 +153,44 @@ class IWURule(_LogitRule):
         rows = v.as_float_array("improvements", improvements, ndim=2)
         if rows.shape[0] == 0 or rows.shape[1] != self._k:
             raise ValueError(f"improvements must have shape (M >= 1, {self._k}), got {rows.shape}")
+        return self._steps(s, rows, rows_checked=False)
+
+    def _steps(self, s: TaskSignals, rows: NDArray[np.float64], rows_checked: bool) -> NDArray[np.float64]:
+        """The steps of `update_minibatches` on checked signals and rows (M, K). The rule's own state (finite
+        logits and moments of shape (K,)) is not checked again; what a step computes (score, gradient, logits) is,
+        and the settings are, once, where the step first reads them."""
         reward, scored, average = self.reward_term.evaluate(s)
-        v.finite_array("improvements at present tasks", rows[:, s.present])
+        if not rows_checked:
+            v.finite_array("improvements at present tasks", rows[:, s.present])
         if not s.present.any():
             return self.weights
+        lam = v.real_in_range("lam", self.lam, 0.0)
+        settings: tuple[float, ...] | None = None
         logits, adam = self._logits, self._adam
         # Absent tasks trained no sample: I_k = 0 (their entries may be NaN; the gradient ignores them unless
         # score_absent, and then I_k = 0 is the reference code's value).
         for improvement in np.where(s.present, rows, 0.0):
             if self.improvement_clip is not None:
                 improvement = np.clip(improvement, -self.improvement_clip, self.improvement_clip)
-            score = wf.iwu_score(improvement, reward, self.lam)
-            g = _finite_or_refuse("gradient", wf.iwu_gradient(wf.stable_softmax(logits), score, scored))
+            score = np.asarray(improvement + lam * reward, dtype=np.float64)  # wf.iwu_score
+            z = wf._softmax(logits)
+            if not np.isfinite(score[scored]).all():
+                wf.iwu_gradient(z, score, scored)  # refuses the score, naming it
+            g = _finite_or_refuse("gradient", wf._centred(z, score, scored))
             if self.optimizer == "sgd":
-                logits = wf.regularised_step(logits, g, self.lr, self.lr * self.weight_decay)
+                if settings is None:
+                    lr = v.real_in_range("lr", self.lr, 0.0, low_open=True)
+                    settings = (lr, v.real_in_range("eta", self.lr * self.weight_decay, 0.0, 1.0, high_open=True))
+                logits = wf._regularised(logits, g, settings[0], settings[1])
             else:
-                decoupled = not self.coupled_decay
-                logits, adam = wf.adamw_step(logits, g, adam, self.lr, self.weight_decay, decoupled=decoupled)
+                if settings is None:
+                    settings = wf._adamw_settings(self.lr, self.weight_decay)
+                lr_, wd, b1, b2, eps = settings
+                logits, adam = wf._adamw(logits, g, adam, lr_, wd, b1, b2, eps, not self.coupled_decay)
             logits = _finite_or_refuse("logits", logits)
         self._logits, self._adam = logits, adam
         self.reward_term.commit(average)
-        self._z = wf.stable_softmax(self._logits)
+        self._z = wf._softmax(self._logits)
         return self.weights
 
     def _config(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 from numpy.typing import NDArray
 from scipy.special import betaln
 
-from mtgrpo_core import Controller, StepFacts, checks, joint_planner
+from mtgrpo_core import Controller, StepFacts, checks, joint_planner, signals
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.acceptance import fill_cdf
 from mtgrpo_core.joint_planner import joint_requests
@@ -257,3 +257,91 @@ def test_iwu_rule_steps_exactly_as_before(seed: int) -> None:
             else:
                 assert np.array_equal(got, want)
             assert new.state_dict() == old.state_dict()
+
+
+# --- per-task signals (derived values no longer re-checked) -------------------------------------------------------
+
+
+def _reference_per_task(name, values, task_ids, num_tasks):  # type: ignore[no-untyped-def]
+    k = checks.positive_int("num_tasks", num_tasks)
+    x = checks.finite_array(name, values, ndim=1)
+    ids = checks.task_ids("task_ids", task_ids, k)
+    checks.same_length(name, x, "task_ids", ids)
+    counts = np.bincount(ids, minlength=k).astype(np.int64)
+    sums = np.bincount(ids, weights=x, minlength=k)
+    means = np.full(k, np.nan)
+    np.divide(sums, counts, out=means, where=counts > 0)
+    return means, counts
+
+
+def _reference_task_accuracy(rewards, task_ids, num_tasks, correct_reward=1.0):  # type: ignore[no-untyped-def]
+    target = checks.real_in_range("correct_reward", correct_reward)
+    r = checks.finite_array("rewards", rewards, ndim=1)
+    return _reference_per_task("rewards", r == target, task_ids, num_tasks)[0]
+
+
+def _reference_task_improvement(before, after, task_ids, num_tasks, reduce="mean"):  # type: ignore[no-untyped-def]
+    b = checks.finite_array("before", before, ndim=1)
+    a = checks.finite_array("after", after, ndim=1)
+    checks.same_length("before", b, "after", a)
+    checks.choice("reduce", reduce, ("mean", "sum"))
+    improvement, counts = _reference_per_task("after - before", a - b, task_ids, num_tasks)
+    if reduce == "sum":
+        improvement = improvement * counts
+    return improvement
+
+
+def _reference_mean_abs(advantages, task_ids, num_tasks):  # type: ignore[no-untyped-def]
+    a = checks.finite_array("advantages", advantages, ndim=1)
+    return _reference_per_task("|advantages|", np.abs(a), task_ids, num_tasks)[0]
+
+
+def _same(got, want) -> bool:  # type: ignore[no-untyped-def]
+    if isinstance(want, tuple) and len(want) == 2 and isinstance(want[0], type):
+        return got == want
+    if isinstance(want, tuple):
+        return all(_same(g, w) for g, w in zip(got, want, strict=True))
+    return bool(np.array_equal(got, want, equal_nan=True))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_per_task_signals_and_their_refusals_are_exactly_as_before(seed: int) -> None:
+    rng = np.random.default_rng([19, 11, seed])
+    for _ in range(1500):
+        k = int(rng.choice([1, 3, 9, 50]))
+        n = int(rng.integers(0, 300))
+        ids: object = rng.integers(0, k, n)
+        values = rng.normal(size=n) * float(rng.choice([1.0, 1e300]))
+        with np.errstate(over="ignore"):
+            other = values + rng.normal(size=n) * float(rng.choice([1e-3, 1e307]))
+        bad = rng.integers(12)
+        if bad == 0 and n:  # a task id out of range
+            ids = np.where(rng.random(n) < 0.1, k, ids)
+        elif bad == 1 and n:
+            values[int(rng.integers(n))] = float(rng.choice([np.nan, np.inf, -np.inf]))
+        elif bad == 2:
+            other = other[: max(n - 1, 0)]
+        elif bad == 3:
+            ids = np.asarray(ids)[: max(n - 1, 0)]
+        elif bad == 4:
+            ids = np.asarray(ids, dtype=np.float64) + float(rng.choice([0.0, 0.5]))
+        elif bad == 5:
+            ids = list(np.asarray(ids).tolist())
+        elif bad == 6:
+            values = (values > 0).tolist()
+        elif bad == 7 and n:  # finite before and after whose difference overflows
+            values = np.where(rng.random(n) < 0.5, -1.5e308, values)
+            other = -np.asarray(values)
+        num = k if rng.random() < 0.95 else int(rng.choice([0, -1]))
+        reduce = str(rng.choice(["mean", "sum"])) if rng.random() < 0.95 else "max"
+        correct = float(rng.choice([1.0, 0.0])) if rng.random() < 0.95 else float("nan")
+        with np.errstate(over="ignore", invalid="ignore"):
+            for new, old, args in (
+                (signals.task_rewards, _reference_per_task, (values, ids, num)),
+                (signals.task_accuracy, _reference_task_accuracy, (values, ids, num, correct)),
+                (signals.mean_abs_advantage_per_task, _reference_mean_abs, (values, ids, num)),
+                (signals.task_improvement, _reference_task_improvement, (values, other, ids, num, reduce)),
+            ):
+                want = _outcome(partial(old, "rewards", *args) if old is _reference_per_task else partial(old, *args))
+                got = _outcome(partial(new, *args))
+                assert _same(got, want), (new.__name__, got, want)

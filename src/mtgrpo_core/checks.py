@@ -34,6 +34,8 @@ def as_float_array(name: str, value: ArrayLike, ndim: int | None = None) -> NDAr
 def finite_array(name: str, value: ArrayLike, ndim: int | None = None) -> NDArray[np.float64]:
     """A float64 array whose entries are all finite (no NaN, no inf)."""
     arr = as_float_array(name, value, ndim)
+    if np.isfinite(arr).all():
+        return arr
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = np.argwhere(bad)[0]

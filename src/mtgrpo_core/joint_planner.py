@@ -59,10 +59,11 @@ class _FillTable:
         self.grid_of = np.zeros(n, dtype=np.int64)
         self.width = np.zeros(n, dtype=np.int64)
         self.complete = np.zeros(n, dtype=np.bool_)
+        self._current: list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]] | None = None
         # first width: where most rows settle, by the pmf's tail, about f^-(a+1) beyond d + c: 1.5 (d + c)
-        # 10^(16.5 / (a + 1)), 9 rows in 10 within it (fewer passes cost less than narrower ones)
+        # 10^(16.5 / (a + 1)), every row within it up to 32 rows, else 9 rows in 10 (fewer passes cost less)
         settle = np.minimum(1.5 * (d + beta) * 10.0 ** (16.5 / (alpha + 1.0)), span + 1.0)
-        width = float(np.sort(settle)[(9 * (n - 1)) // 10])
+        width = float(settle.max() if n <= 32 else np.sort(settle)[(9 * (n - 1)) // 10])
         self.grow(np.arange(n), 16 * max(math.ceil(width / 16.0), 1))
 
     def grow(self, tasks: NDArray[np.int64], width: int) -> None:
@@ -81,6 +82,7 @@ class _FillTable:
         self.grids.append(_FillGrid(tasks, logp))
         self.width[tasks] = w
         self.complete[tasks] = (span < w) | settled
+        self._current = None
 
     def finish(self, tasks: NDArray[np.int64]) -> None:
         """Grow `tasks` until every row is complete."""
@@ -91,6 +93,8 @@ class _FillTable:
 
     def current(self) -> list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]]:
         """(rows, logp, gains) of every grid, rows recomputed since left out."""
+        if self._current is not None:
+            return self._current
         out = []
         for i, g in enumerate(self.grids):
             live = self.grid_of[g.rows] == i
@@ -98,6 +102,7 @@ class _FillTable:
                 out.append((g.rows, g.logp, g.gains))
             elif live.any():
                 out.append((g.rows[live], g.logp[live], g.gains[live]))
+        self._current = out
         return out
 
     def column(self, col: NDArray[np.int64]) -> NDArray[np.float64]:

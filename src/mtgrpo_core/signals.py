@@ -22,6 +22,13 @@ def _per_task(
     """Per-task means of finite per-rollout `values` (NaN where a task has none) and per-task counts."""
     k = v.positive_int("num_tasks", num_tasks)
     x = v.finite_array(name, values, ndim=1)
+    return _checked_per_task(name, x, task_ids, k)
+
+
+def _checked_per_task(
+    name: str, x: NDArray[np.float64], task_ids: ArrayLike, k: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """`_per_task` of values already checked (finite float64, 1-D) and k already checked; task_ids are checked."""
     ids = v.task_ids("task_ids", task_ids, k)
     v.same_length(name, x, "task_ids", ids)
     counts = np.bincount(ids, minlength=k).astype(np.int64)
@@ -44,7 +51,8 @@ def task_accuracy(
     """Per-task accuracy: fraction of task k's rollouts with reward == correct_reward; NaN where absent."""
     target = v.real_in_range("correct_reward", correct_reward)
     r = v.finite_array("rewards", rewards, ndim=1)
-    return _per_task("rewards", r == target, task_ids, num_tasks)[0]
+    k = v.positive_int("num_tasks", num_tasks)
+    return _checked_per_task("rewards", (r == target).astype(np.float64), task_ids, k)[0]
 
 
 IMPROVEMENT_REDUCTIONS: tuple[str, ...] = ("mean", "sum")
@@ -71,7 +79,11 @@ def task_improvement(
     a = v.finite_array("after", after, ndim=1)
     v.same_length("before", b, "after", a)
     v.choice("reduce", reduce, IMPROVEMENT_REDUCTIONS)
-    improvement, counts = _per_task("after - before", a - b, task_ids, num_tasks)
+    k = v.positive_int("num_tasks", num_tasks)
+    change = a - b
+    if not np.isfinite(change).all():  # both finite, yet the difference can overflow
+        v.finite_array("after - before", change, ndim=1)
+    improvement, counts = _checked_per_task("after - before", change, task_ids, k)
     if reduce == "sum":
         improvement = improvement * counts
     return improvement
@@ -83,7 +95,8 @@ def mean_abs_advantage_per_task(advantages: ArrayLike, task_ids: ArrayLike, num_
     The SEC reference code uses 0 for tasks not sampled; here absence stays visible (NaN), the rule decides.
     """
     a = v.finite_array("advantages", advantages, ndim=1)
-    return _per_task("|advantages|", np.abs(a), task_ids, num_tasks)[0]
+    k = v.positive_int("num_tasks", num_tasks)
+    return _checked_per_task("|advantages|", np.abs(a), task_ids, k)[0]
 
 
 class RewardChangeImprovement:

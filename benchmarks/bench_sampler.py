@@ -1,7 +1,9 @@
 """RP-SAMPLER variants on groups with known per-task acceptance rates: ratio fidelity, rounds, generation cost,
-and the core's own time per batch, side by side in one run.
+and the core's own time per batch, side by side in one run; then the core time per controller step (begin_step to
+end_step, CPU time) of the lean default against the paper planner.
 
     .venv/bin/python benchmarks/bench_sampler.py [--batches 400]
+    .venv/bin/python benchmarks/bench_sampler.py --core-only [--repeats 5]   # only the controller-step table
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 
 import numpy as np
 
+from mtgrpo_core import Controller, StepFacts
 from mtgrpo_core.acceptance import KnownFilterRate
 from mtgrpo_core.sampler import RatioPreservingSampler
 from mtgrpo_core.sampler_config import SamplerConfig
@@ -82,10 +85,72 @@ def run(weights: np.ndarray, rates: np.ndarray, batch: int, variant: dict, known
     }
 
 
+def controller_step_ms(method: str, k: int, b: int, steps: int, group_size: int = 8) -> float:
+    """CPU ms per step inside the Controller (begin_step, the conversation's calls, finish, end_step(StepFacts)),
+    the simulated trainer's work excluded: generation (rewards Bernoulli(p_k), p_k ~ U[0.05, 0.9]) and a policy
+    update (random advantages and surrogate values for every trained sample)."""
+    ctrl = Controller.from_method(method, k, b, group_size, seed=0)
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.9, size=k)
+    next_key, core, clock = 0, 0.0, time.process_time
+    for _ in range(steps):
+        t0 = clock()
+        builder = ctrl.begin_step()
+        req = builder.next_request()
+        core += clock() - t0
+        while req is not None:
+            tasks = rng.permutation(np.repeat(np.arange(k), req.counts))
+            keys = np.arange(next_key, next_key + tasks.size)
+            next_key += tasks.size
+            rewards = (rng.random((tasks.size, group_size)) < p[tasks, None]).astype(float)
+            t0 = clock()
+            builder.report_arrays(tasks, keys, rewards=rewards)
+            req = builder.next_request()
+            core += clock() - t0
+        t0 = clock()
+        batch = builder.finish()
+        core += clock() - t0
+        sample_task = np.repeat(batch.tasks, group_size)
+        before = rng.normal(size=sample_task.size)
+        facts = StepFacts(
+            sample_task=sample_task,
+            sample_advantage=rng.normal(size=sample_task.size),
+            surrogate_before=before,
+            surrogate_after=before + 0.01 * rng.normal(size=sample_task.size),
+        )
+        t0 = clock()
+        ctrl.end_step(facts)
+        core += clock() - t0
+    return 1000 * core / steps
+
+
+CORE_METHODS = {"lean default": "mt-grpo:0.2", "paper planner": "mt-grpo-paper:0.2"}
+CORE_CASES = ((9, 256, 300), (1000, 4096, 20))  # K, B, steps per repeat
+
+
+def core_table(repeats: int) -> None:
+    """The lean default against the paper planner, interleaved repeats in one process, median per cell."""
+    print("\n## Core time per controller step (CPU ms, begin_step to end_step, median of", repeats, "repeats)")
+    print("| K | B | lean default (mt-grpo:0.2) | paper planner (mt-grpo-paper:0.2) | lean / paper |")
+    print("|---|---|---|---|---|")
+    for k, b, steps in CORE_CASES:
+        times: dict[str, list[float]] = {name: [] for name in CORE_METHODS}
+        for _ in range(repeats):
+            for name, method in CORE_METHODS.items():
+                times[name].append(controller_step_ms(method, k, b, steps))
+        lean, paper = (float(np.median(times[name])) for name in CORE_METHODS)
+        print(f"| {k} | {b} | {lean:.2f} | {paper:.2f} | {lean / paper:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the controller-step table (median)")
+    parser.add_argument("--core-only", action="store_true", help="print only the controller-step table")
     args = parser.parse_args()
+    if args.core_only:
+        core_table(args.repeats)
+        return
     rng = np.random.default_rng(0)
     cases = {
         "3 tasks (paper), B=32": (
@@ -125,6 +190,7 @@ def main() -> None:
         for label in ("paper Alg. 2 + apportion", "posterior planner (q=0.9)", LARGE[-1]):
             r = run(z, rho, b, VARIANTS[label], False, 20)
             print(f"| {k} | {b} | {r['ms']:.2f} ({label}) |")
+    core_table(args.repeats)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.acceptance import fill_cdf
 from mtgrpo_core.joint_planner import joint_requests
 from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.report_keys import KeyLedger, as_key_array, common_key_dtype
 from mtgrpo_core.weighting_rules import IWURule
 
 # --- references: the code as it was before the rewrite ---------------------------------------------------------
@@ -345,3 +346,53 @@ def test_per_task_signals_and_their_refusals_are_exactly_as_before(seed: int) ->
                 want = _outcome(partial(old, "rewards", *args) if old is _reference_per_task else partial(old, *args))
                 got = _outcome(partial(new, *args))
                 assert _same(got, want), (new.__name__, got, want)
+
+
+# --- report keys (duplicates found by sorting, not np.unique) -----------------------------------------------------
+
+
+class _ReferenceKeyLedger(KeyLedger):
+    def add(self, name: str, keys: object) -> np.ndarray:
+        arr = as_key_array(name, keys)
+        if arr.size == 0 or self._sorted is None:
+            fresh = arr
+            dtype = arr.dtype
+            seen = np.zeros(0, dtype=dtype)
+        else:
+            dtype = common_key_dtype(name, self._sorted, arr)
+            fresh = arr.astype(dtype)
+            seen = self._sorted.astype(dtype)
+        uniq = np.unique(fresh)
+        pos = np.searchsorted(seen, uniq)
+        clash = pos < seen.shape[0]
+        clash[clash] = seen[pos[clash]] == uniq[clash]
+        if uniq.shape[0] != fresh.shape[0] or clash.any():
+            self._raise_duplicate(name, fresh.tolist(), set(seen.tolist()))
+        return fresh
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_report_keys_accept_and_refuse_exactly_as_before(seed: int) -> None:
+    rng = np.random.default_rng([19, 12, seed])
+    dtypes = [np.int64, np.int32, np.uint8, np.int8, np.uint64]
+    for _ in range(400):
+        new, old = KeyLedger(), _ReferenceKeyLedger()
+        span = int(rng.choice([5, 50, 10**6]))
+        for _ in range(int(rng.integers(1, 8))):
+            n = int(rng.integers(0, 40))
+            dtype = dtypes[int(rng.integers(len(dtypes)))]
+            low = 0 if np.issubdtype(dtype, np.unsignedinteger) else -span // 4
+            high = min(span, int(np.iinfo(dtype).max))
+            keys: object = rng.integers(max(low, int(np.iinfo(dtype).min)), high, n).astype(dtype)
+            if rng.random() < 0.2:
+                keys = list(np.asarray(keys).tolist())
+            got = _outcome(partial(new.add, "keys", keys))
+            want = _outcome(partial(old.add, "keys", keys))
+            assert _same(got, want)
+            if not isinstance(want, tuple):
+                new.commit(got)
+                old.commit(want)
+        assert new.dtype == old.dtype
+        assert np.array_equal(
+            new.take(np.arange(sum(c.size for c in old._chunks))), old.take(np.arange(sum(c.size for c in old._chunks)))
+        )

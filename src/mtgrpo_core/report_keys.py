@@ -98,11 +98,11 @@ class KeyLedger:
             dtype = common_key_dtype(name, self._sorted, arr)
             fresh = arr.astype(dtype)
             seen = self._sorted.astype(dtype)
-        uniq = np.unique(fresh)
-        pos = np.searchsorted(seen, uniq)
+        ordered = np.sort(fresh)
+        pos = np.searchsorted(seen, ordered)
         clash = pos < seen.shape[0]
-        clash[clash] = seen[pos[clash]] == uniq[clash]
-        if uniq.shape[0] != fresh.shape[0] or clash.any():
+        clash[clash] = seen[pos[clash]] == ordered[clash]
+        if (ordered[1:] == ordered[:-1]).any() or clash.any():
             self._raise_duplicate(name, fresh.tolist(), set(seen.tolist()))
         return fresh
 

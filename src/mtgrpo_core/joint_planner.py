@@ -167,11 +167,13 @@ def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: f
         for rows, logp, gains in table.current():
             valid = (np.arange(1, logp.shape[1])[None, :] <= span[rows][:, None]) & ~hopeless[rows][:, None]
             cells.append((rows, gains, valid & (gains > 0), valid))
-        positive = np.concatenate([gains[mask] for _, gains, mask, _ in cells])
+        few = sum(gains.size for _, gains, _, _ in cells) <= _SORT_ALL
+        positive = np.zeros(0) if few else np.concatenate([gains[mask] for _, gains, mask, _ in cells])
+        all_complete = bool(table.complete[~hopeless].all())
         grown = False
         for threshold in _thresholds(positive, target):
             short = np.zeros(span.shape[0], dtype=np.bool_)  # incomplete rows whose next gains may pass it
-            for rows, gains, _, _ in cells:
+            for rows, gains, _, _ in cells if not all_complete else ():
                 if gains.shape[1]:
                     short[rows] = ~table.complete[rows] & ~hopeless[rows] & (gains[:, -1] > 0)
                     short[rows] &= gains[:, -1] >= threshold
@@ -186,7 +188,10 @@ def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: f
                 task_parts.append(rows[row])
                 step_parts.append(step)
                 gain_parts.append(gains[row, step])
-            task, step, gain = (np.concatenate(p) for p in (task_parts, step_parts, gain_parts))
+            if len(cells) == 1:
+                task, step, gain = task_parts[0], step_parts[0], gain_parts[0]
+            else:
+                task, step, gain = (np.concatenate(p) for p in (task_parts, step_parts, gain_parts))
             if len(cells) > 1:  # one grid lists its cells by task, then increment, already
                 by_cell = np.lexsort((step, task))
                 task, gain = task[by_cell], gain[by_cell]

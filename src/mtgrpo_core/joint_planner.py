@@ -188,12 +188,10 @@ def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: f
                 task_parts.append(rows[row])
                 step_parts.append(step)
                 gain_parts.append(gains[row, step])
-            if len(cells) == 1:
-                task, step, gain = task_parts[0], step_parts[0], gain_parts[0]
-            else:
-                task, step, gain = (np.concatenate(p) for p in (task_parts, step_parts, gain_parts))
+            task, gain = task_parts[0], gain_parts[0]
             if len(cells) > 1:  # one grid lists its cells by task, then increment, already
-                by_cell = np.lexsort((step, task))
+                task, gain = np.concatenate(task_parts), np.concatenate(gain_parts)
+                by_cell = np.lexsort((np.concatenate(step_parts), task))
                 task, gain = task[by_cell], gain[by_cell]
             order = np.argsort(-gain, kind="stable")
             taken = np.cumsum(gain[order])

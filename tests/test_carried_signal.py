@@ -20,7 +20,8 @@ def _run(steps: int) -> int:
     for _ in range(steps):
         builder = ctrl.begin_step()
         while (request := builder.next_request()) is not None:
-            builder.report_arrays(*trainer.generate(request.counts))
+            tasks, rewards, data = trainer.generate(request.counts)
+            builder.report_arrays(tasks, rewards=rewards, payloads=data)
         batch = builder.finish()
         ctrl.end_step(StepFacts(**trainer.update_policy(batch)))
         signals = ctrl.last_signals
@@ -45,15 +46,16 @@ def test_measured_signals_survive_a_state_round_trip_and_bad_ones_are_refused() 
     trainer = _Trainer(seed=0)
     builder = ctrl.begin_step()
     while (request := builder.next_request()) is not None:
-        builder.report_arrays(*trainer.generate(request.counts))
+        tasks, rewards, data = trainer.generate(request.counts)
+        builder.report_arrays(tasks, rewards=rewards, payloads=data)
     ctrl.end_step(StepFacts(**trainer.update_policy(builder.finish())))
     state = json.loads(json.dumps(ctrl.state_dict()))
     twin = Controller.from_method("mt-grpo:0.2", num_tasks=3, batch_size=32, group_size=8, seed=0)
-    twin.load_state_dict(state)
+    twin.load_state_dict(state, ctrl.kept_payloads())
     assert twin.state_dict() == ctrl.state_dict()
     for bad in ([[0.1, 0.2], [None, None, None]], [[0.1, "x", 0.3], [0.1, 0.2, 0.3]], [[float("inf")] * 3] * 2):
         with pytest.raises(ValueError, match=r"state\['measured'\]"):
-            twin.load_state_dict({**state, "measured": bad})
+            twin.load_state_dict({**state, "measured": bad}, ctrl.kept_payloads())
     assert twin.state_dict() == ctrl.state_dict()  # refused whole
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -441,11 +440,6 @@ def _drive(case: Case, selection: bool) -> None:
         assert twin.pool is not None and json.dumps(twin.pool.state_dict()) == json.dumps(pool.state_dict())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty report with rewards of shape (0, N) is refused by advantages._dense_rewards ('rewards must "
-    "hold at least one group'), while an empty report with informative=... is accepted (found by this file)",
-)
 def test_an_empty_report_with_rewards_is_accepted_like_one_with_informative() -> None:
     ctrl = Controller.from_method(METHOD, num_tasks=1, batch_size=1, group_size=2, seed=0)
     builder = ctrl.begin_step()
@@ -466,13 +460,6 @@ def test_the_default_with_selection_keeps_its_promises(case: Case) -> None:
     _drive(case, selection=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a round trip between finish() and end_step() loses the open step's BatchReport (Controller.state_dict "
-    "does not hold it; load_state_dict sets _open = None), so end_step on the restored controller cannot fill in "
-    "the J_k of a task trained only from carried groups and drops it from the weight update (found by this file)",
-)
 def test_a_round_trip_between_finish_and_end_step_continues_identically() -> None:
     """Where a trainer checkpoints during its update (TRL's `pending` step): the restored controller ends the step
     with the same facts, rollouts included (it has no open conversation to take them from)."""

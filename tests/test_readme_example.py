@@ -30,32 +30,25 @@ def _example() -> str:
 
 
 class _Trainer:
-    """generate / update_policy over the simulated policy, keeping the data of every group it may still train."""
+    """generate / update_policy over the simulated policy: each group's payload is its row of Groups."""
 
     def __init__(self, seed: int) -> None:
         self.policy = load_suite("paper3").policy(seed, 8)
-        self.data: dict[int, Groups] = {}
-        self.next_key = 0
         self.batches: list[Any] = []
         self.step_rollouts: list[tuple[np.ndarray, np.ndarray]] = []  # every rollout of each step, for the replay
         self._generated: list[Groups] = []
 
-    def generate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def generate(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Groups]]:
         groups = self.policy.generate(counts)
-        keys = np.arange(self.next_key, self.next_key + len(groups))
-        self.next_key += len(groups)
-        self.data.update({int(key): groups.take([i]) for i, key in enumerate(keys)})
         self._generated.append(groups)
-        return groups.task, keys, groups.rewards
+        return groups.task, groups.rewards, [groups.take([i]) for i in range(len(groups))]
 
     def update_policy(self, batch: Any) -> dict[str, np.ndarray]:
         self.batches.append(batch)
         fresh = Groups.concat(self._generated) if self._generated else Groups.empty(8)
         self.step_rollouts.append((np.repeat(fresh.task, 8), fresh.rewards.ravel()))
         self._generated = []
-        trained = Groups.concat([self.data[int(key)] for key in batch.keys])
-        for key in [*batch.keys, *(batch.released if batch.released is not None else [])]:
-            self.data.pop(int(key), None)  # kept groups stay, trained and released ones go
+        trained = Groups.concat(list(batch.payloads)) if len(batch) else Groups.empty(8)
         advantage, before, after = self.policy.train_step(trained)
         n = advantage.shape[1]
         return {

@@ -17,8 +17,8 @@ from mtgrpo_core.report_keys import KeyArray, KeyLedger
 class BatchLedger:
     """Counts per task (requested and not yet reported, generated, accepted, reward sums) and the reported groups.
 
-    Per-task arrays have shape (K,); the reported columns (tasks, keys, informative, rewards (n, N)) grow in
-    report order.
+    Per-task arrays have shape (K,); the reported columns (tasks, keys, informative, rewards (n, N), the caller's
+    opaque payloads) grow in report order.
     """
 
     def __init__(self, num_tasks: int, group_size: int) -> None:
@@ -35,6 +35,7 @@ class BatchLedger:
         self._informative: list[NDArray[np.bool_]] = []
         self._accepted: list[NDArray[np.bool_]] = []
         self._carried: list[NDArray[np.bool_]] = []
+        self._payloads: list[tuple[Any, ...] | None] = []
 
     def requested(self, counts: NDArray[np.int64]) -> None:
         """Book a request of counts[k] groups of task k."""
@@ -60,6 +61,7 @@ class BatchLedger:
         rewards: NDArray[np.float64] | None,
         informative: NDArray[np.bool_],
         accepted: NDArray[np.bool_],
+        payloads: tuple[Any, ...] | None = None,
     ) -> None:
         """Store one validated report whole, or refuse it (a group never requested, or reported twice)."""
         per_task = np.bincount(tasks, minlength=self.num_tasks)
@@ -72,16 +74,22 @@ class BatchLedger:
                 "reported twice)"
             )
         self.pending -= per_task
-        self._append(tasks, keys, rewards, informative, accepted, carried=False)
+        self._append(tasks, keys, rewards, informative, accepted, payloads, carried=False)
         if rewards is not None:
             self._reward_sum += np.bincount(tasks, weights=rewards.sum(axis=1), minlength=self.num_tasks)
             self._reward_n += per_task * self.group_size
 
-    def record_carried(self, tasks: NDArray[np.int64], keys: KeyArray, rewards: NDArray[np.float64] | None) -> None:
+    def record_carried(
+        self,
+        tasks: NDArray[np.int64],
+        keys: KeyArray,
+        rewards: NDArray[np.float64] | None,
+        payloads: tuple[Any, ...] | None = None,
+    ) -> None:
         """Book informative groups kept from earlier steps: accepted, but neither generated nor reported this step
         (J_k counts this step's rollouts only)."""
         ones = np.ones(tasks.shape[0], dtype=np.bool_)
-        self._append(tasks, self._keys.add("carried keys", keys), rewards, ones, ones, carried=True)
+        self._append(tasks, self._keys.add("carried keys", keys), rewards, ones, ones, payloads, carried=True)
 
     def _append(
         self,
@@ -90,9 +98,11 @@ class BatchLedger:
         rewards: NDArray[np.float64] | None,
         informative: NDArray[np.bool_],
         accepted: NDArray[np.bool_],
+        payloads: tuple[Any, ...] | None,
         carried: bool,
     ) -> None:
         self._tasks.append(tasks)
+        self._payloads.append(payloads)
         self._keys.commit(keys)
         self._rewards.append(rewards)
         self._informative.append(informative)
@@ -133,6 +143,14 @@ class BatchLedger:
             np.concatenate(task) if task else np.zeros(0, dtype=np.int64),
             np.concatenate(reward) if reward else np.zeros(0),
         )
+
+    def payloads(self, idx: NDArray[np.int64]) -> tuple[Any, ...] | None:
+        """The caller's payloads of the groups at idx (None for a group reported without one), or None if no
+        report carried payloads."""
+        if all(p is None for p in self._payloads):
+            return None
+        flat = [x for t, p in zip(self._tasks, self._payloads, strict=True) for x in (p or (None,) * t.shape[0])]
+        return tuple(flat[int(i)] for i in idx)
 
     def keys(self, idx: NDArray[np.int64]) -> KeyArray:
         return self._keys.take(idx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,8 +68,11 @@ class Batch:
     keys: exactly as reported, in the batch's key dtype (see `report_keys`). rewards: (len, N), or None if any
     report came without rewards. staleness: (len,) steps since each group was generated (0: this step; > 0: kept
     from an earlier step: train it with the importance ratio against the policy that generated it).
-    kept: keys of groups the sampler keeps for later steps (the trainer keeps their data and log-probabilities).
+    kept: keys of groups the sampler keeps for later steps (it holds their payloads; a trainer that reports
+    without payloads keeps their data and log-probabilities itself).
     released: keys of this step's groups (and expired kept ones) that the trainer may free now.
+    payloads, released_payloads: the payloads reported with the groups of `keys` and of `released`, in the same
+    order (None where no report carried payloads; a group reported without one has None).
     """
 
     tasks: NDArray[np.int64]
@@ -78,6 +82,8 @@ class Batch:
     staleness: NDArray[np.int64] | None = None
     kept: KeyArray | None = None
     released: KeyArray | None = None
+    payloads: tuple[Any, ...] | None = None
+    released_payloads: tuple[Any, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])

@@ -7,6 +7,10 @@ start from it. The sampler offers the kept groups at the start of each conversat
 batch says which of its groups are carried (and how stale), which groups it keeps, and which the trainer may free.
 With carry-over on, keys must be unique across steps: the pool remembers the keys the last step retired (trained
 or released) and refuses a later report of any of them (the trainer's data for them may be gone).
+
+The pool also holds each kept group's payload, the trainer's own handle on its data (rows, tensors, TransferQueue
+keys), so no trainer keeps a store of its own. Payloads are opaque and stay out of the JSON state: a trainer that
+checkpoints saves `payloads()` with its own tensors and hands them back to `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CarriedGroups:
     keys: KeyArray
     rewards: NDArray[np.float64] | None
     staleness: NDArray[np.int64]
+    payloads: tuple[Any, ...] | None = None  # the trainer's payload of each group (None: reported without)
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])
@@ -85,16 +90,24 @@ class CarryPool:
         rewards: NDArray[np.float64] | None,
         staleness: NDArray[np.int64],
         retired: KeyArray,
+        payloads: tuple[Any, ...] | None = None,
     ) -> NDArray[np.bool_]:
         """Keep the groups whose staleness at the next step (staleness + 1) is within the bound; replaces what was
         kept, and remembers `retired` (the step's keys not kept) plus the groups dropped here. Returns the mask of
         the groups kept."""
         keep = staleness + 1 <= self.max_staleness
+        held = None if payloads is None else tuple(p for p, k in zip(payloads, keep.tolist(), strict=True) if k)
         self._groups = CarriedGroups(
-            tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1
+            tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1, held
         )
         self._retire(np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired)
         return keep
+
+    def payloads(self) -> dict[int, Any]:
+        """The kept groups' payloads by key (empty if they were reported without): what a checkpoint saves beside
+        the JSON state, to hand back to `load_state_dict`."""
+        g = self._groups
+        return {} if g.payloads is None else dict(zip(g.keys.tolist(), g.payloads, strict=True))
 
     def state_dict(self) -> dict[str, Any]:
         g = self._groups
@@ -105,16 +118,18 @@ class CarryPool:
             "tasks": g.tasks.tolist(),
             "keys": g.keys.tolist(),
             "key_dtype": str(g.keys.dtype),
-            "rewards": None if g.rewards is None else g.rewards.tolist(),
+            "rewards": None if g.rewards is None or len(g) == 0 else g.rewards.tolist(),  # JSON keeps no (0, N)
             "staleness": g.staleness.tolist(),
+            "payloads": "held by the trainer" if g.payloads is not None else None,
             "retired": self._retired.tolist(),
             "retired_dtype": str(self._retired.dtype),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` returned. Every entry is checked first (integer keys, distinct; staleness in
-        [1, max_staleness]; rewards (groups, N), each kept group informative under the filter) and a refused state
-        changes nothing."""
+    def load_state_dict(self, state: Mapping[str, Any], payloads: Mapping[int, Any] | None = None) -> None:
+        """Restore what `state_dict` returned, with the kept groups' `payloads()` when they had payloads. Every
+        entry is checked first (integer keys, distinct; staleness in [1, max_staleness]; rewards (groups, N), each
+        kept group informative under the filter; a payload for exactly the kept keys) and a refused state changes
+        nothing."""
         v.state_matches(state, self.KIND, self._k)
         if state.get("max_staleness") != self.max_staleness:
             raise ValueError(f"state['max_staleness'] is {state.get('max_staleness')!r}, expected {self.max_staleness}")
@@ -138,7 +153,8 @@ class CarryPool:
             raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
         if rewards is not None:
             self._check_rewards(rewards)
-        self._groups = CarriedGroups(tasks, keys, rewards, staleness)
+        held = _held_payloads(state.get("payloads"), keys, payloads)
+        self._groups = CarriedGroups(tasks, keys, rewards, staleness, held)
         self._retire(retired)
 
     def _check_rewards(self, rewards: NDArray[np.float64]) -> None:
@@ -158,6 +174,29 @@ class CarryPool:
 
     def _retire(self, keys: KeyArray) -> None:
         self._retired, self._retired_set = keys, set(keys.tolist())
+
+
+def _held_payloads(marker: Any, keys: KeyArray, payloads: Mapping[int, Any] | None) -> tuple[Any, ...] | None:
+    """The payloads of the kept `keys` in their order: from `payloads` when the state says the groups had
+    payloads (state['payloads'] is "held by the trainer"), else None; a missing, extra or unexpected one is
+    refused."""
+    if marker not in (None, "held by the trainer"):
+        raise ValueError(f"state['payloads'] is {marker!r}, expected None or 'held by the trainer'")
+    if marker is None:
+        if payloads:
+            raise ValueError(
+                f"payloads given for keys {sorted(payloads)[:5]}, but the state's kept groups were reported without"
+            )
+        return None
+    wanted = keys.tolist()
+    given = dict(payloads or {})
+    missing, extra = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
+    if missing or extra:
+        raise ValueError(
+            f"the state keeps {len(wanted)} groups with payloads held by the trainer: pass the payload of each kept "
+            f"key (Controller.kept_payloads() when saving); missing keys {missing[:5]}, unexpected keys {extra[:5]}"
+        )
+    return tuple(given[k] for k in wanted)
 
 
 def _keys(state: Mapping[str, Any], name: str, dtype_name: str) -> KeyArray:

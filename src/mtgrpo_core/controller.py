@@ -53,6 +53,7 @@ class Controller:
         self.last_signals: TaskSignals | None = None  # what the last end_step applied (after the fill-ins)
         self._measured = np.full((2, rule.num_tasks), np.nan)  # last measured J_k and accuracy per task
         self._open: BatchBuilder | None = None
+        self._trained: NDArray[np.int64] | None = None  # groups per task of a finished batch awaiting end_step
         self._check_weights(rule.weights, "initial weights")
 
     @classmethod
@@ -158,11 +159,11 @@ class Controller:
         self._measured[0, present] = signals.reward[present]
         if signals.accuracy is not None:
             self._measured[1, present] = signals.accuracy[present]
-        report = self._open.report if self._open is not None else None
-        self._open = None
-        if report is None:
+        trained = self._pending_trained()
+        self._open, self._trained = None, None
+        if trained is None:
             return signals
-        fill = ~present & (report.realized_counts > 0) & ~np.isnan(self._measured[0])
+        fill = ~present & (trained > 0) & ~np.isnan(self._measured[0])
         if signals.accuracy is not None:
             fill &= ~np.isnan(self._measured[1])
         if not fill.any():
@@ -200,19 +201,36 @@ class Controller:
         except (TypeError, ValueError) as err:
             raise ValueError(f"rule {type(self.rule).__name__} returned invalid {what}: {err}") from err
 
+    def _pending_trained(self) -> NDArray[np.int64] | None:
+        """Groups per task in the batch finished this step (None before finish): from the open conversation, or
+        from a state saved between finish() and end_step()."""
+        if self._open is not None and self._open.report is not None:
+            return self._open.report.realized_counts
+        return self._trained
+
     def state_dict(self) -> dict[str, Any]:
+        """JSON-native; between finish() and end_step() it also holds the finished batch's groups per task, so a
+        restored controller ends the step as this one would."""
+        trained = self._pending_trained()
         return {
             "kind": "controller",
             "num_tasks": self.num_tasks,
             "method": self.method,
             "step": self.step,
             "measured": [[None if np.isnan(x) else float(x) for x in row] for row in self._measured],
+            "pending_trained": None if trained is None else trained.tolist(),
             "rule": self.rule.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state of the same method and K; a refused state leaves the controller unchanged."""
+    def kept_payloads(self) -> dict[int, Any]:
+        """The payloads of the groups kept for the next step, by key (empty without carry-over or payloads): a
+        checkpoint saves them beside `state_dict()` and hands them back to `load_state_dict`."""
+        return self.sampler.carry.payloads() if self.sampler.carry is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any], kept_payloads: Mapping[int, Any] | None = None) -> None:
+        """Restore a state of the same method and K (with `kept_payloads()` as saved, when the kept groups were
+        reported with payloads); a refused state leaves the controller unchanged."""
         v.state_matches(state, "controller", self.num_tasks)
         if state.get("method") != self.method:
             raise ValueError(f"state['method'] is {state.get('method')!r}, expected {self.method!r}")
@@ -221,17 +239,24 @@ class Controller:
             raise ValueError(f"state lacks {missing}: not a complete controller state")
         step = v.positive_int("state['step']", state["step"], minimum=0)
         measured = _measured_from_state(state["measured"], self.num_tasks)
-        backup = self.state_dict()
+        pending = state.get("pending_trained")
+        if pending is not None:
+            pending = v.int_array("state['pending_trained']", pending, ndim=1)
+            if pending.shape != (self.num_tasks,) or (pending < 0).any():
+                raise ValueError(
+                    f"state['pending_trained'] must be {self.num_tasks} non-negative counts, got {pending.tolist()}"
+                )
+        backup, held = self.state_dict(), self.kept_payloads()
         try:
             self.rule.load_state_dict(state["rule"])
-            self.sampler.load_state_dict(state["sampler"])
+            self.sampler.load_state_dict(state["sampler"], kept_payloads)
         except Exception:
             self.rule.load_state_dict(backup["rule"])
-            self.sampler.load_state_dict(backup["sampler"])
+            self.sampler.load_state_dict(backup["sampler"], held)
             raise
         self.step = step
         self._measured = measured
-        self._open = None
+        self._open, self._trained = None, pending
 
 
 def _method_reduce(method: str, preset_reduce: str | None, given: str | None) -> str:

@@ -3,8 +3,8 @@
     builder = sampler.begin(weights, step)
     while (request := builder.next_request()) is not None:
         ...generate request.counts[k] prompts of task k, N rollouts each, score them...
-        builder.report_arrays(tasks, keys, rewards=...)   # any grouping and order; every requested group once
-    batch = builder.finish()                # which reported groups form the batch, and a BatchReport
+        builder.report_arrays(tasks, rewards=..., payloads=...)   # any grouping and order; every group once
+    batch = builder.finish()   # the groups to train (keys, payloads, staleness), to free, and a BatchReport
 
 The conversation (`BatchBuilder`) draws the targets, asks its planner (`planners`) for each round's request,
 books reports in a `BatchLedger` (`batch_ledger`) and lets the planner select the batch (`selection`).
@@ -14,7 +14,8 @@ the same order make identical decisions, and a restored sampler continues identi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,19 @@ from mtgrpo_core.batch_ledger import BatchLedger
 from mtgrpo_core.batch_types import Batch, BatchReport, Request
 from mtgrpo_core.carry_pool import CarryPool
 from mtgrpo_core.planners import Planner, PlanView, default_estimator, planner_for
+from mtgrpo_core.report_keys import KeyArray
 from mtgrpo_core.sampler_config import SamplerConfig
 from mtgrpo_core.signal_guard import NoSignalGuard
 from mtgrpo_core.targets import draw_counts
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]
+
+
+@dataclass
+class KeyCounter:
+    """The next key the sampler assigns to a group reported without one (part of the sampler's state)."""
+
+    next: int = 0
 
 
 def _read_only(arr: NDArray[Any]) -> NDArray[Any]:
@@ -53,8 +62,10 @@ class BatchBuilder:
         rng: np.random.Generator,
         guard: NoSignalGuard | None = None,
         carry: CarryPool | None = None,
+        counter: KeyCounter | None = None,
     ) -> None:
         self.config = config
+        self._counter = KeyCounter() if counter is None else counter
         self._k = int(weights.shape[0])
         self._guard = guard
         self.barren = guard.barren if guard is not None else np.zeros(self._k, dtype=np.bool_)
@@ -74,7 +85,7 @@ class BatchBuilder:
         offered = carry.offer() if carry is not None else None
         self._carried_staleness = np.zeros(0, dtype=np.int64) if offered is None else offered.staleness
         if offered is not None and len(offered):
-            self._ledger.record_carried(offered.tasks, offered.keys, offered.rewards)
+            self._ledger.record_carried(offered.tasks, offered.keys, offered.rewards, offered.payloads)
 
     @property
     def num_tasks(self) -> int:
@@ -122,19 +133,32 @@ class BatchBuilder:
     def report_arrays(
         self,
         tasks: ArrayLike,
-        keys: ArrayLike,
+        keys: ArrayLike | None = None,
         rewards: ArrayLike | None = None,
         informative: ArrayLike | None = None,
-    ) -> None:
-        """Report generated groups: tasks (n,), integer keys (n,) unique in the batch, and rewards (n, N) (the
-        sampler applies its filter, Algorithm 2 step 4) or informative (n,) bool (the caller filtered).
+        payloads: Sequence[Any] | None = None,
+    ) -> KeyArray:
+        """Report generated groups: tasks (n,), and rewards (n, N) (the sampler applies its filter, Algorithm 2
+        step 4) or informative (n,) bool (the caller filtered). keys: integer keys (n,) unique in the batch (unique
+        across steps with carry-over), or None to let the sampler number the groups. payloads: n opaque objects,
+        the trainer's handle on each group's data; the batch hands them back for the groups to train (fresh and
+        carried) and to free, and the sampler holds those of kept groups between steps. Returns the keys.
 
         Any subset of what was requested, in any order; a bad report is refused whole and changes nothing.
         """
         if self._finished:
             raise ValueError("report called after finish(); begin a new batch")
         t = v.task_ids("tasks", tasks, self._k)
+        assigned = keys is None
+        if assigned:
+            keys = np.arange(self._counter.next, self._counter.next + t.shape[0], dtype=np.int64)
         key_arr = self._ledger.check_keys(keys)
+        held = None
+        if payloads is not None:
+            if isinstance(payloads, str | bytes) or not isinstance(payloads, Sequence) or len(payloads) != t.shape[0]:
+                shown = type(payloads).__name__ if not isinstance(payloads, Sequence) else f"{len(payloads)} items"
+                raise ValueError(f"payloads must be a sequence of {t.shape[0]} objects (one per group), got {shown}")
+            held = tuple(payloads)
         if self._carry is not None:
             self._carry.refuse_retired(key_arr)
         v.same_length("tasks", t, "keys", key_arr)
@@ -145,10 +169,14 @@ class BatchBuilder:
             r = v.finite_array("rewards", rewards, ndim=2)
             if r.shape != (t.shape[0], self.config.group_size):
                 raise ValueError(f"rewards must have shape ({t.shape[0]}, {self.config.group_size}), got {r.shape}")
-            info = ~zero_gradient_mask(
-                r,
-                filter="strict" if self.config.filtering == "strict" else "lenient",
-                correct_reward=self.config.correct_reward,
+            info = (
+                np.zeros(0, dtype=np.bool_)
+                if r.shape[0] == 0
+                else ~zero_gradient_mask(
+                    r,
+                    filter="strict" if self.config.filtering == "strict" else "lenient",
+                    correct_reward=self.config.correct_reward,
+                )
             )
         else:
             info = np.asarray(informative)
@@ -157,7 +185,10 @@ class BatchBuilder:
                     f"informative must be a bool array of shape {t.shape}, got dtype {info.dtype} shape {info.shape}"
                 )
         accepted = info if self.config.filtering != "none" else np.ones_like(info)
-        self._ledger.record(t, key_arr, r, info, accepted)
+        self._ledger.record(t, key_arr, r, info, accepted, held)
+        if assigned:
+            self._counter.next += t.shape[0]
+        return key_arr
 
     def finish(self) -> Batch:
         """Select the batch (Algorithm 2, step 6) and fold what the filter saw into the filter-rate estimate."""
@@ -183,7 +214,12 @@ class BatchBuilder:
             others[spare] = False
             retired = ledger.keys(np.flatnonzero(others))
             kept[spare] = self._carry.store(
-                tasks[spare], ledger.keys(spare), ledger.rewards(spare), staleness[spare], retired
+                tasks[spare],
+                ledger.keys(spare),
+                ledger.rewards(spare),
+                staleness[spare],
+                retired,
+                ledger.payloads(spare),
             )
         if cfg.filtering != "none":
             self._estimator.update(ledger.generated, informative)
@@ -216,6 +252,8 @@ class BatchBuilder:
             staleness=staleness[idx],
             kept=ledger.keys(np.flatnonzero(kept)),
             released=ledger.keys(np.flatnonzero(~in_batch & ~kept)),
+            payloads=ledger.payloads(idx),
+            released_payloads=ledger.payloads(np.flatnonzero(~in_batch & ~kept)),
         )
 
 
@@ -258,6 +296,7 @@ class RatioPreservingSampler:
             if config.carry_over > 0
             else None
         )
+        self.keys = KeyCounter()
 
     @property
     def num_tasks(self) -> int:
@@ -268,44 +307,54 @@ class RatioPreservingSampler:
         z = v.simplex("weights", weights, self._k)
         step = v.positive_int("step", step, minimum=0)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard, self.carry)
+        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard, self.carry, self.keys)
 
     def state_dict(self) -> dict[str, Any]:
-        """Seed, config and estimator state; JSON-native types only (`json.dumps` works as is)."""
+        """Seed, config, estimator, guard and carry state and the next key it assigns; JSON-native types only
+        (`json.dumps` works as is). Kept groups' payloads are not in it: see `load_state_dict`."""
         return {
             "kind": "rp_sampler",
             "num_tasks": self._k,
             "seed": self.seed,
+            "next_key": self.keys.next,
             "config": self.config.to_dict(),
             "estimator": self.estimator.state_dict(),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "carry": None if self.carry is None else self.carry.state_dict(),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` returned (also after a JSON round trip)."""
+    def load_state_dict(self, state: Mapping[str, Any], kept_payloads: Mapping[int, Any] | None = None) -> None:
+        """Restore what `state_dict` returned (also after a JSON round trip), with the kept groups' payloads (by
+        key, as `carry.payloads()` gave them when saving) if they were reported with payloads."""
         v.state_matches(state, "rp_sampler", self._k)
         if dict(state["config"]) != self.config.to_dict():
             raise ValueError(
                 f"state['config'] is {dict(state['config'])}, expected this sampler's config {self.config.to_dict()}"
             )
         seed = v.positive_int("state['seed']", state["seed"], minimum=0)
+        if "next_key" not in state:
+            raise ValueError("state lacks 'next_key' (the next key the sampler assigns): not a complete sampler state")
+        next_key = v.positive_int("state['next_key']", state["next_key"], minimum=0)
         if (state.get("guard") is None) != (self.guard is None):
             raise ValueError(f"state['guard'] is {state.get('guard')!r}, but this sampler's guard is {self.guard}")
         if (state.get("carry") is None) != (self.carry is None):
             raise ValueError(f"state['carry'] is {state.get('carry')!r}, but this sampler's carry-over is {self.carry}")
         backup = self.state_dict()
+        held = self.carry.payloads() if self.carry is not None else None
         try:
             self.estimator.load_state_dict(state["estimator"])
             if self.guard is not None:
                 self.guard.load_state_dict(state["guard"])
             if self.carry is not None:
-                self.carry.load_state_dict(state["carry"])
+                self.carry.load_state_dict(state["carry"], kept_payloads)
+            elif kept_payloads:
+                raise ValueError(f"kept_payloads given for keys {sorted(kept_payloads)[:5]}, but carry-over is off")
         except Exception:
             self.estimator.load_state_dict(backup["estimator"])
             if self.guard is not None:
                 self.guard.load_state_dict(backup["guard"])
             if self.carry is not None:
-                self.carry.load_state_dict(backup["carry"])
+                self.carry.load_state_dict(backup["carry"], held)
             raise
         self.seed = seed
+        self.keys.next = next_key

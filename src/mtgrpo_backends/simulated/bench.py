@@ -67,42 +67,36 @@ def step_facts(
     )
 
 
-@dataclass
-class _Kept:
-    """Groups the sampler keeps for later steps (carry-over), by key; keys count up over the whole run."""
-
-    groups: Groups
-    keys: NDArray[np.int64]
-    next_key: int = 0
-
-
-def _train_step(
-    ctrl: Controller,
-    policy: SimulatedPolicy,
-    kept: _Kept,
-    feed: PoolFeed | None,
-) -> tuple[BatchReport, int]:
+def _train_step(ctrl: Controller, policy: SimulatedPolicy, feed: PoolFeed | None) -> tuple[BatchReport, int]:
     """One training step (Algorithm 1): the batch conversation, the GRPO step, the controller's weight update.
-    feed: the suite's finite pool (None: fresh prompts)."""
+    feed: the suite's finite pool (None: fresh prompts). Each group is reported with its place in the generated
+    Groups as payload; the controller holds those of the groups it keeps for the next step."""
     builder = ctrl.begin_step()
     parts: list[Groups] = []
-    first = kept.next_key
     while (request := builder.next_request()) is not None:
         g = policy.generate(request.counts) if feed is None else feed(request.counts)
-        builder.report_arrays(g.task, np.arange(kept.next_key, kept.next_key + len(g)), rewards=g.rewards)
+        builder.report_arrays(g.task, rewards=g.rewards, payloads=[(g, i) for i in range(len(g))])
         parts.append(g)
-        kept.next_key += len(g)
     batch = builder.finish()
     generated = Groups.concat(parts) if parts else Groups.empty(policy.group_size)
-    pool = Groups.concat([kept.groups, generated])  # keys ascending: kept ones, then this step's
-    pool_keys = np.concatenate([kept.keys, np.arange(first, kept.next_key)])
-    trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
+    trained = _gather(batch.payloads or (), policy.group_size)
     advantage, before, after = policy.train_step(trained)
     facts = step_facts(generated, trained, advantage, before, after, None if feed is None else feed.stand_ins())
     ctrl.end_step(facts)
-    kept_keys = np.asarray(batch.kept, dtype=np.int64) if batch.kept is not None else np.zeros(0, np.int64)
-    kept.groups, kept.keys = pool.take(np.searchsorted(pool_keys, kept_keys)), kept_keys
     return batch.report, len(batch)
+
+
+def _gather(payloads: tuple[tuple[Groups, int], ...], group_size: int) -> Groups:
+    """The groups named by (Groups, row) payloads, in order."""
+    offsets: dict[int, int] = {}
+    chunks: list[Groups] = []
+    for groups, _ in payloads:
+        if id(groups) not in offsets:
+            offsets[id(groups)] = sum(len(c) for c in chunks)
+            chunks.append(groups)
+    if not chunks:
+        return Groups.empty(group_size)
+    return Groups.concat(chunks).take([offsets[id(groups)] + row for groups, row in payloads])
 
 
 @dataclass(frozen=True)
@@ -175,10 +169,9 @@ class SimulatedRunner:
         weights, shares = np.zeros((t, k)), np.zeros((t, k))
         rounds, groups, batch = (np.zeros(t, dtype=np.int64) for _ in range(3))
         exhausted = np.zeros(t, dtype=bool)
-        kept = _Kept(Groups.empty(self.group_size), np.zeros(0, dtype=np.int64))
         for step in range(t):
             try:
-                report, batch[step] = _train_step(ctrl, policy, kept, feed)
+                report, batch[step] = _train_step(ctrl, policy, feed)
             except ValueError as err:
                 raise ValueError(f"method {method!r}, seed {seed}, step {step}: {err}") from err
             weights[step], shares[step] = report.weights, report.realized_shares

@@ -23,11 +23,15 @@ def test_kept_groups_carry_the_generating_policys_log_probs_and_are_trained_once
     trained_carried = 0
     for _ in range(8):
         snapshot = copy.deepcopy(state.model)
-        kept_before = set(state.kept)
+        kept_before = set(state.controller.kept_payloads())
         row = train_step(state, config, _suite(), TOK)
         trained_carried += sum(row["carried_counts"])
-        assert set(state.kept).isdisjoint(kept_before)  # staleness bound 1: a kept group waits one step at most
-        for group in state.kept.values():  # kept this step: log-probs of the policy before this step's update
+        assert set(state.controller.kept_payloads()).isdisjoint(
+            kept_before
+        )  # staleness bound 1: a kept group waits one step at most
+        for group in (
+            state.controller.kept_payloads().values()
+        ):  # kept this step: log-probs of the policy before this step's update
             assert group.old_logp is not None and group.old_logp.shape == group.completions.shape
             ids, mask, start = _training_tensors([group], TOK.pad_id, "cpu")
             with torch.no_grad():
@@ -41,7 +45,7 @@ def test_without_carry_over_nothing_is_kept() -> None:
     state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
     for _ in range(3):
         row = train_step(state, config, _suite(), TOK)
-        assert state.kept == {} and sum(row["carried_counts"]) == 0
+        assert state.controller.kept_payloads() == {} and sum(row["carried_counts"]) == 0
 
 
 def test_resume_with_kept_groups_continues_bit_for_bit(tmp_path: Path) -> None:
@@ -54,9 +58,9 @@ def test_resume_with_kept_groups_continues_bit_for_bit(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.pt"
     for steps in (1, 2, 3):  # the first checkpoint that holds kept groups
         first = train(config(steps), CharGPT(TINY, seed=0), _suite(), TOK, checkpoint=ckpt)
-        if first.kept:
+        if first.controller.kept_payloads():
             break
-    assert first.kept, "no checkpoint held kept groups: the test would mean nothing"
+    assert first.controller.kept_payloads(), "no checkpoint held kept groups: the test would mean nothing"
     resumed = train(config(4), CharGPT(TINY, seed=0), _suite(), TOK, resume=ckpt)
     assert resumed.controller.state_dict() == whole.controller.state_dict()
     for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
@@ -82,16 +86,18 @@ def test_a_task_without_signal_is_only_probed_in_the_loop() -> None:
         assert sum(r["realized_counts"]) == 4 or r["budget_exhausted"]
 
 
-def test_a_carried_group_without_its_stored_data_is_refused() -> None:
+def test_a_checkpoint_without_its_kept_groups_is_refused(tmp_path: Path) -> None:
     config = _config("mt-grpo:0.2", steps=6)
     config.sampler.update({"planner": "joint", "carry_over": 1})
-    state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
-    for _ in range(6):
-        train_step(state, config, _suite(), TOK)
-        if state.kept:
+    ckpt = tmp_path / "run.pt"
+    for steps in (1, 2, 3):  # the first checkpoint that holds kept groups
+        config.steps = steps
+        if train(config, CharGPT(TINY, seed=0), _suite(), TOK, checkpoint=ckpt).controller.kept_payloads():
             break
-    assert state.kept
-    state.kept = {}  # a trainer that lost the kept groups' data and log-probabilities
-    with pytest.raises(ValueError, match=r"kept by the sampler for this step, but the loop holds no data"):
-        for _ in range(6):  # the first step whose batch uses a carried group
-            train_step(state, config, _suite(), TOK)
+    payload = torch.load(ckpt, weights_only=False)
+    assert payload["kept"], "no checkpoint held kept groups: the test would mean nothing"
+    payload["kept"] = []  # a checkpoint that lost the kept groups' data and log-probabilities
+    torch.save(payload, ckpt)
+    config.steps = 6
+    with pytest.raises(ValueError, match=r"entry 'controller' does not load .*pass the payload of each kept key"):
+        train(config, CharGPT(TINY, seed=0), _suite(), TOK, resume=ckpt)

@@ -21,7 +21,7 @@ from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
 
-CHECKPOINT_FORMAT = "mtgrpo-torch-train/2"
+CHECKPOINT_FORMAT = "mtgrpo-torch-train/3"  # 3: kept groups from the controller, keys in its state
 RESUMABLE_CHANGES = ("steps", "eval_every")  # settings a resumed run may change
 _GROUP_TENSORS = ("completions", "masks", "rewards", "old_logp")
 
@@ -43,7 +43,7 @@ def _group_from_dict(saved: dict[str, Any]) -> GeneratedGroup:
 
 def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, suite: Suite) -> None:
     """Model, optimizer, controller, RNG states, groups kept for later steps, step and logs, written atomically."""
-    kept: dict[int, GeneratedGroup] = getattr(state, "kept", None) or {}
+    kept: dict[int, GeneratedGroup] = state.controller.kept_payloads()
     payload = {
         "format": CHECKPOINT_FORMAT,
         "suite": suite.name,
@@ -57,7 +57,6 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
         "prompt_rng": state.prompt_rng.bit_generator.state,
         "generator": state.generator.get_state(),
         "ref_model": None if state.ref_model is None else state.ref_model.state_dict(),
-        "next_key": int(getattr(state, "next_key", 0)),
         "kept": [[int(key), _group_to_dict(group)] for key, group in kept.items()],
         "prompt_pool": None if state.training_set is None else json.dumps(state.training_set.pool.state_dict()),
         "history": state.history,
@@ -135,7 +134,7 @@ def setting_differences(saved: dict[str, Any], config: TrainConfig) -> list[tupl
     return out
 
 
-# what save_checkpoint writes, besides format, ref_model, next_key, kept and prompt_pool (checked where used)
+# what save_checkpoint writes, besides format, ref_model, kept and prompt_pool (checked where used)
 _ENTRIES: tuple[str, ...] = ("suite", "tasks", "method", "config", "step", "model", "optimizer", "controller")
 _ENTRIES += ("prompt_rng", "generator", "history", "evals")
 
@@ -212,8 +211,9 @@ def load_checkpoint(
     where = f"{name} {str(path)!r}"
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
-    try:
-        state.controller.load_state_dict(json_entry(payload, "controller", where))
+    kept = {int(key): _group_from_dict(group) for key, group in payload.get("kept", [])}
+    try:  # groups the controller keeps for a later step (carry-over) come back as their payloads
+        state.controller.load_state_dict(json_entry(payload, "controller", where), kept)
     except (TypeError, ValueError, KeyError) as err:
         if str(err).startswith(where):
             raise
@@ -222,9 +222,6 @@ def load_checkpoint(
     state.generator.set_state(payload["generator"])
     if state.ref_model is not None and payload["ref_model"] is not None:
         state.ref_model.load_state_dict(payload["ref_model"])
-    if hasattr(state, "kept"):  # groups the sampler keeps for a later step (carry-over), with their keys
-        state.next_key = int(payload.get("next_key", 0))
-        state.kept = {int(key): _group_from_dict(group) for key, group in payload.get("kept", [])}
     if state.training_set is not None:  # the finite training set's pool: cursors and per-prompt history
         saved = payload.get("prompt_pool")
         if saved is None:

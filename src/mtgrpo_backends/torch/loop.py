@@ -15,7 +15,6 @@ run continues exactly as an uninterrupted one would (bit for bit on CPU).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +92,7 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
     # 1. rollout + score inside the controller's batch conversation (filter / sample)
     builder = ctrl.begin_step()
     timer.lap("core")
-    fresh: dict[int, GeneratedGroup] = {}
+    fresh: list[GeneratedGroup] = []
     failures = 0
     while (request := builder.next_request()) is not None:
         timer.lap("core")
@@ -107,23 +106,15 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
         failures += failed
         if state.training_set is not None and rows is not None and groups:
             state.training_set.report(rows[order], np.stack([g.rewards for g in groups]))
-        keys = range(state.next_key, state.next_key + len(groups))
-        state.next_key += len(groups)
-        fresh.update(zip(keys, groups, strict=True))
+        fresh += groups
         timer.lap("generate")
-        builder.report_arrays([g.task for g in groups], list(keys), rewards=np.stack([g.rewards for g in groups]))
+        scores = np.stack([g.rewards for g in groups]) if groups else np.zeros((0, n))
+        builder.report_arrays([g.task for g in groups], rewards=scores, payloads=groups)  # kept ones: held by ctrl
     batch = builder.finish()
     report = batch.report
 
     # 2. advantages of the selected groups (some may be carried from an earlier step: see carry-over)
-    pool = {**state.kept, **fresh}
-    missing = [int(key) for key in batch.keys if int(key) not in pool]
-    if missing:
-        raise ValueError(
-            f"groups {missing[:5]} were kept by the sampler for this step, but the loop holds no data or "
-            "log-probabilities for them (TrainState.kept); resume from a checkpoint of this run, which stores them"
-        )
-    chosen = [pool[int(key)] for key in batch.keys]
+    chosen: list[GeneratedGroup] = list(batch.payloads or ())
     row_task = torch.tensor([g.task for g in chosen for _ in range(n)], dtype=torch.long, device=config.device)
     rewards = torch.tensor(np.stack([g.rewards for g in chosen]) if chosen else np.zeros((0, n)), device=config.device)
     adv = ops.group_advantages(rewards, config.advantage).reshape(-1).float() if chosen else rewards.reshape(-1)
@@ -142,7 +133,7 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
             ref_logp = None
             if state.ref_model is not None:
                 ref_logp = completion_logprobs(state.ref_model, ids, mask, start, config.temperature)
-        state.kept = _keep(state, config, tokenizer, pool, fresh, batch.kept)
+        _store_generating_logprobs(state, config, tokenizer)
         stats, measured = _update(state, config, ids, mask, start, cmask, old_logp, adv, ref_logp, per_minibatch)
         timer.lap("update")
 
@@ -162,12 +153,12 @@ def train_step(state: TrainState, config: TrainConfig, suite: Suite, tokenizer: 
             )
             timer.lap("update")
     else:
-        state.kept = _keep(state, config, tokenizer, pool, fresh, batch.kept)
+        _store_generating_logprobs(state, config, tokenizer)
         if "improvement" in ctrl.needs:  # no group survived the filter: nothing was trained
             before = after = np.zeros(0)
 
     # 5. next task weights: the core's signal path turns the step's facts into J, accuracy, I and mean |A|
-    facts = step_facts(list(fresh.values()), row_task, adv, before, after, surrogate_task, minibatch)
+    facts = step_facts(fresh, row_task, adv, before, after, surrogate_task, minibatch)
     selection: dict[str, Any] | None = None
     if state.training_set is not None and state.training_set.selection is not None:
         stand_task, stand_reward, selection = state.training_set.end_step()
@@ -225,28 +216,18 @@ def _generating_logprobs(pre_logp: torch.Tensor, chosen: list[GeneratedGroup], n
     return old
 
 
-def _keep(
-    state: TrainState,
-    config: TrainConfig,
-    tokenizer: CharTokenizer,
-    pool: dict[int, GeneratedGroup],
-    fresh: dict[int, GeneratedGroup],
-    kept_keys: Any,
-) -> dict[int, GeneratedGroup]:
-    """The groups the sampler keeps for later steps, each with its generating policy's log-probs: for this step's
-    groups computed now, before the update (one forward pass over them); carried ones keep theirs."""
-    keys = [] if kept_keys is None else [int(k) for k in kept_keys]
-    new = [k for k in keys if k in fresh]
-    kept = {k: pool[k] for k in keys}
-    if new:
-        groups = [fresh[k] for k in new]
-        ids, mask, start = _training_tensors(groups, tokenizer.pad_id, config.device)
-        with torch.no_grad():
-            logp = completion_logprobs(state.model, ids, mask, start, config.temperature).cpu()
-        n = config.group_size
-        for j, (k, g) in enumerate(zip(new, groups, strict=True)):
-            kept[k] = dataclasses.replace(g, old_logp=logp[j * n : (j + 1) * n, : g.completions.shape[1]].clone())
-    return kept
+def _store_generating_logprobs(state: TrainState, config: TrainConfig, tokenizer: CharTokenizer) -> None:
+    """Give each group the controller kept this step its generating policy's log-probs, computed now, before the
+    update (one forward pass over them), in the group itself (the controller holds it as the group's payload)."""
+    groups = [g for g in state.controller.kept_payloads().values() if g.old_logp is None]
+    if not groups:
+        return
+    ids, mask, start = _training_tensors(groups, tokenizer.pad_id, config.device)
+    with torch.no_grad():
+        logp = completion_logprobs(state.model, ids, mask, start, config.temperature).cpu()
+    n = config.group_size
+    for j, g in enumerate(groups):
+        g.old_logp = logp[j * n : (j + 1) * n, : g.completions.shape[1]].clone()
 
 
 def _update(

@@ -11,7 +11,6 @@ import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import check_vocab
-from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
 from mtgrpo_backends.torch.training_set import TrainingSet
 from mtgrpo_core import Controller
@@ -28,8 +27,6 @@ class TrainState:
     generator: torch.Generator
     ref_model: torch.nn.Module | None = None
     step: int = 0
-    next_key: int = 0  # group keys count up over the run (carried groups keep theirs)
-    kept: dict[int, GeneratedGroup] = field(default_factory=dict)  # groups the sampler keeps for later steps
     training_set: TrainingSet | None = None  # the finite training set (pool_size > 0) and its pool
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)

@@ -42,7 +42,9 @@ class MTGRPOSettings:
 
     tasks: task names in weight order; None takes the sorted distinct values of the dataset's task_field.
     sampler: SamplerConfig overrides (max_rounds, oversample, filtering, ...); batch_size and group_size come from
-        verl (data.train_batch_size, actor_rollout_ref.rollout.n).
+        verl (data.train_batch_size, actor_rollout_ref.rollout.n). Its default {"carry_over": 0} says what this
+        backend does differently: it trains strictly on-policy, so a method that carries over by default is
+        refused unless carry_over 0 is set.
     round_timeout_s: how long one generation round may take before sample() gives up with an error.
     """
 
@@ -51,7 +53,7 @@ class MTGRPOSettings:
     task_field: str = "data_source"
     seed: int = 0
     rule_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    sampler: Mapping[str, Any] = field(default_factory=dict)
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"carry_over": 0})
     improvement_reduce: str | None = None
     correct_reward: float = 1.0
     poll_interval: float = 0.2
@@ -90,7 +92,14 @@ class MTGRPOSettings:
             raise ValueError(
                 f"mtgrpo.sampler.carry_over is {self.sampler['carry_over']!r}: the verl backend trains strictly "
                 "on-policy (a kept group would need its TransferQueue data and generating log-probs across steps); "
-                "remove the setting (methods that carry over get 0 here)"
+                "set mtgrpo.sampler.carry_over=0"
+            )
+        carries = parse_method(self.method).sampler_settings.get("carry_over", 0)
+        if carries and "carry_over" not in self.sampler:
+            raise ValueError(
+                f"mtgrpo.method {self.method!r} carries informative surplus over to the next step by default "
+                f"(carry_over {carries}), which the verl backend cannot do (it trains strictly on-policy): set "
+                "mtgrpo.sampler.carry_over=0 (the group's default, lost when mtgrpo.sampler is replaced whole)"
             )
         if self.improvement_reduce is not None:
             v.choice("mtgrpo.improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
@@ -114,17 +123,21 @@ class MTGRPOSettings:
         except (TypeError, ValueError) as err:
             raise ValueError(f"mtgrpo.rule_kwargs {rule_kwargs!r} (method {self.method!r}): {err}") from None
         try:
-            Controller.from_method(self.method, num_tasks, batch_size, group_size, **self.sampler_overrides())
+            Controller.from_method(
+                self.method,
+                num_tasks,
+                batch_size,
+                group_size,
+                improvement_reduce=self.improvement_reduce,
+                **self.sampler_overrides(),
+            )
         except (TypeError, ValueError) as err:
             given = f" with mtgrpo.sampler {dict(self.sampler)!r}" if self.sampler else ""
             raise ValueError(f"mtgrpo.method {self.method!r}{given} (B={batch_size}, N={group_size}): {err}") from None
 
     def sampler_overrides(self) -> dict[str, Any]:
-        """SamplerConfig overrides: the given ones, and carry_over 0 where the method would carry over."""
-        overrides = {**self.sampler, "correct_reward": self.correct_reward}
-        if parse_method(self.method).sampler_settings.get("carry_over", 0):
-            overrides["carry_over"] = 0
-        return overrides
+        """SamplerConfig overrides: the given ones and mtgrpo.correct_reward."""
+        return {**self.sampler, "correct_reward": self.correct_reward}
 
     @classmethod
     def from_config(cls, kwargs: Any) -> MTGRPOSettings:

@@ -117,3 +117,17 @@ def test_a_key_trained_or_released_at_the_last_step_is_refused_when_reported_aga
     assert builder.next_request() is not None
     with pytest.raises(ValueError, match="reported again"):
         builder.report_arrays([task], [int(batch.keys[0])], informative=np.array([True]))
+
+
+def test_retired_keys_are_found_whatever_the_two_key_dtypes() -> None:
+    from mtgrpo_core.carry_pool import CarryPool
+
+    pool = CarryPool(2, 1)
+    big = np.array([2**64 - 1, 5], dtype=np.uint64)
+    pool.store(np.zeros(0, np.int64), np.zeros(0, np.uint64), None, np.zeros(0, np.int64), big)
+    pool.refuse_retired(np.array([4, 6], dtype=np.int64))  # none retired: accepted
+    with pytest.raises(ValueError, match=r"keys \[5\] were trained or released"):
+        pool.refuse_retired(np.array([5, 7], dtype=np.int8))
+    with pytest.raises(ValueError, match=r"keys \[18446744073709551615\] were trained or released"):
+        pool.refuse_retired(np.array([2**64 - 1], dtype=np.uint64))
+    pool.refuse_retired(np.array([-1, -5], dtype=np.int64))  # negative keys beside uint64 ones: compared exactly

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import zero_gradient_mask
-from mtgrpo_core.report_keys import KeyArray
+from mtgrpo_core.report_keys import KeyArray, common_key_dtype
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,13 @@ class CarryPool:
 
     def refuse_retired(self, keys: KeyArray) -> None:
         """Refuse keys that the last step trained or released (a group reported again after it was retired)."""
-        again = [k for k in keys.tolist() if k in self._retired_set] if self._retired_set else []
+        if not self._retired_set or keys.size == 0:
+            return
+        try:  # compare as integers of one dtype; a batch that mixes negative and >= 2**63 keys takes the set
+            dtype = common_key_dtype("keys", keys, self._retired)
+            again = keys[np.isin(keys.astype(dtype), self._retired.astype(dtype))].tolist()
+        except ValueError:
+            again = [k for k in keys.tolist() if k in self._retired_set]
         if again:
             raise ValueError(
                 f"keys {again[:5]} were trained or released at the last step and are reported again; with "

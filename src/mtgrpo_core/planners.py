@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,11 +31,30 @@ from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEsti
 from mtgrpo_core.selection import select_by_ratio, select_first
 from mtgrpo_core.targets import CountScheme, draw_counts
 
-if TYPE_CHECKING:
-    from mtgrpo_core.sampler_config import SamplerConfig
-
 Counts = NDArray[np.int64]
 Flags = NDArray[np.bool_]
+
+
+class PlannerConfig(Protocol):
+    """The settings a planner is built from (`SamplerConfig` has them; named here so that the planners do not import
+    the config that validates planner names against them)."""
+
+    @property
+    def filtering(self) -> str: ...
+    @property
+    def planner(self) -> str: ...
+    @property
+    def ratio_constraint(self) -> bool: ...
+    @property
+    def targets(self) -> CountScheme: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def oversample(self) -> float: ...
+    @property
+    def max_inflation(self) -> float: ...
+    @property
+    def confidence(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,7 @@ class Planner(Protocol):
 class PlannerSpec(NamedTuple):
     """A registered planner: how to build it from a config, and the estimator it uses by default."""
 
-    build: Callable[[SamplerConfig], Planner]
+    build: Callable[[PlannerConfig], Planner]
     estimator: Callable[[int], FilterRateEstimator]
 
 
@@ -88,7 +107,7 @@ SWITCH_PLANNERS: tuple[str, ...] = ("dapo", "no-filter")  # chosen by filtering 
 
 def register_planner(
     name: str,
-    build: Callable[[SamplerConfig], Planner],
+    build: Callable[[PlannerConfig], Planner],
     estimator: Callable[[int], FilterRateEstimator] = EMAFilterRate,
 ) -> None:
     """Make `SamplerConfig(planner=name)` build its planner with `build(config)`; `estimator(K)` is the default."""
@@ -106,13 +125,13 @@ def planner_names() -> tuple[str, ...]:
     return tuple(n for n in PLANNER_REGISTRY if n not in SWITCH_PLANNERS)
 
 
-def planner_for(config: SamplerConfig) -> Planner:
+def planner_for(config: PlannerConfig) -> Planner:
     """The planner a config asks for: no-filter without filtering, DAPO without the ratio constraint, else by name."""
     name = "no-filter" if config.filtering == "none" else config.planner if config.ratio_constraint else "dapo"
     return PLANNER_REGISTRY[name].build(config)
 
 
-def default_estimator(config: SamplerConfig, num_tasks: int) -> FilterRateEstimator:
+def default_estimator(config: PlannerConfig, num_tasks: int) -> FilterRateEstimator:
     """The filter-rate estimator of the planner named by `config.planner`."""
     return PLANNER_REGISTRY[config.planner].estimator(num_tasks)
 
@@ -135,7 +154,7 @@ class PaperPlanner:
         self.total = math.ceil(oversample * batch_size)
 
     @classmethod
-    def from_config(cls, config: SamplerConfig) -> PaperPlanner:
+    def from_config(cls, config: PlannerConfig) -> PaperPlanner:
         return cls(config.targets, config.batch_size, config.oversample)
 
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:
@@ -167,7 +186,7 @@ class PosteriorPlanner(PaperPlanner):
         self.confidence = confidence
 
     @classmethod
-    def from_config(cls, config: SamplerConfig) -> PosteriorPlanner:
+    def from_config(cls, config: PlannerConfig) -> PosteriorPlanner:
         return cls(config.targets, config.batch_size, config.oversample, config.max_inflation, config.confidence)
 
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:
@@ -204,7 +223,7 @@ class NoFilterPlanner:
         self.batch_size = batch_size
 
     @classmethod
-    def from_config(cls, config: SamplerConfig) -> NoFilterPlanner:
+    def from_config(cls, config: PlannerConfig) -> NoFilterPlanner:
         return cls(config.batch_size)
 
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:

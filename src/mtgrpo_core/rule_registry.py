@@ -14,8 +14,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mtgrpo_core.protocols import SIGNAL_NEEDS, WeightingRule
+from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
-RULES: dict[str, type[Any]] = {}
+# the built-in rules; `register_rule` adds more
+RULES: dict[str, type[Any]] = {
+    "iwu": IWURule,
+    "minimax": MinimaxRule,
+    "uniform": UniformRule,
+    "fixed": FixedRule,
+    "sec": SECRule,
+}
 T = TypeVar("T", bound=type[Any])
 
 
@@ -66,6 +74,3 @@ def build_rule(name: str, num_tasks: int, **kwargs: Any) -> WeightingRule:
     if not isinstance(rule, WeightingRule):
         raise TypeError(f"rule {name!r} ({cls.__name__}) does not satisfy the WeightingRule protocol")
     return rule
-
-
-import mtgrpo_core.weighting_rules  # noqa: E402, F401  (registers the built-in rules)

@@ -18,7 +18,6 @@ from mtgrpo_core import checks as v
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.reference_scoring import DEFAULT_REWARD_DECAY, RewardTerm
-from mtgrpo_core.rule_registry import register_rule
 
 IWU_OPTIMIZERS = ("adamw", "sgd")
 MINIMAX_DEFAULT_LR = 1.0
@@ -87,7 +86,6 @@ class _LogitRule:
         return self._logits.copy()
 
 
-@register_rule("iwu")
 class IWURule(_LogitRule):
     """Improvement-aware weight update, the MT-GRPO rule (Subroutine 1).
 
@@ -231,7 +229,6 @@ class IWURule(_LogitRule):
         self._z = wf.stable_softmax(self._logits)
 
 
-@register_rule("minimax")
 class MinimaxRule(_LogitRule):
     """Reward-only worst-task update: Eq. 6-7 (eta = 0) or its regularised form, Subroutine 2 (eta > 0).
 
@@ -275,7 +272,6 @@ class MinimaxRule(_LogitRule):
         self._z = wf.stable_softmax(self._logits)
 
 
-@register_rule("uniform")
 class UniformRule:
     """Uniform weights z_k = 1/K at every step (the GRPO and DAPO baselines)."""
 
@@ -304,7 +300,6 @@ class UniformRule:
         v.state_matches(state, self.kind, self._k)
 
 
-@register_rule("fixed")
 class FixedRule:
     """Fixed weights given at construction (e.g. the "RPS with fixed uniform z" ablation).
 
@@ -343,7 +338,6 @@ class FixedRule:
             )
 
 
-@register_rule("sec")
 class SECRule:
     """Self-Evolving Curriculum bandit baseline (Chen et al. 2025), as used for SEC-GRPO / SEC-DAPO.
 

@@ -19,17 +19,46 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from transformers.trainer_utils import get_last_checkpoint
 
-from mtgrpo_core import StepFacts
+from mtgrpo_backends.trl.carried_rows import KeptRows
+from mtgrpo_backends.trl.config import MTGRPOConfig
+from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, StepFacts
 
-if TYPE_CHECKING:
-    from mtgrpo_backends.trl.trainer import MTGRPOTrainer
+
+class CheckpointedTrainer(Protocol):
+    """What a checkpoint reads and restores of `trl.trainer.MTGRPOTrainer` (named here, not imported: the trainer
+    imports this module)."""
+
+    _pending: PendingStep | None
+    _next_key: int
+    _step: int
+    _buffered_inputs: Any
+
+    @property
+    def cfg(self) -> MTGRPOConfig: ...
+    @property
+    def controller(self) -> Controller: ...
+    @property
+    def prompt_pool(self) -> PromptPool: ...
+    @property
+    def task_names(self) -> list[str]: ...
+    @property
+    def _kept(self) -> KeptRows | None: ...
+    @property
+    def _reward_change(self) -> RewardChangeImprovement | None: ...
+    @property
+    def accelerator(self) -> Any: ...
+    @property
+    def args(self) -> Any: ...
+    @property
+    def num_iterations(self) -> int: ...
+
 
 STATE_FILE = "mtgrpo_state.json"
 BUFFER_FILE = "mtgrpo_generation_batch_rank{rank}.pt"
@@ -79,11 +108,11 @@ def check_tasks(saved: list[str], current: list[str], where: str) -> None:
     )
 
 
-def _generate_every(trainer: MTGRPOTrainer) -> int:
+def _generate_every(trainer: CheckpointedTrainer) -> int:
     return cast(int, trainer.cfg.steps_per_generation) * trainer.num_iterations
 
 
-def state_dict(trainer: MTGRPOTrainer) -> dict[str, Any]:
+def state_dict(trainer: CheckpointedTrainer) -> dict[str, Any]:
     """The JSON-native MT-GRPO state of a trainer (see the module docstring)."""
     state: dict[str, Any] = {
         "format": STATE_FORMAT,
@@ -121,7 +150,7 @@ def check_fields(state: Any, where: str) -> None:
             )
 
 
-def check_sampler_settings(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) -> None:
+def check_sampler_settings(trainer: CheckpointedTrainer, state: dict[str, Any], where: str) -> None:
     """Refuse a state whose sampler was built with other settings (carry_over, filtering, ...), naming each
     setting that differs with both values."""
     saved = (state["controller"].get("sampler") or {}).get("config")
@@ -138,7 +167,7 @@ def check_sampler_settings(trainer: MTGRPOTrainer, state: dict[str, Any], where:
     )
 
 
-def check_compatible(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) -> None:
+def check_compatible(trainer: CheckpointedTrainer, state: dict[str, Any], where: str) -> None:
     """Refuse a state of other tasks or sampler settings, or one saved inside a generation batch under other
     generation settings."""
     check_fields(state, where)
@@ -161,7 +190,7 @@ def check_compatible(trainer: MTGRPOTrainer, state: dict[str, Any], where: str) 
     check_sampler_settings(trainer, state, where)
 
 
-def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = "the state") -> None:
+def load_state_dict(trainer: CheckpointedTrainer, state: dict[str, Any], where: str = "the state") -> None:
     """Restore `state_dict`'s state; a refused state leaves the trainer unchanged."""
     check_compatible(trainer, state, where)
     pending = state.get("pending")
@@ -188,7 +217,7 @@ def load_state_dict(trainer: MTGRPOTrainer, state: dict[str, Any], where: str = 
         trainer._kept.load([], None, trainer.accelerator.device)
 
 
-def save(trainer: MTGRPOTrainer, folder: str) -> None:
+def save(trainer: CheckpointedTrainer, folder: str) -> None:
     """Write the state (main process) and, mid generation batch, every process's buffered batch."""
     if trainer.args.should_save:
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
@@ -207,7 +236,7 @@ def _to_cpu(value: Any) -> Any:
     return value.detach().to("cpu").clone() if isinstance(value, torch.Tensor) else value
 
 
-def check(trainer: MTGRPOTrainer, checkpoint: str | bool) -> None:
+def check(trainer: CheckpointedTrainer, checkpoint: str | bool) -> None:
     """Refuse a checkpoint `load` would refuse, before TRL loads anything (`True`: the last one in output_dir)."""
     folder: Any = checkpoint
     if folder is True:
@@ -216,7 +245,7 @@ def check(trainer: MTGRPOTrainer, checkpoint: str | bool) -> None:
         _read(trainer, folder)
 
 
-def _read(trainer: MTGRPOTrainer, checkpoint: str) -> dict[str, Any]:
+def _read(trainer: CheckpointedTrainer, checkpoint: str) -> dict[str, Any]:
     path = os.path.join(checkpoint, STATE_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer")
@@ -251,7 +280,7 @@ def _read(trainer: MTGRPOTrainer, checkpoint: str) -> dict[str, Any]:
     return state
 
 
-def load(trainer: MTGRPOTrainer, checkpoint: str) -> None:
+def load(trainer: CheckpointedTrainer, checkpoint: str) -> None:
     """Restore what `save` wrote into `checkpoint`; refuses a checkpoint not written by MTGRPOTrainer."""
     state = _read(trainer, checkpoint)
     buffered: list[dict[str, Any]] | None = None

@@ -356,18 +356,12 @@ class MTGRPOTrainer(GRPOTrainer):
         log_signals(self._metrics["train"], self.task_names, self.controller.last_signals, self._reward_change is None)
 
     # -- evaluation and logs --------------------------------------------------------------------------------
-    def evaluation_loop(
-        self,
-        dataloader: Any,
-        description: str,
-        prediction_loss_only: bool | None = None,
-        ignore_keys: list[str] | None = None,
-        metric_key_prefix: str = "eval",
-    ) -> Any:
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
         """TRL's evaluation, then the per-task eval reward and accuracy of all its rollouts in its metrics, under
-        its prefix (`eval_mtgrpo/...`; `eval_<set>_mtgrpo/...` for each of a dict of eval datasets)."""
+        its prefix (`eval_mtgrpo/...`; `eval_<set>_mtgrpo/...` for each of a dict of eval datasets; Trainer passes
+        the prefix by name)."""
         self._eval_signals.reset()
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output = super().evaluation_loop(*args, **{**kwargs, "metric_key_prefix": metric_key_prefix})
         per_task = self._eval_signals.metrics(metric_key_prefix)
         return output._replace(metrics={**(output.metrics or {}), **per_task})
 

@@ -145,3 +145,25 @@ def test_ops_run_on_cuda_tensors() -> None:
     assert adv.is_cuda
     np.testing.assert_allclose(adv.cpu().numpy(), np_group_advantages(r.cpu().numpy()), atol=1e-12)
     assert ops.sequence_surrogate(adv, adv, adv[:, 0], torch.ones_like(adv)).is_cuda
+
+
+def test_an_estimator_registered_in_the_core_reaches_the_torch_loop() -> None:
+    from mtgrpo_backends.torch.loop import train_step
+    from mtgrpo_backends.torch.model import CharGPT
+    from mtgrpo_backends.torch.state import make_state
+    from mtgrpo_core.advantages import register_estimator
+    from tests.test_torch_loop import TINY, TOK, _config, _suite
+
+    calls: list[tuple[int, ...]] = []
+
+    @register_estimator("test-doubled-dr-grpo")
+    def doubled(rewards: np.ndarray, groups: Any) -> np.ndarray:
+        calls.append(rewards.shape)
+        return 2.0 * (rewards - rewards.mean(axis=1, keepdims=True))
+
+    config = _config("grpo", steps=1, advantage="test-doubled-dr-grpo")  # checked against the registry as it is now
+    state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
+    train_step(state, config, _suite(), TOK)
+    assert calls and calls[0][1] == config.group_size
+    with pytest.raises(ValueError, match=r"advantage must be one of \[.*'test-doubled-dr-grpo'.*\], got 'nope'"):
+        _config("grpo", steps=1, advantage="nope")

@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import checks as v
+from mtgrpo_core.advantages import ADVANTAGE_ESTIMATORS
 from mtgrpo_core.prompt_history import SelectionConfig
 from mtgrpo_core.reward_protocol import CORRECT
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
@@ -35,7 +36,11 @@ class TrainSettings:
     clip_low: float = _help("ratio clip below 1 (paper 0.2)", 0.2)
     clip_high: float = _help("ratio clip above 1 (clip-higher, paper 0.28)", 0.28)
     aggregation: Literal["token-mean", "seq-mean"] = _help("loss aggregation over tokens", "token-mean")
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = _help("group advantage estimator", "grpo")
+    advantage: str = _help(
+        "group advantage estimator: a name in mtgrpo_core.ADVANTAGE_ESTIMATORS (grpo, dr_grpo, rloo, batch_std, or "
+        "one added with register_estimator)",
+        "grpo",
+    )
     improvement_reduce: Literal["mean", "sum"] | None = _help(
         "I_k over task k's sequences: mean (independent of the batch share) or sum (the reference code's); unset: "
         "the method's own (mean; the reference presets sum and refuse mean)",
@@ -89,7 +94,7 @@ class TrainConfig(TrainSettings):
         v.real_in_range("clip_high", self.clip_high, 0.0)
         v.real_in_range("kl_coef", self.kl_coef, 0.0)
         v.choice("aggregation", self.aggregation, ops.AGGREGATIONS)
-        v.choice("advantage", self.advantage, ops.ADVANTAGE_METHODS)
+        v.choice("advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
         if self.improvement_reduce is not None:
             v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
         if self.minibatches > self.batch_size * self.group_size:

@@ -1,49 +1,33 @@
 """Tensor versions of the core's per-step arithmetic: group advantages, the clipped surrogate, per-task statistics.
 
-Everything stays on the tensors' device (no `.item()`, no host copies), so the same calls run on CUDA. Group
-advantages give the same numbers as `mtgrpo_core.group_advantages` (float64 in, float64 out). Shapes: R rows
+Everything but the group advantages stays on the tensors' device (no `.item()`, no host copies), so the same calls
+run on CUDA; group advantages are the core's own estimators (`mtgrpo_core.group_advantages`), one host trip of
+P x N rewards. Shapes: R rows
 (sequences), T completion tokens, P prompts (groups) of N rollouts, K tasks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.advantages import group_advantages as core_group_advantages
 
 Aggregation = Literal["token-mean", "seq-mean"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean")
-ADVANTAGE_METHODS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
 
 
-def group_advantages(
-    rewards: torch.Tensor, method: str = "grpo", *, std: str = "unbiased", eps: float = 1e-6
-) -> torch.Tensor:
-    """Advantages of dense groups, rewards (P, N) -> (P, N); same numbers as the numpy core's estimators.
-
-    "grpo": (r - mean_g) / (std_g + eps), std "unbiased" (Bessel; a group of one has std 0) or "biased".
-    "dr_grpo": r - mean_g.  "rloo": r - mean of the other rollouts = N / (N - 1) * (r - mean_g), needs N >= 2.
-    """
-    v.choice("method", method, ADVANTAGE_METHODS)
-    if rewards.dim() != 2 or rewards.shape[0] == 0 or rewards.shape[1] == 0:
+def group_advantages(rewards: torch.Tensor, method: str = "grpo", **options: Any) -> torch.Tensor:
+    """Advantages of dense groups, rewards (P, N) -> (P, N) in rewards' dtype and device: the core's estimator
+    `method` (`mtgrpo_core.group_advantages`, so one registered with `register_estimator` runs here too). Rewards
+    are a few numbers per group: they make one trip to the host."""
+    if rewards.dim() != 2:
         raise ValueError(f"rewards must have shape (P, N) with P, N >= 1, got {tuple(rewards.shape)}")
-    n = rewards.shape[1]
-    dev = rewards - rewards.mean(dim=1, keepdim=True)
-    if method == "dr_grpo":
-        return dev
-    if method == "rloo":
-        if n < 2:
-            raise ValueError(f"method 'rloo' needs at least 2 rollouts in every group, got groups of {n}")
-        return dev * (n / (n - 1.0))
-    v.choice("std", std, ("biased", "unbiased"))
-    v.real_in_range("eps", eps, 0.0, low_open=True)
-    var = (dev * dev).mean(dim=1, keepdim=True)
-    if std == "unbiased":
-        var = var * (n / max(n - 1.0, 1.0))
-    return dev / (var.sqrt() + eps)
+    adv = core_group_advantages(rewards.detach().cpu().double().numpy(), method, **options)
+    return torch.from_numpy(adv).to(device=rewards.device, dtype=rewards.dtype)
 
 
 def _token_objective(

@@ -110,3 +110,23 @@ def test_figure_with_many_tasks_draws_quantiles(tmp_path: Path) -> None:
     acc = np.linspace(0.1, 0.5, 3 * k).reshape(3, k).tolist()
     plot_curves(tmp_path / "f.png", [f"t{j}" for j in range(k)], [_record("grpo", 0, 4, acc, k=k)], "many")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_figure_title_is_wrapped_to_the_figure_width() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtgrpo_backends.harness.plots import fit_title
+
+    title = "tiny3: 120 steps per run from one warm start (1050 warm-up steps); held-out accuracy " * 2
+    for width_in in (3.6, 8.8):  # the demo's figure with one method and with three
+        fig = plt.figure(figsize=(width_in, 6.6))
+        text = fit_title(fig, title.strip(), fontsize=10)
+        assert text.get_window_extent().width <= fig.bbox.width
+        assert text.get_text().split() == title.split() and "\n" in text.get_text()
+        plt.close(fig)
+    fig = plt.figure(figsize=(8.8, 6.6))
+    assert fit_title(fig, "tiny3: short", fontsize=10).get_text() == "tiny3: short"
+    plt.close(fig)

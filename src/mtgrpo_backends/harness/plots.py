@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,17 @@ def _smooth(x: NDArray[np.float64], width: int) -> NDArray[np.float64]:
         return x
     kernel = np.ones(width) / width
     return np.stack([np.convolve(x[:, j], kernel, mode="valid") for j in range(x.shape[1])], axis=1)
+
+
+def fit_title(fig: Any, title: str, fontsize: float) -> Any:
+    """The figure's title (returned), wrapped at spaces where one line is wider than the figure (a one-method demo
+    is 3.6 in wide, a title of its settings about 10 in)."""
+    text = fig.suptitle(title, fontsize=fontsize)
+    width = text.get_window_extent().width
+    limit = 0.95 * fig.bbox.width
+    if width > limit:
+        text.set_text(textwrap.fill(title, max(10, int(len(title) * limit / width))))
+    return text
 
 
 def plot_curves(path: str | Path, task_names: Sequence[str], records: Sequence[RunRecord], title: str) -> None:
@@ -59,7 +71,7 @@ def plot_curves(path: str | Path, task_names: Sequence[str], records: Sequence[R
     for row, label in enumerate(("held-out accuracy", "task weight z", "realized share")):
         axes[row, 0].set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fit_title(fig, title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
     plt.close(fig)

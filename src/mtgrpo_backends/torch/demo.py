@@ -113,10 +113,11 @@ def run_demo(args: DemoArgs) -> int:
         warm={"config": warm.model.config, "weights": warm.model.state_dict()},
         threads=args.warm.threads if args.harness.workers == 1 else 1,
     )
+    t = args.train.eval_temperature  # at 0 the evaluation decodes greedily, one completion per prompt
+    scoring = "greedy, 1 sample" if t == 0 else f"at temperature {t:g}, {args.train.eval_samples} samples"
     title = (
         f"{suite.name}: {args.train.steps} steps per run from one warm start ({warm.steps} warm-up steps); held-out "
-        f"accuracy at temperature {args.train.eval_temperature:g}, {args.train.eval_samples} samples x "
-        f"{suite.eval_size} prompts per task"
+        f"accuracy {scoring} x {suite.eval_size} prompts per task"
     )
     settings = {
         "suite": suite.name,

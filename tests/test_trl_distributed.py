@@ -3,7 +3,9 @@
 Run as a script, this file is the worker: each rank writes what it decided and what reached its loss. The test
 checks that both ranks logged the same weights, drew the same batches and trained disjoint slices of them. In
 "resume" mode each rank trains with `steps_per_generation=2`, then resumes a second trainer from the checkpoint
-inside the first generation batch (each rank restores its own slice of the buffered batch) and compares.
+inside the first generation batch (each rank restores its own slice of the buffered batch) and compares. One
+torchrun launch runs both modes, one after the other in the same two processes (a launch costs two interpreters
+importing torch, transformers and TRL); each test checks the records of its mode.
 (`accelerate launch --cpu --num_processes 2` would silently run ONE process: torchrun is used instead.)
 """
 
@@ -21,9 +23,10 @@ import pytest
 
 GROUP = 4
 STEPS = 3
+TIMEOUT_S = 360  # both modes in one launch
 
 
-def _worker(out_dir: str, mode: str = "train") -> None:
+def _worker(out_dir: str, *modes: str) -> None:
     import torch
     from datasets import Dataset
 
@@ -98,7 +101,20 @@ def _worker(out_dir: str, mode: str = "train") -> None:
             processing_class=tokenizer,
         )
 
-    if mode == "resume":
+    if "train" in modes:
+        trainer = make(out_dir)
+        trainer.train()
+        rank = trainer.accelerator.process_index
+        weights = [[h[f"mtgrpo/weight/{t}"] for t in tasks] for h in trainer.state.log_history if "loss" in h]
+        record: dict[str, Any] = {
+            "world": trainer.accelerator.num_processes,
+            "weights": weights,
+            "final": trainer.controller.weights.tolist(),
+            "draws": trainer.draws,
+            "trained": trainer.trained,
+        }
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
+    if "resume" in modes:
         settings = {"steps_per_generation": 2, "per_device_train_batch_size": 4}
         first = make(str(Path(out_dir, "a")), save_strategy="steps", save_steps=1, **settings)
         first.train()
@@ -106,29 +122,16 @@ def _worker(out_dir: str, mode: str = "train") -> None:
         second.train(resume_from_checkpoint=str(Path(out_dir, "a", "checkpoint-1")))
         params = dict(first.model.named_parameters())
         diff = max(float((p - params[n]).abs().max()) for n, p in second.model.named_parameters())
-        record: dict[str, Any] = {
+        resumed = {
             "world": first.accelerator.num_processes,
             "weights": [first.weights_after, second.weights_after],
             "draws": [first.draws, second.draws],
             "max_param_diff": diff,
         }
-        Path(out_dir, f"resume{first.accelerator.process_index}.json").write_text(json.dumps(record))
-        return
-    trainer = make(out_dir)
-    trainer.train()
-    rank = trainer.accelerator.process_index
-    weights = [[h[f"mtgrpo/weight/{t}"] for t in tasks] for h in trainer.state.log_history if "loss" in h]
-    record = {
-        "world": trainer.accelerator.num_processes,
-        "weights": weights,
-        "final": trainer.controller.weights.tolist(),
-        "draws": trainer.draws,
-        "trained": trainer.trained,
-    }
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
+        Path(out_dir, f"resume{first.accelerator.process_index}.json").write_text(json.dumps(resumed))
 
 
-def _torchrun(tmp_path: Path, *args: str) -> None:
+def _torchrun(tmp_path: Path, *modes: str) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -138,22 +141,29 @@ def _torchrun(tmp_path: Path, *args: str) -> None:
         "2",
         __file__,
         str(tmp_path),
-        *args,
+        *modes,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        log, _ = proc.communicate(timeout=240)
+        log, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 240 s:\n{log.decode()[-3000:]}")
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{log.decode()[-3000:]}")
     assert proc.returncode == 0, log.decode()[-3000:]
 
 
-def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path) -> None:
-    _torchrun(tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where one launch of both modes left each rank's records (and the resume mode's checkpoints)."""
+    out = tmp_path_factory.mktemp("trl_distributed")
+    _torchrun(out, "train", "resume")
+    return out
+
+
+def test_two_processes_agree_on_weights_and_train_disjoint_slices(records: Path) -> None:
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["weights"] == ranks[1]["weights"] and len(ranks[0]["weights"]) == STEPS
     assert ranks[0]["final"] == ranks[1]["final"]
@@ -170,11 +180,10 @@ def test_two_processes_agree_on_weights_and_train_disjoint_slices(tmp_path: Path
         assert items[0]["num_items"] == sum(t["local_items"] for t in items)
 
 
-def test_two_processes_resume_inside_a_generation_batch_exactly(tmp_path: Path) -> None:
-    _torchrun(tmp_path, "resume")
-    ranks = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in (0, 1)]
+def test_two_processes_resume_inside_a_generation_batch_exactly(records: Path) -> None:
+    ranks = [json.loads((records / f"resume{r}.json").read_text()) for r in (0, 1)]
     for r in (0, 1):  # the checkpoint holds each rank's slice of the generation batch it was saved inside
-        assert (tmp_path / "a" / "checkpoint-1" / f"mtgrpo_generation_batch_rank{r}.pt").exists()
+        assert (records / "a" / "checkpoint-1" / f"mtgrpo_generation_batch_rank{r}.pt").exists()
     assert [r["world"] for r in ranks] == [2, 2]
     for r in ranks:
         uninterrupted, resumed = r["weights"]

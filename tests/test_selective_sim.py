@@ -97,12 +97,14 @@ def test_skipping_needs_a_finite_pool(capsys: pytest.CaptureFixture[str]) -> Non
     args = ["bench", "--suite", "paper3-pool", "--steps", "2", "--quiet", "--selection.skip", "history"]
     assert main([*args, "--selection.min-retry", "2"]) == 2
     assert "--selection.min-retry 2.0: min_retry must be in [0.0, 1.0], got 2.0" in capsys.readouterr().err
+    assert main([*args, "--selection.max-skips", "0"]) == 2  # as SelectionConfig(max_skips=0) in every backend
+    assert "--selection.max-skips 0: max_skips must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bench_cli_runs_a_pool_suite_with_skipping(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "--suite", "paper3-pool", "--steps", "8", "--seeds", "0", "--methods", "mt-grpo:0.2,dapo"]
     assert (
-        main([*args, "--filter", "strict", "--selection.skip", "history", "--selection.max-skips", "0", "--quiet"]) == 0
+        main([*args, "--filter", "strict", "--selection.skip", "history", "--selection.max-skips", "3", "--quiet"]) == 0
     )
     text = capsys.readouterr().out
     assert "strict filter, skip history" in text and "gen/used" in text and "skip error" in text

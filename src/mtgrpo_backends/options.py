@@ -184,15 +184,13 @@ class SelectionOptions:
     min_retry: Annotated[float | None, unset("0.01")] = None
     """floor of the retry probability of a prompt last seen uninformative"""
     max_skips: Annotated[int | None, unset("none: never forced")] = None
-    """a prompt passed over this many times in a row is handed out at its next turn (0: never forced)"""
+    """a prompt passed over this many times in a row is handed out at its next turn (1 to 255; unset: never forced)"""
 
     def config(self) -> SelectionConfig:
         """The SelectionConfig of the settings given (filtering is set per method by the backend); refusals name
         the flag. A setting given with --selection.skip none is refused: nothing would use it."""
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "skip"}
         settings = {k: x for k, x in given.items() if x is not None}
-        if settings.get("max_skips") == 0:
-            settings["max_skips"] = None
         for name, value in settings.items():
             try:
                 SelectionConfig(**{name: value})

@@ -227,7 +227,9 @@ class RetryStats:
 
 class SkipRule(Protocol):
     """Decides which rows, met in this order in task `task`'s pass, a draw passes over (True = skip). `uniform`
-    holds one seeded U[0, 1) number per row. The pool still hands out a row skipped max_skips times in a row."""
+    holds one seeded U[0, 1) number per row. The pool still hands out a row skipped max_skips times in a row. A rule
+    may also define `stand_ins(rows, tasks, group_size) -> (task, reward)` for the rows it passed over (the
+    simulator's oracle knows their expected rewards); `PromptPool.take` uses it instead of the history's estimates."""
 
     def skip(
         self, task: int, rows: NDArray[np.int64], uniform: NDArray[np.float64], history: PromptHistory

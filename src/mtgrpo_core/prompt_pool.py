@@ -5,6 +5,10 @@ draws the same rows without communication, and the state is one cursor per task.
 dataset draws through this one pool. With `selection` (a `SelectionConfig`) the pool also keeps a per-prompt
 history, fed by `report`, and a skip rule passes over prompts at their turn (docs/selective.md); a draw still
 hands out exactly the requested count of every task.
+
+A trainer's step: `take(counts, N)` for each request (the rows to generate), `report(rows, rewards)` for what came
+back, and `end_step()` for what the step's draws leave: the stand-in rollouts of the prompts passed over (to join
+the step's rollouts, `with_stand_ins`) and per-task counts for the log. No backend draws stand-ins itself.
 """
 
 from __future__ import annotations
@@ -39,6 +43,24 @@ def task_ids_of(values: Sequence[Any], tasks: Sequence[str], what: str = "task c
             raise ValueError(f"{what} holds {value!r} at row {row}, which is not in tasks {list(tasks)}")
         ids[row] = index[value]
     return ids
+
+
+DRAW_COUNTS: tuple[str, ...] = ("handed_out", "retried", "retried_informative", "skipped")
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """What one step's draws leave (`PromptPool.end_step`). stand_in_task, stand_in_reward: the rollouts standing
+    in for the prompts passed over (N per prompt last seen uninformative, `Selection.stand_ins`, or the skip rule's
+    own), for the step's facts. skipped_rows, skipped_tasks: the prompts passed over. counts: per task, prompts
+    handed out, retried (handed out although last seen uninformative), retried that came back informative, and
+    passed over."""
+
+    stand_in_task: NDArray[np.int64]
+    stand_in_reward: NDArray[np.float64]
+    skipped_rows: NDArray[np.int64]
+    skipped_tasks: NDArray[np.int64]
+    counts: dict[str, list[int]]
 
 
 STAND_IN_STREAM = 0x5354414E  # "STAN": stand-ins draw from SeedSequence([seed, STAND_IN_STREAM, draw])
@@ -132,6 +154,9 @@ class PromptPool:
         self._rule: SkipRule | None = None
         if selection is not None:
             self._rule = skip_rule if skip_rule is not None else HistorySkip(selection, self._rows)
+        self._step: list[Any] = []  # this step's Selections and stand-ins (take), until end_step
+        self._step_counts = {name: np.zeros(self._k, dtype=np.int64) for name in DRAW_COUNTS}
+        self._retrying: set[int] = set()  # rows handed out as retries, until reported
 
     @property
     def num_tasks(self) -> int:
@@ -176,6 +201,46 @@ class PromptPool:
             tasks.append(np.full(int(c[k]), k, dtype=np.int64))
             self._cursor[k] = stop
         return np.concatenate(rows), np.concatenate(tasks)
+
+    def take(self, counts: ArrayLike, group_size: int) -> Selection:
+        """A request's draw (`select` with selection, else `draw` with nothing passed over), booked for `end_step`:
+        with selection the stand-ins of the prompts passed over (N = group_size rollouts each; a skip rule with a
+        `stand_ins(rows, tasks, group_size)` method gives its own) and the per-task counts."""
+        n = v.positive_int("group_size", group_size)
+        if self.selection is None:
+            rows, tasks = self.draw(counts)
+            self._step_counts["handed_out"] += np.bincount(tasks, minlength=self._k)
+            none, empty = np.zeros(0, np.int64), np.zeros(0)
+            return Selection(rows, tasks, np.zeros(rows.size, np.bool_), none, none, empty, empty, (self.seed, -1))
+        picked = self.select(counts)
+        own = getattr(self._rule, "stand_ins", None)
+        stand_ins = (
+            own(picked.skipped, picked.skipped_tasks, n) if own else picked.stand_ins(n, self.selection.correct_reward)
+        )
+        self._step.append((picked, *stand_ins))
+        self._step_counts["handed_out"] += np.bincount(picked.tasks, minlength=self._k)
+        self._step_counts["retried"] += np.bincount(picked.tasks[picked.retried], minlength=self._k)
+        self._step_counts["skipped"] += np.bincount(picked.skipped_tasks, minlength=self._k)
+        self._retrying.update(picked.rows[picked.retried].tolist())
+        return picked
+
+    def end_step(self) -> StepDraws:
+        """What this step's `take`s left (see StepDraws); starts the next step's account."""
+        parts, counts = self._step, {name: c.tolist() for name, c in self._step_counts.items()}
+        self._step = []
+        for c in self._step_counts.values():
+            c[:] = 0
+
+        def joined(i: int, dtype: type) -> NDArray[Any]:
+            return np.concatenate([np.zeros(0, dtype=dtype), *(p[i] for p in parts)])
+
+        return StepDraws(
+            stand_in_task=joined(1, np.int64),
+            stand_in_reward=joined(2, np.float64),
+            skipped_rows=np.concatenate([np.zeros(0, np.int64), *(p[0].skipped for p in parts)]),
+            skipped_tasks=np.concatenate([np.zeros(0, np.int64), *(p[0].skipped_tasks for p in parts)]),
+            counts=counts,
+        )
 
     def select(self, counts: ArrayLike) -> Selection:
         """Like `draw`, with the skip rule: walk each task's pass from its cursor, hand out the rows the rule does not
@@ -255,6 +320,10 @@ class PromptPool:
         self.retry_stats.add(self._row_task[r[retry]].astype(np.int64), last[retry], values)
         self.history.outcome[r] = outcome
         self.history.reward[r] = mean
+        if self._retrying:  # retries booked by `take` that came back informative
+            back = np.isin(r, list(self._retrying)) & (outcome == INFORMATIVE)
+            self._step_counts["retried_informative"] += np.bincount(self._row_task[r[back]], minlength=self._k)
+            self._retrying.difference_update(r.tolist())
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-native state: the seed, the task names and one cursor per task; with selection also the dataset's

@@ -5,8 +5,8 @@
 uninformative than informative, q < 1/2, the Bayes decision from each prompt's true success probability).
 Every skipped prompt adds its true informative probability q at that moment to the skip error of its task: the
 expected share of skipped prompts that would in fact have been informative. Skipped prompts also count in J_k and
-accuracy as stand-in rollouts (`Selection.stand_ins`: the class estimate from retries), or for the oracle as a
-group at its true expectation; `stand_ins=False` is the ablation that leaves them out.
+accuracy as stand-in rollouts, booked by the pool (`PromptPool.take`: the class estimate from retries, or for the
+oracle a group at its true expectation); `stand_ins=False` is the ablation that leaves them out.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
-from mtgrpo_core.prompt_history import INFORMATIVE, PromptHistory, SelectionConfig, group_outcomes
+from mtgrpo_core.prompt_history import PromptHistory, SelectionConfig
 from mtgrpo_core.prompt_pool import PromptPool
 
 Skip = Literal["none", "history", "oracle"]
@@ -26,7 +26,8 @@ SKIPS: tuple[str, ...] = ("none", "history", "oracle")
 
 
 class OracleSkip:
-    """The oracle's SkipRule: pass over rows with informative probability q < 1/2 under the current policy."""
+    """The oracle's SkipRule: pass over rows with informative probability q < 1/2 under the current policy; a row
+    passed over stands in as a group at its true expected rewards."""
 
     def __init__(self, policy: SimulatedPolicy, filter: str) -> None:
         self.policy, self.filter = policy, filter
@@ -36,10 +37,16 @@ class OracleSkip:
     ) -> NDArray[np.bool_]:
         return np.asarray(self.policy.informative_probability(rows, self.filter) < 0.5)
 
+    def stand_ins(
+        self, rows: NDArray[np.int64], tasks: NDArray[np.int64], group_size: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        return np.repeat(tasks, group_size), self.policy.expected_rewards(rows).ravel()
+
 
 class PoolFeed:
-    """`feed(counts)` draws the rows of a request from the pool, generates their groups and reports their
-    outcomes to the pool's history; per task it counts rows handed out, retried, skipped and the skip error."""
+    """`feed(counts)` takes the rows of a request from the pool (which books the step's stand-ins and counts),
+    generates their groups and reports their outcomes to the pool's history; over the run it sums per task the
+    rows handed out, retried, skipped and the skip error."""
 
     def __init__(
         self,
@@ -50,7 +57,7 @@ class PoolFeed:
         selection: SelectionConfig,
         stand_ins: bool = True,
     ) -> None:
-        self.policy, self.filter, self.correct_reward = policy, selection.filtering, selection.correct_reward
+        self.policy, self.filter = policy, selection.filtering
         if skip == "none":
             self.pool = PromptPool(policy.pool_task, names, seed)
         elif skip == "history":
@@ -61,46 +68,30 @@ class PoolFeed:
         k = len(names)
         self.handed, self.retried, self.skipped, self.flipped = (np.zeros(k, dtype=np.int64) for _ in range(4))
         self.skip_error = np.zeros(k)  # sum of q over skipped rows
-        self._stand_task: list[NDArray[np.int64]] = []
-        self._stand_reward: list[NDArray[np.float64]] = []
         self.oracle, self.use_stand_ins = skip == "oracle", stand_ins
 
     def __call__(self, counts: ArrayLike) -> Groups:
-        retried = np.zeros(0, dtype=np.int64)
-        if self.pool.history is None:
-            rows, tasks = self.pool.draw(counts)
-        else:
-            picked = self.pool.select(counts)
-            rows, tasks = picked.rows, picked.tasks
+        picked = self.pool.take(counts, self.policy.group_size)
+        if picked.skipped.size:  # q under the policy that passed them over
             q = self.policy.informative_probability(picked.skipped, self.filter)
             self.skip_error += np.bincount(picked.skipped_tasks, weights=q, minlength=self.skip_error.size)
-            self.skipped += np.bincount(picked.skipped_tasks, minlength=self.skipped.size)
-            if not self.oracle:  # the oracle does not skip by history: it retries nothing
-                self.retried += np.bincount(tasks[picked.retried], minlength=self.retried.size)
-                retried = rows[picked.retried]
-            n = self.policy.group_size
-            if self.oracle:
-                task, reward = np.repeat(picked.skipped_tasks, n), self.policy.expected_rewards(picked.skipped).ravel()
-            else:
-                task, reward = picked.stand_ins(n, self.correct_reward)
-            if self.use_stand_ins:
-                self._stand_task.append(task)
-                self._stand_reward.append(reward)
-        self.handed += np.bincount(tasks, minlength=self.handed.size)
-        groups = self.policy.generate_rows(rows)
+        groups = self.policy.generate_rows(picked.rows)
         if self.pool.history is not None and len(groups):
             self.pool.report(groups.prompt, groups.rewards)
-            outcome = group_outcomes(groups.rewards, self.filter, self.correct_reward)
-            flips = np.isin(groups.prompt, retried) & (outcome == INFORMATIVE)
-            self.flipped += np.bincount(groups.task[flips], minlength=self.flipped.size)
         return groups
 
     def stand_ins(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """(task, reward) of the stand-in rollouts of every prompt skipped since the last call."""
-        task = np.concatenate([np.zeros(0, dtype=np.int64), *self._stand_task])
-        reward = np.concatenate([np.zeros(0), *self._stand_reward])
-        self._stand_task, self._stand_reward = [], []
-        return task, reward
+        """(task, reward) of the stand-in rollouts of every prompt skipped this step (the pool's `end_step`), whose
+        counts join the run's totals (the oracle does not skip by history: it retries nothing)."""
+        drawn = self.pool.end_step()
+        self.handed += drawn.counts["handed_out"]
+        self.skipped += drawn.counts["skipped"]
+        if not self.oracle:
+            self.retried += drawn.counts["retried"]
+            self.flipped += drawn.counts["retried_informative"]
+        if not self.use_stand_ins:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return drawn.stand_in_task, drawn.stand_in_reward
 
     def metrics(self, generated: int, trained: int) -> dict[str, float]:
         """Scalars for the table: prompts generated per prompt trained; with skipping the share of handed-out

@@ -24,9 +24,6 @@ class StepData:
     group_pos: list[int] = field(default_factory=list)
     group_task: list[int] = field(default_factory=list)
     rewards: list[NDArray[np.float64]] = field(default_factory=list)
-    stand_in_task: list[NDArray[np.int64]] = field(default_factory=list)  # rollouts standing in for skipped prompts
-    stand_in_reward: list[NDArray[np.float64]] = field(default_factory=list)
-    skipped_task: list[NDArray[np.int64]] = field(default_factory=list)  # task of each prompt the pool passed over
 
     def add_chunk(self, tasks: NDArray[np.int64], rewards: NDArray[np.float64]) -> list[int]:
         """Book the groups of the last chunk output (tasks (n,), rewards (n, N)); returns their keys."""

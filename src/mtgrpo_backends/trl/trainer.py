@@ -32,7 +32,7 @@ from mtgrpo_backends.trl.carried_rows import KeptRows, Rows
 from mtgrpo_backends.trl.checkpoint_state import STATE_FILE, PendingStep
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
-from mtgrpo_backends.trl.prompt_source import build_pool, draw
+from mtgrpo_backends.trl.prompt_source import build_pool
 from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_selection, log_signals
@@ -156,7 +156,8 @@ class MTGRPOTrainer(GRPOTrainer):
         builder = self.controller.begin_step()
         data = StepData(self._next_key)
         while (request := builder.next_request()) is not None:
-            rows, tasks = draw(self.prompt_pool, data, request.counts, self._group_size, self.cfg.correct_reward)
+            picked = self.prompt_pool.take(request.counts, self._group_size)  # the pool books stand-ins and counts
+            rows, tasks = picked.rows, picked.tasks
             seed = np.random.SeedSequence([self.cfg.seed, self.controller.step, request.round])
             order = np.random.default_rng(seed).permutation(rows.shape[0])  # report order decides DAPO's pick
             rows, tasks = rows[order], tasks[order]
@@ -285,11 +286,12 @@ class MTGRPOTrainer(GRPOTrainer):
             rows[:, 1],
             np.asarray(batch.keys, dtype=np.int64),
         )
-        facts = with_stand_ins(facts, data.stand_in_task, data.stand_in_reward)
+        drawn = self.prompt_pool.end_step()
+        facts = with_stand_ins(facts, [drawn.stand_in_task], [drawn.stand_in_reward])
         if self.prompt_pool.selection is not None:
-            skipped = np.concatenate([np.zeros(0, np.int64), *data.skipped_task])
             fresh = len(data.group_task) * self._group_size
-            log_selection(self._metrics["train"], self.task_names, skipped, np.asarray(facts.rollout_task), fresh)
+            rollouts = np.asarray(facts.rollout_task)
+            log_selection(self._metrics["train"], self.task_names, drawn.skipped_tasks, rollouts, fresh)
         self._pending = PendingStep(facts)
 
     # -- the improvement signal I_k (Eq. 8) -----------------------------------------------------------------

@@ -65,7 +65,8 @@ def test_a_pool_size_beyond_the_prompt_space_is_refused_without_generating(
     message += "has 10000 distinct prompts, 200 of them held out; expected pool_size <= 9800"
     for base in (TRAIN, DEMO):
         refused(capsys, [*base, "--pool-size", "200000"], message)
-    refused(capsys, [*TRAIN, "--suite", "tiny9", "--pool-size", "7901"], "'add-easy' yields fewer than pool_size=7901")
+    tiny9 = [*TRAIN, "--suite", "tiny9", "--batch-size", "9"]
+    refused(capsys, [*tiny9, "--pool-size", "7901"], "'add-easy' yields fewer than pool_size=7901")
     with pytest.raises(ValueError, match="expected pool_size <= 7900 for suite 'tiny9'"):
         get_suite("tiny9").training_set(0, 7901)  # add-easy: 90 x 90 pairs of two-digit numbers
 

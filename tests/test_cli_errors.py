@@ -16,7 +16,7 @@ from mtgrpo_backends.torch.state import make_state
 from mtgrpo_backends.torch.tasks import CharTokenizer, get_suite
 
 # a train run as small as the CLI allows; the warm-up would take 1 step if anything got that far
-TRAIN = ["train", "--steps", "1", "--batch-size", "2", "--group-size", "2", "--minibatches", "1"]
+TRAIN = ["train", "--steps", "1", "--batch-size", "3", "--group-size", "2", "--minibatches", "1"]
 TRAIN += ["--eval-samples", "1", "--warmup-steps", "1", "--no-cache"]
 DEMO = ["demo", "--steps", "1", "--batch-size", "2", "--group-size", "2", "--minibatches", "1"]
 DEMO += ["--eval-samples", "1", "--warmup-steps", "1", "--no-cache", "--quiet"]
@@ -42,7 +42,7 @@ def checkpoint(tmp_path: Path) -> Path:
     """A checkpoint at step 0 of the run TRAIN describes (seed 0, lr 1e-4), with the CLI's model."""
     tokenizer, suite = CharTokenizer(), get_suite("tiny3")
     config = TrainConfig(
-        steps=1, batch_size=2, group_size=2, minibatches=1, eval_samples=1, suite="tiny3", method="mt-grpo:0.2"
+        steps=1, batch_size=3, group_size=2, minibatches=1, eval_samples=1, suite="tiny3", method="mt-grpo:0.2"
     )
     state = make_state(config, CharGPT(CharGPTConfig(vocab_size=tokenizer.vocab_size)), suite, tokenizer)
     path = tmp_path / "run.pt"
@@ -190,3 +190,8 @@ def test_the_writability_check_leaves_no_directories_behind(tmp_path: Path, caps
     assert not (tmp_path / "new").exists()  # the --out check created and removed new/deeper
     assert main([*BENCH, "--out", str(out), "--methods", "grpo,dapo"]) == 0
     assert (out / "results.json").exists()
+
+
+def test_train_refuses_a_batch_smaller_than_the_task_count(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--suite", "tiny3", "--steps", "1", "--batch-size", "2", "--group-size", "2", "--no-cache"]
+    refused(capsys, args, "--batch-size 2 is below the 3 tasks of suite 'tiny3': the per-task quotas do not fit")

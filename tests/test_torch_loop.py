@@ -225,7 +225,7 @@ def test_a_task_at_the_warm_up_ceiling_leaves_the_demonstration_mix() -> None:
 
 
 def test_cli_train_writes_results_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["train", "--suite", "tiny3", "--method", "dapo", "--steps", "1", "--batch-size", "2", "--group-size", "2"]
+    args = ["train", "--suite", "tiny3", "--method", "dapo", "--steps", "1", "--batch-size", "3", "--group-size", "2"]
     args += ["--warmup-steps", "1", "--no-cache", "--quiet", "--eval-samples", "1", "--sampler.max-rounds", "0"]
     assert main([*args, "--out", str(tmp_path), "--threads", "1"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())

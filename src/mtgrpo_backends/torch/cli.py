@@ -150,6 +150,11 @@ def run_train(args: TrainArgs) -> int:
         rule=rule,
         selection=selection_settings(args.selection, args.train.pool_size),
     )
+    if config.batch_size < suite.num_tasks:  # as TRL and verl refuse it
+        raise ValueError(
+            f"--batch-size {config.batch_size} is below the {suite.num_tasks} tasks of suite {args.suite!r}: the "
+            f"per-task quotas do not fit; use --batch-size >= {suite.num_tasks}"
+        )
     check_methods([args.method], suite.num_tasks, config.batch_size, config.group_size, sampler, args.rule)
     make_training_set(config, suite, make_controller(config, suite))  # refuses a pool or selection it cannot build
     _check_outputs(args)

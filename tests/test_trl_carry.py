@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtgrpo_backends.trl.checkpoint_state import KEPT_FILE
+from mtgrpo_backends.trl.checkpoint_state import KEPT_FILE, STATE_FILE
 from tests.test_trl_trainer import GROUP, Recorder, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,6 +25,13 @@ class RatioRecorder(Recorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gaps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.kept_after: list[dict[int, Any]] = []  # the controller's kept payloads after each step's batch
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        out = super()._generate_and_score_completions(inputs)
+        if self._training():
+            self.kept_after.append(dict(self.controller.kept_payloads()))
+        return out
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if "mtgrpo_row" in inputs:
@@ -62,6 +70,12 @@ def test_carried_groups_are_trained_once_within_the_bound_against_their_generati
     gap = np.concatenate([g for _, g in run.gaps])
     assert gap[stale == 0].max() < 1e-5  # a fresh group's ratio starts at 1, as in TRL
     assert gap[stale > 0].min() > 1e-4  # a carried one is measured against the policy one update earlier
+    assert not hasattr(run, "_kept")  # no store of its own: the controller holds the kept groups' payloads
+    for batch, kept in zip(batches, run.kept_after, strict=True):
+        assert sorted(kept) == sorted(batch.kept.tolist())
+        for key, payload in kept.items():  # each kept group's rows, with the generating log-probabilities
+            assert payload.key == key and payload.rows is not None
+            assert payload.rows["completion_ids"].shape[0] == GROUP and "old_per_token_logps" in payload.rows
     logged = [h for h in run.state.log_history if "loss" in h]
     assert [h["mtgrpo/carried_groups"] for h in logged] == [float(b.report.carried_counts.sum()) for b in batches]
     for h, b in zip(logged, batches, strict=True):  # a task trained only from carried groups is flagged
@@ -96,4 +110,20 @@ def test_a_checkpoint_without_its_kept_rows_is_refused(run: RatioRecorder, tmp_p
     (copy / KEPT_FILE.format(rank=0)).unlink()
     resumed = make_trainer(tmp_path / "resumed", max_steps=5, **CARRY)
     with pytest.raises(FileNotFoundError, match=r"keeps .* groups for carry-over but has no mtgrpo_kept_rows_rank0"):
+        resumed.train(resume_from_checkpoint=str(copy))
+
+
+def test_kept_rows_of_another_size_or_an_older_state_format_are_refused(run: RatioRecorder, tmp_path: Path) -> None:
+    step = _step_with_kept_groups(run)
+    copy = tmp_path / f"checkpoint-{step}"
+    shutil.copytree(Path(str(run.args.output_dir)) / f"checkpoint-{step}", copy)
+    rows = torch.load(copy / KEPT_FILE.format(rank=0), weights_only=True)
+    key = next(iter(rows))
+    torch.save({**rows, key: {n: t[:-1] for n, t in rows[key].items()}}, copy / KEPT_FILE.format(rank=0))
+    resumed = make_trainer(tmp_path / "resumed", max_steps=5, **CARRY)
+    with pytest.raises(ValueError, match=rf"kept rows of group {key} hold {GROUP - 1} rollouts"):
+        resumed.train(resume_from_checkpoint=str(copy))
+    state = json.loads((copy / STATE_FILE).read_text())
+    (copy / STATE_FILE).write_text(json.dumps({**state, "format": 2}))  # the trainer kept its own rows then
+    with pytest.raises(ValueError, match=r"state format 2, written when the trainer kept carried groups' rows"):
         resumed.train(resume_from_checkpoint=str(copy))

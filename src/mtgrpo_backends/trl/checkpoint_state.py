@@ -10,14 +10,16 @@ A controller step is one generation batch, which may span several optimizer step
   regenerating them. Saving the tensors (rather than replaying generation from saved RNG states) is exact with any
   generation backend (vLLM included) and costs no generation time; its size is one local generation batch of ids,
   masks and per-token log-probabilities (about 1.6 MB per process for 64 rollouts of 1024 tokens; docs/trl.md);
-- `mtgrpo_kept_rows_rank<r>.pt` (every process, with carry-over when groups are kept): the rows of the groups the
-  sampler keeps for later steps, with their generating log-probabilities (`carried_rows.py`).
+- `mtgrpo_kept_rows_rank<r>.pt` (every process, with carry-over when groups are kept): by key, the rows of the groups
+  the controller keeps for later steps, with their generating log-probabilities (their payloads, `carried_rows.py`);
+  they go back to the controller through `Controller.load_state_dict(state, kept_payloads)`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, cast
 
@@ -26,7 +28,7 @@ import torch
 from numpy.typing import NDArray
 from transformers.trainer_utils import get_last_checkpoint
 
-from mtgrpo_backends.trl.carried_rows import KeptRows
+from mtgrpo_backends.trl.carried_rows import GroupRows, Rows
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, StepFacts
 
@@ -36,7 +38,6 @@ class CheckpointedTrainer(Protocol):
     imports this module)."""
 
     _pending: PendingStep | None
-    _next_key: int
     _step: int
     _buffered_inputs: Any
 
@@ -49,7 +50,7 @@ class CheckpointedTrainer(Protocol):
     @property
     def task_names(self) -> list[str]: ...
     @property
-    def _kept(self) -> KeptRows | None: ...
+    def _group_size(self) -> int: ...
     @property
     def _reward_change(self) -> RewardChangeImprovement | None: ...
     @property
@@ -63,7 +64,7 @@ class CheckpointedTrainer(Protocol):
 STATE_FILE = "mtgrpo_state.json"
 BUFFER_FILE = "mtgrpo_generation_batch_rank{rank}.pt"
 KEPT_FILE = "mtgrpo_kept_rows_rank{rank}.pt"
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: keys assigned by the sampler, kept groups' rows held by the controller (as payloads)
 _INT_FACTS = frozenset({"rollout_task", "sample_task", "surrogate_task", "surrogate_minibatch"})
 
 
@@ -120,8 +121,6 @@ def state_dict(trainer: CheckpointedTrainer) -> dict[str, Any]:
         "controller": trainer.controller.state_dict(),
         "prompt_pool": trainer.prompt_pool.state_dict(),
         "pending": None,
-        "next_key": trainer._next_key,
-        "kept_keys": None if trainer._kept is None else list(trainer._kept.keys),
     }
     if trainer._reward_change is not None:
         state["reward_change"] = trainer._reward_change.state_dict()
@@ -173,6 +172,13 @@ def check_compatible(trainer: CheckpointedTrainer, state: dict[str, Any], where:
     check_fields(state, where)
     saved = state.get("tasks", state["prompt_pool"].get("task_names"))  # format 1 had only the pool's
     check_tasks(list(saved or []), list(trainer.task_names), where)
+    fmt = state.get("format", 1)
+    if (not isinstance(fmt, int) or fmt < STATE_FORMAT) and _carry(state) is not None:
+        raise ValueError(
+            f"{where} has state format {fmt!r}, written when the trainer kept carried groups' rows "
+            f"and keys itself; format {STATE_FORMAT} (the controller holds them) is needed to resume with carry-over: "
+            "resume with the mtgrpo version that wrote it, or start a new run"
+        )
     pending = state.get("pending")
     if pending is not None:
         settings = {
@@ -190,31 +196,62 @@ def check_compatible(trainer: CheckpointedTrainer, state: dict[str, Any], where:
     check_sampler_settings(trainer, state, where)
 
 
-def load_state_dict(trainer: CheckpointedTrainer, state: dict[str, Any], where: str = "the state") -> None:
-    """Restore `state_dict`'s state; a refused state leaves the trainer unchanged."""
+def _carry(state: dict[str, Any]) -> Any:
+    """The sampler's carry-over state inside a trainer state (None without carry-over)."""
+    return (state["controller"].get("sampler") or {}).get("carry")
+
+
+def kept_payloads(
+    trainer: CheckpointedTrainer, state: dict[str, Any], kept_rows: Mapping[int, Rows] | None, where: str
+) -> dict[int, GroupRows] | None:
+    """The payloads of the groups the state's controller keeps, from their rows by key (`save`'s file), on the
+    trainer's device; rows of other groups or sizes are refused (a missing group: by the controller)."""
+    if kept_rows is None:
+        return None
+    if not isinstance(kept_rows, Mapping):
+        raise ValueError(f"{where}: kept rows must map each kept key to its rows, got {type(kept_rows).__name__}")
+    carry = _carry(state) or {}
+    tasks = dict(zip(carry.get("keys", []), carry.get("tasks", []), strict=False))
+    payloads: dict[int, GroupRows] = {}
+    for key, rows in kept_rows.items():
+        names = sorted(rows) if isinstance(rows, dict) else []
+        count = int(rows["completion_ids"].shape[0]) if "completion_ids" in names else 0
+        if key not in tasks or count != trainer._group_size or "old_per_token_logps" not in names:
+            raise ValueError(
+                f"{where}: kept rows of group {key!r} hold {count} rollouts with {names}; expected one of the kept "
+                f"groups {sorted(tasks)[:8]} with {trainer._group_size} rollouts and old_per_token_logps"
+            )
+        device = trainer.accelerator.device
+        payloads[key] = GroupRows(int(tasks[key]), key=key, rows={n: t.to(device) for n, t in rows.items()})
+    return payloads
+
+
+def load_state_dict(
+    trainer: CheckpointedTrainer,
+    state: dict[str, Any],
+    where: str = "the state",
+    kept_rows: Mapping[int, Rows] | None = None,
+) -> None:
+    """Restore `state_dict`'s state, with the rows of its kept groups by key (carry-over); a refused state leaves
+    the trainer unchanged."""
     check_compatible(trainer, state, where)
     pending = state.get("pending")
-    before = state_dict(trainer)
+    payloads = kept_payloads(trainer, state, kept_rows, where)
+    before, held = state_dict(trainer), trainer.controller.kept_payloads()
     try:
-        trainer.controller.load_state_dict(state["controller"])
+        trainer.controller.load_state_dict(state["controller"], payloads)
         trainer.prompt_pool.load_state_dict(state["prompt_pool"])
         if trainer._reward_change is not None:
             trainer._reward_change.load_state_dict(state["reward_change"])
         trainer._pending = None if pending is None else PendingStep.from_json(pending)
-        next_key = state.get("next_key", 0)
-        if not isinstance(next_key, int) or next_key < 0:
-            raise ValueError(f"state['next_key'] must be a non-negative int, got {next_key!r}")
     except Exception:
-        trainer.controller.load_state_dict(before["controller"])
+        trainer.controller.load_state_dict(before["controller"], held)
         trainer.prompt_pool.load_state_dict(before["prompt_pool"])
         if trainer._reward_change is not None:
             trainer._reward_change.load_state_dict(before["reward_change"])
         raise
     if pending is not None:
         trainer._step = int(pending["trl_step"])
-    trainer._next_key = next_key
-    if trainer._kept is not None:  # the rows come from the checkpoint's files (`load`), not from the JSON state
-        trainer._kept.load([], None, trainer.accelerator.device)
 
 
 def save(trainer: CheckpointedTrainer, folder: str) -> None:
@@ -226,9 +263,10 @@ def save(trainer: CheckpointedTrainer, folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
         buffered = [{k: _to_cpu(v) for k, v in part.items()} for part in trainer._buffered_inputs]
         torch.save(buffered, os.path.join(folder, BUFFER_FILE.format(rank=trainer.accelerator.process_index)))
-    if trainer._kept is not None and trainer._kept.keys:
+    kept: dict[int, GroupRows] = trainer.controller.kept_payloads()
+    if kept:
         os.makedirs(folder, exist_ok=True)
-        _, rows = trainer._kept.state()
+        rows = {int(key): {n: _to_cpu(t) for n, t in (group.rows or {}).items()} for key, group in kept.items()}
         torch.save(rows, os.path.join(folder, KEPT_FILE.format(rank=trainer.accelerator.process_index)))
 
 
@@ -265,17 +303,12 @@ def _read(trainer: CheckpointedTrainer, checkpoint: str) -> dict[str, Any]:
             f"checkpoint {checkpoint!r} was saved in the middle of a generation batch but has no {name} (the "
             "batch being trained); copy the whole checkpoint folder, or resume from one at the end of a batch"
         )
-    carry = (state.get("controller", {}).get("sampler") or {}).get("carry") or {}
-    if sorted(carry.get("keys", [])) != sorted(state.get("kept_keys") or []):
-        raise ValueError(
-            f"checkpoint {checkpoint!r} holds rows of kept groups {state.get('kept_keys')} but its sampler keeps "
-            f"{carry.get('keys', [])}; the checkpoint is inconsistent"
-        )
     kept = KEPT_FILE.format(rank=trainer.accelerator.process_index)
-    if state.get("kept_keys") and not os.path.exists(os.path.join(checkpoint, kept)):
+    keys = (_carry(state) or {}).get("keys") or []
+    if keys and not os.path.exists(os.path.join(checkpoint, kept)):
         raise FileNotFoundError(
-            f"checkpoint {checkpoint!r} keeps {len(state['kept_keys'])} groups for carry-over but has no {kept} "
-            "(their rows and generating log-probabilities); copy the whole checkpoint folder"
+            f"checkpoint {checkpoint!r} keeps {len(keys)} groups for carry-over but has no {kept} (their rows and "
+            "generating log-probabilities); copy the whole checkpoint folder"
         )
     return state
 
@@ -290,11 +323,9 @@ def load(trainer: CheckpointedTrainer, checkpoint: str) -> None:
         parts = torch.load(name, map_location="cpu", weights_only=True)
         buffered = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in part.items()} for part in parts]
     kept_rows = None
-    if state.get("kept_keys"):
+    if (_carry(state) or {}).get("keys"):
         name = os.path.join(checkpoint, KEPT_FILE.format(rank=trainer.accelerator.process_index))
         kept_rows = torch.load(name, map_location="cpu", weights_only=True)
-    load_state_dict(trainer, state, f"checkpoint {checkpoint!r}")
-    if trainer._kept is not None:
-        trainer._kept.load(state.get("kept_keys") or [], kept_rows, trainer.accelerator.device)
+    load_state_dict(trainer, state, f"checkpoint {checkpoint!r}", kept_rows)
     if buffered is not None:
         trainer._buffered_inputs = cast(Any, buffered)  # TRL declares it None until its first generation

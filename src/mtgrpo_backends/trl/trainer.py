@@ -28,7 +28,7 @@ from trl.trainer.grpo_trainer import GRPOTrainer
 from mtgrpo_backends.torch.ops import sequence_surrogate
 from mtgrpo_backends.trl import checkpoint_state
 from mtgrpo_backends.trl.batch_assembly import collect_rows
-from mtgrpo_backends.trl.carried_rows import KeptRows, Rows
+from mtgrpo_backends.trl.carried_rows import GroupRows, Rows, assemble
 from mtgrpo_backends.trl.checkpoint_state import STATE_FILE, PendingStep
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_backends.trl.eval_signals import EvalSignals, check_eval_datasets
@@ -131,9 +131,8 @@ class MTGRPOTrainer(GRPOTrainer):
         self._capturing = False
         self._captured_logps: torch.Tensor | None = None
         self._micro_batches: list[tuple[dict[str, Any], torch.Tensor]] = []
-        self._next_key = 0
-        self._kept = KeptRows(self._group_size) if self.controller.sampler.carry is not None else None
-        if self._kept is not None and self.use_vllm:
+        self._carries = self.controller.sampler.carry is not None  # kept groups' rows: in their payloads
+        if self._carries and self.use_vllm:
             raise ValueError(
                 f"carry_over={cfg.carry_over} with use_vllm: carried rows would need vLLM's importance-sampling "
                 "correction against their own generating policy, which is not supported; use carry_over 0"
@@ -154,7 +153,7 @@ class MTGRPOTrainer(GRPOTrainer):
         if not self._training():
             return super()._generate_and_score_completions(inputs)
         builder = self.controller.begin_step()
-        data = StepData(self._next_key)
+        data = StepData()
         while (request := builder.next_request()) is not None:
             picked = self.prompt_pool.take(request.counts, self._group_size)  # the pool books stand-ins and counts
             rows, tasks = picked.rows, picked.tasks
@@ -167,9 +166,8 @@ class MTGRPOTrainer(GRPOTrainer):
                 rewards = self._generate_chunk(data, chunk_rows, chunk_tasks)
                 if self.prompt_pool.selection is not None:
                     self.prompt_pool.report(chunk_rows, rewards)
-                builder.report_arrays(chunk_tasks, data.add_chunk(chunk_tasks, rewards), rewards=rewards)
+                data.report(builder, chunk_tasks, rewards)  # each group with its payload (carried_rows.py)
         batch = builder.finish()
-        self._next_key = data.next_key
         self.last_batch = batch
         output = self._assemble(data, batch)
         self._record_step(data, batch, output)
@@ -222,14 +220,14 @@ class MTGRPOTrainer(GRPOTrainer):
         group, procs, index = self._group_size, self.accelerator.num_processes, self.accelerator.process_index
         groups, tasks, selected = data.batch_groups(batch, self._batch_groups)
         row_task = torch.tensor([t for t in tasks for _ in range(group)])
-        row_id = torch.tensor([k * group + j for k in groups for j in range(group)])
+        row_id = torch.tensor([g.key * group + j for g in groups for j in range(group)])
         per_proc = len(groups) * group // procs
         mine = slice(index * per_proc, (index + 1) * per_proc)
         device = self.accelerator.device
-        if self._kept is None and selected == len(groups) and data.is_first_chunk_in_order(groups):
+        if not self._carries and selected == len(groups) and data.is_first_chunk_in_order(groups):
             output = dict(data.outputs[0])  # GRPOTrainer's own batch: every group kept, in order
         else:
-            full = self._batch_rows(data, groups, [] if batch.kept is None else [int(k) for k in batch.kept])
+            full = self._batch_rows(data, groups)
             rows_inert = torch.zeros(len(groups) * group, dtype=torch.bool, device=device)
             rows_inert[selected * group :] = True
             full["completion_mask"] = full["completion_mask"].masked_fill(rows_inert.unsqueeze(1), 0)
@@ -241,16 +239,17 @@ class MTGRPOTrainer(GRPOTrainer):
         output["mtgrpo_row"] = row_id[mine].to(device)
         return output
 
-    def _batch_rows(self, data: StepData, groups: list[int], kept: list[int]) -> Rows:
-        """Every row of `groups` on this process, in order; with carry-over, carried groups come from the kept rows
-        and the rows of `kept` are kept for the next step (carried_rows.py)."""
+    def _batch_rows(self, data: StepData, groups: list[GroupRows]) -> Rows:
+        """Every row of `groups` on this process, in order; with carry-over, carried groups bring their own rows and
+        groups kept this step get theirs, with generating log-probabilities, in their payloads (carried_rows.py)."""
         pad_id, multiple = int(self._tokenizer.pad_token_id), cast(int | None, self.pad_to_multiple_of)
-        fresh = [k for k in [*groups, *kept] if k >= data.first_key] if self._kept is not None else groups
+        kept = [g for g in self.controller.kept_payloads().values() if g.rows is None] if self._carries else []
+        fresh = [g for g in dict.fromkeys([*groups, *kept]) if g.rows is None]
         picks = data.picks(fresh, self._group_size)
         rows = collect_rows(data.outputs, data.local_rows, picks, pad_id, multiple, self.accelerator) if picks else {}
-        if self._kept is None:
+        if not self._carries:
             return rows
-        return self._kept.assemble(groups, kept, rows, fresh, self._policy_logps, pad_id, multiple)
+        return assemble(groups, kept, rows, fresh, self._policy_logps, self._group_size, pad_id, multiple)
 
     def _policy_logps(self, rows: Rows) -> torch.Tensor:
         """Per-token log-probabilities of rows' completions under the current policy, without gradients."""
@@ -377,9 +376,9 @@ class MTGRPOTrainer(GRPOTrainer):
         improvement fallback and, in the middle of a generation batch, the step's pending facts."""
         return checkpoint_state.state_dict(self)
 
-    def load_mtgrpo_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `mtgrpo_state_dict` returned; refuses other tasks, and a refused state changes nothing."""
-        checkpoint_state.load_state_dict(self, state)
+    def load_mtgrpo_state_dict(self, state: dict[str, Any], kept_rows: dict[int, Rows] | None = None) -> None:
+        """Restore `mtgrpo_state_dict`'s state, with its kept groups' rows by key; a refused state changes nothing."""
+        checkpoint_state.load_state_dict(self, state, kept_rows=kept_rows)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint:  # refuse a checkpoint of other tasks or settings before TRL loads anything

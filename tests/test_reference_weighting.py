@@ -11,7 +11,7 @@ import pytest
 
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.reference_scoring import RewardTerm, minibatch_improvement
+from mtgrpo_core.reference_scoring import ReferenceIWURule, RewardTerm, minibatch_improvement
 from mtgrpo_core.weighting_rules import IWURule
 
 # --- the optimizer steps against torch ---
@@ -91,7 +91,7 @@ def test_accuracy_average_by_hand() -> None:
 
 
 def reference_rule(k: int, lam: float = 0.2) -> IWURule:
-    return IWURule(
+    return ReferenceIWURule(
         k, lam=lam, coupled_decay=True, weight_decay=1e-5, improvement_clip=0.1, reward_signal="accuracy_ema",
         score_absent=True,
     )  # fmt: skip
@@ -117,7 +117,7 @@ def test_two_minibatch_updates_by_hand() -> None:
 
 def test_absent_task_is_scored_with_its_average_and_zero_improvement() -> None:
     def make(score_absent: bool) -> IWURule:
-        return IWURule(
+        return ReferenceIWURule(
             2, lam=1.0, lr=1.0, optimizer="sgd", weight_decay=0.0, improvement_clip=None,
             reward_signal="accuracy_ema", score_absent=score_absent,
         )  # fmt: skip
@@ -183,23 +183,25 @@ def test_reference_options_state_round_trip_and_bad_arguments() -> None:
     rule.update(TaskSignals.build(reward=[0.5, 0.3, 0.4], accuracy=[0.6, 0.2, 0.4], improvement=[0.05, -0.02, 0.3]))
     state = json.loads(json.dumps(rule.state_dict()))
     assert state["accuracy_average"] == pytest.approx([0.3, 0.1, 0.2])
-    twin = IWURule(3, **state["config"])
+    twin = ReferenceIWURule(3, **state["config"])
     twin.load_state_dict(state)
     assert twin.state_dict() == rule.state_dict()
-    with pytest.raises(ValueError, match=r"state\['config'\] is .*expected"):
-        IWURule(3).load_state_dict(state)  # the default rule refuses the reference rule's state
+    with pytest.raises(ValueError, match=r"state\['kind'\] is 'iwu-ref', expected 'iwu'"):
+        IWURule(3).load_state_dict(state)  # the paper's rule refuses the reference rule's state
+    with pytest.raises(TypeError, match="coupled_decay"):
+        IWURule(3, coupled_decay=True)  # type: ignore[call-arg]  # the paper's rule has the paper's options only
     bad = {**state, "accuracy_average": [0.3, 0.1, 1.5]}
     with pytest.raises(ValueError, match=r"accuracy_average'\] must hold 3 values in \[0, 1\]"):
         twin.load_state_dict(bad)
     assert "accuracy_average" not in IWURule(3).state_dict()  # default rules keep the old state layout
     with pytest.raises(ValueError, match=r"reward_signal must be one of \['reward', 'accuracy_ema'\]"):
-        IWURule(3, reward_signal="accuracy")
+        ReferenceIWURule(3, reward_signal="accuracy")
     with pytest.raises(ValueError, match=r"reward_decay must be in \[0.0, 1.0\), got 1.0"):
-        IWURule(3, reward_signal="accuracy_ema", reward_decay=1.0)
+        ReferenceIWURule(3, reward_signal="accuracy_ema", reward_decay=1.0)
     with pytest.raises(ValueError, match="score_absent=True needs reward_signal='accuracy_ema'"):
-        IWURule(3, score_absent=True)
+        ReferenceIWURule(3, score_absent=True)
     with pytest.raises(TypeError, match="coupled_decay must be a bool"):
-        IWURule(3, coupled_decay=1)  # type: ignore[arg-type]
+        ReferenceIWURule(3, coupled_decay=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="score_absent must be a bool"):
         RewardTerm(3, "accuracy_ema", 0.5, 1)  # type: ignore[arg-type]
 

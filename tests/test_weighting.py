@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
+from mtgrpo_core.reference_scoring import ReferenceIWURule
 from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
 HUGE = 1e300
@@ -41,7 +42,7 @@ def signals_for(rng: np.random.Generator, k: int, scale: float, present_p: float
 RuleFactory = Callable[[int], Any]
 RULES: dict[str, RuleFactory] = {
     "iwu-adamw": lambda k: IWURule(k),
-    "iwu-adam": lambda k: IWURule(k, coupled_decay=True),
+    "iwu-adam": lambda k: ReferenceIWURule(k, coupled_decay=True),
     "iwu-sgd": lambda k: IWURule(k, lr=1.0, optimizer="sgd", improvement_clip=None),
     "minimax": lambda k: MinimaxRule(k),
     "minimax-reg": lambda k: MinimaxRule(k, eta=0.01),

@@ -21,7 +21,8 @@ caps M_acc = 25 and M_os = 6. "mt-grpo-paper", "mt-grpo-noinfl" and the referenc
 strictly on-policy; `--sampler.planner paper --sampler.carry-over 0 --sampler.oversample 3
 --sampler.max-inflation 5` gives any method the paper's Algorithm 2.
 
-Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "minimax", "sec", "uniform", "fixed").
+Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "iwu-ref" (the reference code's variant:
+`reference_scoring.ReferenceIWURule`), "minimax", "sec", "uniform", "fixed").
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def _iwu(name: str, k: int, sibling: str, lam: float, wd: float, clip: float, in
         experiment=EXP1 if k == 3 else EXP2,
         num_tasks=k,
         sibling=sibling,
-        rule="iwu",
+        rule="iwu-ref",
         arg="lam",
         default=lam,
         rule_kwargs={**_IWU, "weight_decay": wd, "improvement_clip": reference_improvement_clip(clip)},

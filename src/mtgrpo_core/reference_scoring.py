@@ -4,7 +4,9 @@
   the centred gradient covers. Default: the step's mean reward J_k over the present tasks (the paper's text).
   The reference code uses a moving average of accuracy and scores every task, present or not.
 - `minibatch_improvement`: I_k per PPO mini-batch, summed over the task's samples in that mini-batch, for the
-  reference code's one weight update per mini-batch (`IWURule.update_minibatches`).
+  reference code's one weight update per mini-batch (`ReferenceIWURule.update_minibatches`).
+- `ReferenceIWURule`: the paper's IWU rule (`weighting_rules.IWURule`) with these options and the reference
+  code's coupled weight decay; the reference presets (`reference_presets`) build it by name, "iwu-ref".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mtgrpo_core import checks as v
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.signals import task_improvement
+from mtgrpo_core.weighting_rules import IWURule, _checked_signals
 
 REWARD_SIGNALS: tuple[str, ...] = ("reward", "accuracy_ema")
 DEFAULT_REWARD_DECAY = 0.5
@@ -136,3 +139,64 @@ def minibatch_improvement(
     steps = range(int(mb.max()) + 1)
     rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce=reduce) for m in steps]
     return np.nan_to_num(np.stack(rows), nan=0.0)
+
+
+class ReferenceIWURule(IWURule):
+    """IWU as the paper's reference code runs it (docs/fidelity.md): IWURule's options plus
+    coupled_decay=True: torch.optim.Adam's L2 form instead of AdamW's (weight_decay xi added to g before the
+    moments; no effect with sgd); reward_signal, reward_decay, score_absent: the reward term (`RewardTerm`: J_k,
+    or the accuracy moving average scoring every task); and `update_minibatches`, one weight update per PPO
+    mini-batch. Needs signals.improvement (and signals.accuracy with reward_signal="accuracy_ema"). No task
+    present: the logits, optimiser state and accuracy average stay unchanged.
+    """
+
+    kind = "iwu-ref"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        lam: float = 0.2,
+        lr: float = 0.025,
+        optimizer: str = "adamw",
+        weight_decay: float = 1e-5,
+        improvement_clip: float | None = 0.2,
+        coupled_decay: bool = False,
+        reward_signal: str = "reward",
+        reward_decay: float = DEFAULT_REWARD_DECAY,
+        score_absent: bool = False,
+    ) -> None:
+        super().__init__(num_tasks, lam, lr, optimizer, weight_decay, improvement_clip)
+        if not isinstance(coupled_decay, bool):
+            raise TypeError(f"coupled_decay must be a bool, got {v._show(coupled_decay)}")
+        self.coupled_decay = coupled_decay
+        self.reward_term = RewardTerm(self._k, reward_signal, reward_decay, score_absent)
+
+    def update_minibatches(self, signals: TaskSignals, improvements: ArrayLike) -> NDArray[np.float64]:
+        """One step on xi per row of improvements (M, K), in order: the reference code takes one weight update
+        per PPO mini-batch with that mini-batch's I_k (`minibatch_improvement`); the reward term is folded in
+        once. `update(signals)` is M = 1 with signals.improvement. Entries of absent tasks are read as 0. All or
+        nothing: a refused row leaves the rule unchanged."""
+        s = _checked_signals(signals, self._k)
+        rows = v.as_float_array("improvements", improvements, ndim=2)
+        if rows.shape[0] == 0 or rows.shape[1] != self._k:
+            raise ValueError(f"improvements must have shape (M >= 1, {self._k}), got {rows.shape}")
+        return self._steps(s, rows, rows_checked=False)
+
+    def _reward_term(self, s: TaskSignals) -> tuple[NDArray[np.float64], NDArray[np.bool_], Any]:
+        return self.reward_term.evaluate(s)
+
+    def _commit(self, reward_state: Any) -> None:
+        self.reward_term.commit(reward_state)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **super()._config(),
+            **({"coupled_decay": True} if self.coupled_decay else {}),
+            **self.reward_term.config(),
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return self.reward_term.state()
+
+    def _load_extra(self, state: Mapping[str, Any]) -> Any:
+        return self.reward_term.load(state)

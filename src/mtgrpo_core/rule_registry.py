@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mtgrpo_core.protocols import SIGNAL_NEEDS, WeightingRule
+from mtgrpo_core.reference_scoring import ReferenceIWURule
 from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
 # the built-in rules; `register_rule` adds more
 RULES: dict[str, type[Any]] = {
     "iwu": IWURule,
+    "iwu-ref": ReferenceIWURule,
     "minimax": MinimaxRule,
     "uniform": UniformRule,
     "fixed": FixedRule,

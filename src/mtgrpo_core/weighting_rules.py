@@ -17,7 +17,6 @@ from numpy.typing import ArrayLike, NDArray
 from mtgrpo_core import checks as v
 from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.reference_scoring import DEFAULT_REWARD_DECAY, RewardTerm
 
 IWU_OPTIMIZERS = ("adamw", "sgd")
 MINIMAX_DEFAULT_LR = 1.0
@@ -87,17 +86,15 @@ class _LogitRule:
 
 
 class IWURule(_LogitRule):
-    """Improvement-aware weight update, the MT-GRPO rule (Subroutine 1).
+    """Improvement-aware weight update, the MT-GRPO rule (Subroutine 1), with the paper's options only.
 
     s_k = clip(I_k, -c, c) + lam J_k;  g_k = z_k (s_k - sum_j z_j s_j);  a step on xi;  z = softmax(xi).
     optimizer "adamw" (default, the paper's experiments: lr 0.025, weight decay 1e-5) or "sgd" (the
     subroutine's plain step xi <- xi - lr g, with the same decoupled decay xi *= 1 - lr weight_decay; pass
-    weight_decay=0 for the paper's exact step). coupled_decay=True: torch.optim.Adam's L2 form instead of
-    AdamW's (the reference code): weight_decay xi is added to g before the moments (no effect with sgd).
-    improvement_clip None disables clipping. reward_signal, reward_decay, score_absent: the reward term J_k
-    (default) or the reference code's accuracy moving average (`reference_scoring.RewardTerm`).
-    Needs signals.improvement (and signals.accuracy with reward_signal="accuracy_ema").
-    No task present: the logits, optimiser state and accuracy average stay unchanged.
+    weight_decay=0 for the paper's exact step). improvement_clip None disables clipping. Needs
+    signals.improvement. No task present: the logits and optimiser state stay unchanged. The reference code's
+    variant (accuracy moving average, coupled decay, one update per mini-batch) is
+    `reference_scoring.ReferenceIWURule`.
     """
 
     kind = "iwu"
@@ -111,10 +108,6 @@ class IWURule(_LogitRule):
         optimizer: str = "adamw",
         weight_decay: float = 1e-5,
         improvement_clip: float | None = 0.2,
-        coupled_decay: bool = False,
-        reward_signal: str = "reward",
-        reward_decay: float = DEFAULT_REWARD_DECAY,
-        score_absent: bool = False,
     ) -> None:
         self._k = v.positive_int("num_tasks", num_tasks)
         self.lam = v.real_in_range("lam", lam, 0.0)
@@ -128,10 +121,7 @@ class IWURule(_LogitRule):
             if improvement_clip is None
             else v.real_in_range("improvement_clip", improvement_clip, 0.0, low_open=True)
         )
-        if not isinstance(coupled_decay, bool):
-            raise TypeError(f"coupled_decay must be a bool, got {v._show(coupled_decay)}")
-        self.coupled_decay = coupled_decay
-        self.reward_term = RewardTerm(self._k, reward_signal, reward_decay, score_absent)
+        self.coupled_decay = False  # the reference variant's torch.optim.Adam L2 form
         self._logits = np.zeros(self._k)
         self._adam = wf.AdamWState.zeros(self._k)
         self._z = wf.stable_softmax(self._logits)
@@ -142,22 +132,19 @@ class IWURule(_LogitRule):
         v.finite_array("signals.improvement at present tasks", improvement[s.present])
         return self._steps(s, improvement[None, :], rows_checked=True)
 
-    def update_minibatches(self, signals: TaskSignals, improvements: ArrayLike) -> NDArray[np.float64]:
-        """One step on xi per row of improvements (M, K), in order: the reference code takes one weight update
-        per PPO mini-batch with that mini-batch's I_k (`reference_scoring.minibatch_improvement`); the reward
-        term is folded in once. `update(signals)` is M = 1 with signals.improvement. Entries of absent tasks
-        are read as 0. All or nothing: a refused row leaves the rule unchanged."""
-        s = _checked_signals(signals, self._k)
-        rows = v.as_float_array("improvements", improvements, ndim=2)
-        if rows.shape[0] == 0 or rows.shape[1] != self._k:
-            raise ValueError(f"improvements must have shape (M >= 1, {self._k}), got {rows.shape}")
-        return self._steps(s, rows, rows_checked=False)
+    def _reward_term(self, s: TaskSignals) -> tuple[NDArray[np.float64], NDArray[np.bool_], Any]:
+        """(what lam multiplies, the tasks the gradient covers, state to commit after the step): J_k over the
+        present tasks (the paper's text)."""
+        return np.where(s.present, s.reward, 0.0), s.present.copy(), None
+
+    def _commit(self, reward_state: Any) -> None:
+        """Keep what `_reward_term` computed once the step succeeded (nothing for the paper's J_k)."""
 
     def _steps(self, s: TaskSignals, rows: NDArray[np.float64], rows_checked: bool) -> NDArray[np.float64]:
         """The steps of `update_minibatches` on checked signals and rows (M, K). The rule's own state (finite
         logits and moments of shape (K,)) is not checked again; what a step computes (score, gradient, logits) is,
         and the settings are, once, where the step first reads them."""
-        reward, scored, average = self.reward_term.evaluate(s)
+        reward, scored, reward_state = self._reward_term(s)
         if not rows_checked:
             v.finite_array("improvements at present tasks", rows[:, s.present])
         if not s.present.any():
@@ -165,8 +152,8 @@ class IWURule(_LogitRule):
         lam = v.real_in_range("lam", self.lam, 0.0)
         settings: tuple[float, ...] | None = None
         logits, adam = self._logits, self._adam
-        # Absent tasks trained no sample: I_k = 0 (their entries may be NaN; the gradient ignores them unless
-        # score_absent, and then I_k = 0 is the reference code's value).
+        # Absent tasks trained no sample: I_k = 0 (their entries may be NaN; the gradient ignores them unless the
+        # reference variant scores absent tasks, and then I_k = 0 is the reference code's value).
         for improvement in np.where(s.present, rows, 0.0):
             if self.improvement_clip is not None:
                 improvement = np.clip(improvement, -self.improvement_clip, self.improvement_clip)
@@ -187,7 +174,7 @@ class IWURule(_LogitRule):
                 logits, adam = wf._adamw(logits, g, adam, lr_, wd, b1, b2, eps, not self.coupled_decay)
             logits = _finite_or_refuse("logits", logits)
         self._logits, self._adam = logits, adam
-        self.reward_term.commit(average)
+        self._commit(reward_state)
         self._z = wf._softmax(self._logits)
         return self.weights
 
@@ -198,8 +185,6 @@ class IWURule(_LogitRule):
             "optimizer": self.optimizer,
             "weight_decay": self.weight_decay,
             "improvement_clip": self.improvement_clip,
-            **({"coupled_decay": True} if self.coupled_decay else {}),
-            **self.reward_term.config(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -211,8 +196,15 @@ class IWURule(_LogitRule):
             "adam_step": self._adam.step,
             "adam_exp_avg": self._adam.exp_avg.tolist(),
             "adam_exp_avg_rms": self._adam.exp_avg_rms.tolist(),
-            **self.reward_term.state(),
+            **self._extra_state(),
         }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra(self, state: Mapping[str, Any]) -> Any:
+        """What `_extra_state` wrote, checked, to `_commit` once the whole state is accepted."""
+        return None
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         v.state_matches(state, self.kind, self._k)
@@ -223,9 +215,9 @@ class IWURule(_LogitRule):
         rms = _loaded_vector(state, "adam_exp_avg_rms", self._k)
         if (rms < 0).any():
             raise ValueError(f"state['adam_exp_avg_rms'] must be >= 0, got minimum {float(rms.min())!r}")
-        average = self.reward_term.load(state)
+        extra = self._load_extra(state)
         self._logits, self._adam = logits, wf.AdamWState(step, m, rms)
-        self.reward_term.commit(average)
+        self._commit(extra)
         self._z = wf.stable_softmax(self._logits)
 
 

@@ -35,7 +35,7 @@ class BatchReport:
     mean_reward: mean reward of ALL reported rollouts of each task (J_k before filtering; NaN if none or if
     groups were reported without rewards).
     weights: the weights the sampler aimed at (the rule's z, with barren tasks at 0 when the no-signal guard
-    acts). barren_tasks: tasks the guard sampled only by probes this step (`signal_guard`).
+    acts). barren_tasks: tasks the guard sampled only by probes this step (`no_signal_guard`).
     carried_counts: groups of each task in the batch that were kept from an earlier step (`carry_pool`; they are
     in `accepted` and `realized_counts`, not in `generated` or `informative`). kept_counts: groups kept for later.
     """

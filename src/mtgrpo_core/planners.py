@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEstimator, plan_requests, posterior_of
-from mtgrpo_core.selection import select_by_ratio, select_first
+from mtgrpo_core.batch_selection import select_by_ratio, select_first
 from mtgrpo_core.targets import CountScheme, draw_counts
 
 Counts = NDArray[np.int64]

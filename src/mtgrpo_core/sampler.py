@@ -27,10 +27,10 @@ from mtgrpo_core.advantages import zero_gradient_mask
 from mtgrpo_core.batch_ledger import BatchLedger
 from mtgrpo_core.batch_types import Batch, BatchReport, Request
 from mtgrpo_core.carry_pool import CarryPool
+from mtgrpo_core.no_signal_guard import NoSignalGuard
 from mtgrpo_core.planners import Planner, PlanView, default_estimator, planner_for
 from mtgrpo_core.report_keys import KeyArray
 from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.signal_guard import NoSignalGuard
 from mtgrpo_core.targets import draw_counts
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]

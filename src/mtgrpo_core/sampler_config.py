@@ -38,7 +38,7 @@ class SamplerConfig:
         with `planners.register_planner`. Used when filtering and ratio_constraint are on; filtering="none" uses
         the no-filter planner and ratio_constraint=False the DAPO planner.
     confidence: probability target: per task (posterior planner), of the whole batch (joint planner).
-    guard_floor: the no-signal guard (`signal_guard`, beyond the paper): a task whose last groups were all
+    guard_floor: the no-signal guard (`no_signal_guard`, beyond the paper): a task whose last groups were all
         uninformative, more of them in a row than a task with this informative rate shows with probability 0.1%,
         is sampled only by probe groups until one is informative. 0 turns the guard off; it is off without
         filtering.

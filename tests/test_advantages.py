@@ -317,3 +317,12 @@ def test_bad_options_are_refused():
         zero_gradient_mask(rewards, "loose")
     with pytest.raises(ValueError, match="correct_reward must be finite"):
         ragged_zero_gradient_mask([1.0], [0], "strict", correct_reward=float("nan"))
+
+
+def test_a_group_of_equal_rewards_gets_exactly_zero_even_with_a_tiny_eps():
+    # the float mean of three 0.1 rewards misses them by an ulp; eps 1e-12 used to magnify that into -1.4e-5 each
+    rewards = np.array([[0.1, 0.1, 0.1], [1.0, 0.0, 0.5]])
+    adv = group_advantages(rewards, std="biased", eps=1e-12)
+    assert (adv[0] == 0.0).all() and adv[1].std() == pytest.approx(1.0)
+    ragged = ragged_group_advantages(rewards.ravel(), [0, 0, 0, 1, 1, 1], std="biased", eps=1e-12)
+    np.testing.assert_array_equal(ragged.reshape(2, 3), adv)

@@ -180,8 +180,16 @@ def grpo_advantages(
     uses its nan-aware `nanstd`, also Bessel-corrected (unbiased), with eps 1e-4: pass eps=1e-4 to match it.
     """
     scale = _safe_scale(rewards, groups)
-    dev = rewards / scale - groups.mean(rewards / scale)
+    dev = _deviations(rewards / scale, groups)
     return _standardised(dev, groups.mean(dev * dev), groups.sizes, std, _eps(eps), scale)
+
+
+def _deviations(r: NDArray[np.float64], groups: GroupLayout) -> NDArray[np.float64]:
+    """r - mean_g, exactly 0 in a group of equal rewards: the float mean of equal values can miss them by an ulp
+    (three rewards of 0.1 give deviations of -1.4e-17), which a small eps would magnify into an advantage."""
+    dev = r - groups.mean(r)
+    equal = groups.max_abs(dev - groups.mean(dev)) == 0.0  # equal rewards <=> equal deviations
+    return np.where(equal, 0.0, dev)
 
 
 @register_estimator("dr_grpo")

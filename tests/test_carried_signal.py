@@ -66,3 +66,28 @@ def test_a_reduction_that_contradicts_a_reference_preset_is_refused() -> None:
     assert Controller.from_method("mt-grpo:0.2", 3, 32, 8, improvement_reduce="sum").improvement_reduce == "sum"
     with pytest.raises(ValueError, match=r"improvement_reduce must be one of \['mean', 'sum'\], got 'avg'"):
         Controller.from_method("mt-grpo:0.2", 3, 32, 8, improvement_reduce="avg")
+
+
+def test_a_refused_end_step_changes_nothing_and_the_step_can_end_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    ctrl = Controller.from_method("mt-grpo:0.2", num_tasks=3, batch_size=32, group_size=8, seed=0)
+    trainer = _Trainer(seed=0)
+    for step in range(3):
+        builder = ctrl.begin_step()
+        while (request := builder.next_request()) is not None:
+            tasks, rewards, data = trainer.generate(request.counts)
+            builder.report_arrays(tasks, rewards=rewards, payloads=data)
+        facts = StepFacts(**trainer.update_policy(builder.finish()))
+        before = json.dumps(ctrl.state_dict())
+        if step == 2:
+            real = ctrl.rule.update
+
+            def refuse(signals: object) -> object:
+                raise ValueError("refused by the rule")
+
+            monkeypatch.setattr(ctrl.rule, "update", refuse)
+            with pytest.raises(ValueError, match="refused by the rule"):
+                ctrl.end_step(facts)
+            assert json.dumps(ctrl.state_dict()) == before  # measured J_k, pending batch, step: as they were
+            monkeypatch.setattr(ctrl.rule, "update", real)
+        ctrl.end_step(facts)
+    assert ctrl.step == 3

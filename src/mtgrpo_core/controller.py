@@ -140,39 +140,41 @@ class Controller:
                 f"rule {type(self.rule).__name__} needs signals {missing}, but they are None: measure them "
                 "(StepFacts surrogate values for improvement, sample advantages for mean_abs_advantage)"
             )
-        signals = self._carried_tasks_measured(signals)
+        signals, measured = self._carried_tasks_measured(signals)
         guard = self.sampler.guard
         if guard is not None and guard.barren.any():  # the rule does not chase a task that yields no signal
             signals = replace(signals, present=signals.present & ~guard.barren)
         weights = self._update_rule(signals)
         self._check_weights(weights, f"weights after step {self.step}")
+        self._measured, self._open, self._trained = measured, None, None  # the step is over: commit
         self.last_signals = signals
         self.step += 1
         return weights
 
-    def _carried_tasks_measured(self, signals: TaskSignals) -> TaskSignals:
+    def _carried_tasks_measured(self, signals: TaskSignals) -> tuple[TaskSignals, NDArray[np.float64]]:
         """Beyond the paper (carry-over): a task whose batch share this step came only from carried groups has no
         fresh rollout, hence no J_k, yet it was trained (its I_k and r_k are measured). It keeps its place in the
         weight update with the J_k and accuracy last measured for it (the step that generated its carried groups,
-        at most max_staleness steps old) instead of dropping out (docs/signals.md). Measured J_k are remembered."""
+        at most max_staleness steps old) instead of dropping out (docs/signals.md). Returns the signals and the
+        last measured J_k and accuracy with this step's, which end_step keeps once the rule accepted the step."""
         present = signals.present
-        self._measured[0, present] = signals.reward[present]
+        measured = self._measured.copy()
+        measured[0, present] = signals.reward[present]
         if signals.accuracy is not None:
-            self._measured[1, present] = signals.accuracy[present]
+            measured[1, present] = signals.accuracy[present]
         trained = self._pending_trained()
-        self._open, self._trained = None, None
         if trained is None:
-            return signals
-        fill = ~present & (trained > 0) & ~np.isnan(self._measured[0])
+            return signals, measured
+        fill = ~present & (trained > 0) & ~np.isnan(measured[0])
         if signals.accuracy is not None:
-            fill &= ~np.isnan(self._measured[1])
+            fill &= ~np.isnan(measured[1])
         if not fill.any():
-            return signals
+            return signals, measured
         reward, accuracy = signals.reward.copy(), None if signals.accuracy is None else signals.accuracy.copy()
-        reward[fill] = self._measured[0, fill]
+        reward[fill] = measured[0, fill]
         if accuracy is not None:
-            accuracy[fill] = self._measured[1, fill]
-        return TaskSignals.build(
+            accuracy[fill] = measured[1, fill]
+        filled = TaskSignals.build(
             reward=reward,
             present=present | fill,
             improvement=signals.improvement,
@@ -180,6 +182,7 @@ class Controller:
             accuracy=accuracy,
             improvement_steps=signals.improvement_steps,
         )
+        return filled, measured
 
     def _update_rule(self, signals: TaskSignals) -> NDArray[np.float64]:
         if not self.minibatch_updates:

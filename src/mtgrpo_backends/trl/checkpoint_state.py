@@ -28,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 from transformers.trainer_utils import get_last_checkpoint
 
+from mtgrpo_backends.state_file import read_state_file
 from mtgrpo_backends.trl.carried_rows import GroupRows, Rows
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_core import Controller, PromptPool, RewardChangeImprovement, StepFacts
@@ -287,15 +288,7 @@ def _read(trainer: CheckpointedTrainer, checkpoint: str) -> dict[str, Any]:
     path = os.path.join(checkpoint, STATE_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {checkpoint!r} has no {STATE_FILE}: it was not written by MTGRPOTrainer")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        state: dict[str, Any] = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"checkpoint {checkpoint!r}: {STATE_FILE} is not valid JSON ({err}; {len(text)} characters): the file is "
-            "truncated or corrupted; resume from another checkpoint"
-        ) from None
+    state = read_state_file(path, f"checkpoint {checkpoint!r}: {STATE_FILE}")
     check_compatible(trainer, state, f"checkpoint {checkpoint!r}")
     name = BUFFER_FILE.format(rank=trainer.accelerator.process_index)
     if state.get("pending") is not None and not os.path.exists(os.path.join(checkpoint, name)):

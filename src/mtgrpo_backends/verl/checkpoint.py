@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 
+from mtgrpo_backends.state_file import read_state_file
+
 STATE_FILE = "mtgrpo_state.json"
 
 
@@ -55,17 +57,7 @@ def read(folder: str, global_steps: int) -> dict[str, Any]:
             "without the controller's weights and prompt cursors would restart MT-GRPO from scratch; resume a "
             "checkpoint of this run, or set trainer.resume_mode=disable to start a new run"
         )
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        state: dict[str, Any] = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}; {len(text)} characters): the file is truncated or corrupted; resume "
-            "from another checkpoint"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(state).__name__}")
+    state = read_state_file(path, path)
     for key in ("controller", "prompt_pool"):
         if not isinstance(state.get(key), dict):
             got = "no such field" if key not in state else type(state[key]).__name__

@@ -14,9 +14,9 @@ import time
 import numpy as np
 
 from mtgrpo_core import Controller, StepFacts
-from mtgrpo_core.acceptance import KnownFilterRate
-from mtgrpo_core.sampler import RatioPreservingSampler
-from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.sampling.acceptance import KnownFilterRate
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.sampler import RatioPreservingSampler
 
 VARIANTS = {
     "DAPO truncation": dict(ratio_constraint=False, acceptance_aware=False, targets="multinomial"),

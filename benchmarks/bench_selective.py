@@ -35,7 +35,7 @@ from mtgrpo_backends.simulated.bench import SimulatedRunner
 from mtgrpo_backends.simulated.pool_feed import Skip
 from mtgrpo_backends.simulated.suites import Suite, load_suite
 from mtgrpo_core import metrics
-from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.prompts.history import SelectionConfig
 
 MT = "mt-grpo:0.2"
 LEAN = {"planner": "joint", "confidence": 0.9, "max_inflation": 25.0, "oversample": 6.0}  # given explicitly

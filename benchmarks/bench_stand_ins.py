@@ -25,8 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import PromptPool
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.prompt_pool import Selection
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.prompts.pool import Selection
 
 N = 8
 FORMAT = 0.1  # reward of a wrong but well-formatted answer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtgrpo_core.sampler import BatchBuilder, Request
+from mtgrpo_core.sampling.sampler import BatchBuilder, Request
 
 
 class AcceptanceCaller:

@@ -120,7 +120,7 @@ def test_a_key_trained_or_released_at_the_last_step_is_refused_when_reported_aga
 
 
 def test_retired_keys_are_found_whatever_the_two_key_dtypes() -> None:
-    from mtgrpo_core.carry_pool import CarryPool
+    from mtgrpo_core.sampling.carry_pool import CarryPool
 
     pool = CarryPool(2, 1)
     big = np.array([2**64 - 1, 5], dtype=np.uint64)

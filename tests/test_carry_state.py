@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtgrpo_core import KnownFilterRate, RatioPreservingSampler, SamplerConfig
-from mtgrpo_core.carry_pool import CarryPool
+from mtgrpo_core.sampling.carry_pool import CarryPool
 
 N = 4
 PASS = np.array([0.5, 0.3, 0.7])

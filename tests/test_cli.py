@@ -18,10 +18,10 @@ import pytest
 from mtgrpo_backends.cli import main
 from mtgrpo_backends.options import HarnessOptions, RuleOptions, SamplerOptions, parse
 from mtgrpo_backends.simulated.cli import BenchArgs
-from mtgrpo_core.sampler_config import FILTERS
+from mtgrpo_core.sampling.config import FILTERS
+from mtgrpo_core.sampling.targets import COUNT_SCHEMES
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
-from mtgrpo_core.targets import COUNT_SCHEMES
-from mtgrpo_core.weighting_rules import IWU_OPTIMIZERS
+from mtgrpo_core.weighting.rules import IWU_OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

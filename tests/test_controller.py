@@ -10,7 +10,7 @@ import pytest
 from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import METHOD_NAMES, parse_method
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.weighting_rules import FixedRule
+from mtgrpo_core.weighting.rules import FixedRule
 from tests.sampler_sim import AcceptanceCaller
 
 RATES = np.array([0.1, 0.3, 0.8])

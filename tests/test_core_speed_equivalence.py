@@ -14,14 +14,15 @@ import pytest
 from numpy.typing import NDArray
 from scipy.special import betaln
 
-from mtgrpo_core import Controller, StepFacts, checks, joint_planner, signals
-from mtgrpo_core import weighting_functions as wf
-from mtgrpo_core.acceptance import fill_cdf
-from mtgrpo_core.joint_planner import joint_requests
+from mtgrpo_core import Controller, StepFacts, checks, signals
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.reference_scoring import ReferenceIWURule
-from mtgrpo_core.report_keys import KeyLedger, as_key_array, common_key_dtype
-from mtgrpo_core.weighting_rules import IWURule
+from mtgrpo_core.reference.scoring import ReferenceIWURule
+from mtgrpo_core.sampling import joint_planner
+from mtgrpo_core.sampling.acceptance import fill_cdf
+from mtgrpo_core.sampling.batch import KeyLedger, as_key_array, common_key_dtype
+from mtgrpo_core.sampling.joint_planner import joint_requests
+from mtgrpo_core.weighting import functions as wf
+from mtgrpo_core.weighting.rules import IWURule
 
 # --- references: the code as it was before the rewrite ---------------------------------------------------------
 

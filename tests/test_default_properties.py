@@ -23,9 +23,9 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import Controller, PromptPool, StepFacts
 from mtgrpo_core.methods import LEAN
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.prompt_pool import Selection
-from mtgrpo_core.sampler import Batch, BatchBuilder
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.prompts.pool import Selection
+from mtgrpo_core.sampling.sampler import Batch, BatchBuilder
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 METHOD = "mt-grpo:0.2"

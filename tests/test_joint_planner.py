@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtgrpo_core import KnownFilterRate, RatioPreservingSampler, SamplerConfig
-from mtgrpo_core.acceptance import fill_cdf
-from mtgrpo_core.joint_planner import joint_requests
+from mtgrpo_core.sampling.acceptance import fill_cdf
+from mtgrpo_core.sampling.joint_planner import joint_requests
 from tests.sampler_sim import AcceptanceCaller
 
 RATES = np.array([0.30, 0.15, 0.70])  # the paper's 3-task filter rates

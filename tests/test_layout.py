@@ -58,3 +58,12 @@ def test_no_import_cycle_in_src() -> None:
 def test_every_source_file_is_under_400_lines() -> None:
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) >= 400}
     assert not long, f"source files of 400 lines or more: {long}"
+
+
+def test_the_core_is_a_few_grouped_modules() -> None:
+    """Issue 19, item 7: about 20 modules, grouped by the part of the algorithm they hold."""
+    core = SRC / "mtgrpo_core"
+    modules = [p for p in core.rglob("*.py") if p.name != "__init__.py"]
+    assert len(modules) <= 22, sorted(str(p.relative_to(core)) for p in modules)
+    groups = {p.name for p in core.iterdir() if (p / "__init__.py").is_file()}
+    assert groups == {"prompts", "reference", "sampling", "weighting"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtgrpo_core import Controller, SamplerConfig, TaskSignals
-from mtgrpo_core.no_signal_guard import NoSignalGuard, guard_window
+from mtgrpo_core.sampling.targets import NoSignalGuard, guard_window
 from tests.sampler_sim import AcceptanceCaller
 
 PAPER_RATES = [0.30, 0.15, 0.70]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtgrpo_core import PromptPool
-from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.prompts.history import SelectionConfig
 
 ROWS = [0] * 20 + [1] * 20
 CONFIG = SelectionConfig(exploration=0.3, filtering="strict")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtgrpo_core import PromptPool
-from mtgrpo_core.prompt_history import (
+from mtgrpo_core.prompts.history import (
     ALL_CORRECT,
     ALL_WRONG,
     INFORMATIVE,

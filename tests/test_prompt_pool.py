@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtgrpo_core import PromptPool
-from mtgrpo_core.prompt_pool import task_ids_of
+from mtgrpo_core.prompts.pool import task_ids_of
 
 TASKS = ["easy", "medium", "hard"]
 

@@ -10,18 +10,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mtgrpo_core.acceptance import EMAFilterRate, inflation
 from mtgrpo_core.advantages import zero_gradient_mask
 from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.reference_presets import (
+from mtgrpo_core.reference.presets import (
     ReferencePresetWarning,
     reference_filter_rate,
     reference_improvement_clip,
     reference_max_rounds,
 )
-from mtgrpo_core.signal_path import StepFacts, step_signals
+from mtgrpo_core.sampling.acceptance import EMAFilterRate, inflation
+from mtgrpo_core.signals import StepFacts, step_signals
 
 COMMON = {"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial", "planner": "paper-ref"}
 

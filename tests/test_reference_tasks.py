@@ -23,7 +23,7 @@ from mtgrpo_backends.trl.rewards import (
     reference_reward,
     score_response,
 )
-from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, FORMATTED, UNFORMATTED
 
 _HEAD = re.escape(
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "

@@ -15,7 +15,7 @@ import pytest
 
 from mtgrpo_backends.trl.reference_prompts import reference_prompt
 from mtgrpo_backends.trl.rewards import score_response
-from mtgrpo_core.reward_protocol import CORRECT, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, UNFORMATTED
 
 REPO = os.environ.get("MTGRPO_REFERENCE_REPO")
 pytestmark = pytest.mark.skipif(not REPO, reason="set MTGRPO_REFERENCE_REPO to a checkout of rsshyam/MT-GRPO")

@@ -9,10 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.reference_scoring import ReferenceIWURule, RewardTerm, minibatch_improvement
-from mtgrpo_core.weighting_rules import IWURule
+from mtgrpo_core.reference.scoring import ReferenceIWURule, RewardTerm
+from mtgrpo_core.signals import minibatch_improvement
+from mtgrpo_core.weighting import functions as wf
+from mtgrpo_core.weighting.rules import IWURule
 
 # --- the optimizer steps against torch ---
 

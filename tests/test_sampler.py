@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, inflation, plan_requests
-from mtgrpo_core.planners import (
+from mtgrpo_core.sampling.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, inflation, plan_requests
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.planners import (
     PLANNER_REGISTRY,
     DapoPlanner,
     NoFilterPlanner,
@@ -19,9 +20,8 @@ from mtgrpo_core.planners import (
     planner_names,
     register_planner,
 )
-from mtgrpo_core.sampler import RatioPreservingSampler
-from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.targets import apportioned_counts, multinomial_counts
+from mtgrpo_core.sampling.sampler import RatioPreservingSampler
+from mtgrpo_core.sampling.targets import apportioned_counts, multinomial_counts
 from tests.sampler_sim import AcceptanceCaller
 
 Z3 = np.array([0.46, 0.11, 0.43])

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtgrpo_core.sampler import RatioPreservingSampler
-from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.sampler import RatioPreservingSampler
 from tests.sampler_sim import AcceptanceCaller
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

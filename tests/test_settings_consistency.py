@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from mtgrpo_backends.cli import main
-from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.sampling.config import SamplerConfig
 
 # (setting, bad value, the core's message, with the method the setting needs to be read)
 BAD: list[tuple[str, Any, str]] = [
     ("max_rounds", -1, "max_rounds must be >= 0, got -1"),
-    ("planner", "psychic", "planner must be one of ['paper', 'posterior', 'joint', 'paper-ref'], got 'psychic'"),
+    ("planner", "psychic", "planner must be one of ['joint', 'paper', 'paper-ref', 'posterior'], got 'psychic'"),
     ("oversample", 0.5, "oversample must be in [1.0, inf], got 0.5"),
     ("confidence", 1.5, "confidence must be in (0.0, 1.0), got 1.5"),
     ("guard_floor", -0.1, "guard_floor must be in [0.0, 1.0), got -0.1"),

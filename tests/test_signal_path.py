@@ -25,8 +25,8 @@ from mtgrpo_core import (
     step_signals,
     with_stand_ins,
 )
-from mtgrpo_core.rule_registry import RULES
-from mtgrpo_core.weighting_rules import FixedRule, IWURule
+from mtgrpo_core.methods import RULES
+from mtgrpo_core.weighting.rules import FixedRule, IWURule
 
 N = 4
 GROUP_TASK = np.array([0, 1, 2, 0, 1, 2, 0])

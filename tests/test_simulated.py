@@ -193,7 +193,7 @@ def test_recipe_suite_generates_its_tasks() -> None:
 
 _USER_RULES = """
 import numpy as np
-from mtgrpo_core.weighting_rules import UniformRule
+from mtgrpo_core.weighting.rules import UniformRule
 
 class Tilted(UniformRule):
     '''A user's rule: fixed weights tilted to the last task.'''

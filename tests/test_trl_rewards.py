@@ -13,7 +13,7 @@ from mtgrpo_backends.trl.rewards import (
     paper_reward,
     score_response,
 )
-from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, FORMATTED, UNFORMATTED
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from mtgrpo_backends.trl import MTGRPOConfig, MTGRPOTrainer
 from mtgrpo_backends.trl.batch_assembly import take_rows
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
 from mtgrpo_backends.trl.trainer import STATE_FILE, check_trl_version
-from mtgrpo_core.sampler import Batch
+from mtgrpo_core.sampling.sampler import Batch
 
 TASKS = ("easy", "hard", "mid")
 LETTERS = "abcdefghij"

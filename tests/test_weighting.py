@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
-from mtgrpo_core.reference_scoring import ReferenceIWURule
-from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
+from mtgrpo_core.reference.scoring import ReferenceIWURule
+from mtgrpo_core.weighting import functions as wf
+from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
 HUGE = 1e300
 SUM_ATOL = 1e-9

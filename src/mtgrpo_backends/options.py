@@ -20,10 +20,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import tyro
 
-from mtgrpo_core.methods import parse_method
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.rule_registry import build_rule, rule_class
-from mtgrpo_core.sampler_config import SamplerConfig
+from mtgrpo_core.methods import build_rule, parse_method, rule_class
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.sampling.config import SamplerConfig
 
 T = TypeVar("T")
 
@@ -174,7 +173,7 @@ class SamplerOptions:
 
 @dataclass(frozen=True)
 class SelectionOptions:
-    """Selective rollouts on a finite prompt pool (mtgrpo_core.prompt_history.SelectionConfig, docs/selective.md)."""
+    """Selective rollouts on a finite prompt pool (mtgrpo_core.prompts.history.SelectionConfig, docs/selective.md)."""
 
     skip: Literal["none", "history", "oracle"] = "none"
     """prompts a request passes over: none; history (last seen uninformative, with exploration); oracle (simulator

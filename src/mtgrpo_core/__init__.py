@@ -4,8 +4,6 @@ Task-weighting rules, improvement signals, the ratio-preserving sampler with acc
 advantages, metrics, and a controller that runs the algorithm's decisions without owning the policy.
 """
 
-from mtgrpo_core import joint_planner as _joint_planner  # noqa: F401  (registers the "joint" planner)
-from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, plan_requests
 from mtgrpo_core.advantages import (
     ADVANTAGE_ESTIMATORS,
     group_advantages,
@@ -15,7 +13,7 @@ from mtgrpo_core.advantages import (
     zero_gradient_mask,
 )
 from mtgrpo_core.controller import Controller
-from mtgrpo_core.methods import METHOD_NAMES, MethodSpec, parse_method
+from mtgrpo_core.methods import METHOD_NAMES, RULES, MethodSpec, build_rule, parse_method, register_rule
 from mtgrpo_core.metrics import (
     average_accuracy,
     delta_m_percent,
@@ -24,28 +22,32 @@ from mtgrpo_core.metrics import (
     steps_to_threshold,
     worst_task_accuracy,
 )
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.prompt_pool import PromptPool, Selection
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.prompts.pool import PromptPool, Selection
 from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals, WeightingRule
-from mtgrpo_core.rule_registry import RULES, build_rule, register_rule
-from mtgrpo_core.sampler import (
+from mtgrpo_core.sampling import joint_planner as _joint_planner  # noqa: F401  (registers the "joint" planner)
+from mtgrpo_core.sampling.acceptance import BetaFilterRate, EMAFilterRate, KnownFilterRate, plan_requests
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.sampler import (
     Batch,
     BatchBuilder,
     BatchReport,
     RatioPreservingSampler,
     Request,
 )
-from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.signal_path import StepFacts, check_needs, step_signals, with_stand_ins
 from mtgrpo_core.signals import (
     DEFAULT_IMPROVEMENT_REDUCE,
     RewardChangeImprovement,
+    StepFacts,
+    check_needs,
     mean_abs_advantage_per_task,
+    step_signals,
     task_accuracy,
     task_improvement,
     task_rewards,
+    with_stand_ins,
 )
-from mtgrpo_core.weighting_rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
+from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",

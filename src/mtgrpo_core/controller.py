@@ -17,10 +17,9 @@ from numpy.typing import NDArray
 from mtgrpo_core import checks as v
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
-from mtgrpo_core.sampler import BatchBuilder, RatioPreservingSampler
-from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.signal_path import StepFacts, step_signals
-from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.sampler import BatchBuilder, RatioPreservingSampler
+from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS, StepFacts, step_signals
 
 
 class Controller:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.weighting_rules import IWURule
+from mtgrpo_core.weighting import functions as wf
+from mtgrpo_core.weighting.rules import IWURule
 
 LAM = 0.2
 LR = 1.0

@@ -1,4 +1,5 @@
-"""The paper's methods and baselines as named configurations: one string builds a controller.
+"""The paper's methods and baselines as named configurations (one string builds a controller), and the registry
+of weighting rules they name.
 
 "grpo"                uniform weights, no filtering
 "dapo"                uniform weights, dynamic sampling without the ratio constraint (first B informative)
@@ -11,7 +12,7 @@
 "mt-grpo-noinfl[:lam]" IWU + the paper's Algorithm 2 without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
 "minimax-reg[:eta]"   regularised reward-only weights (Subroutine 2) + RP-SAMPLER (eta defaults to 0.01)
-"mt-grpo-ref[:lam]"   the paper's reference code, 3-task scripts (reference_presets.py, docs/fidelity.md)
+"mt-grpo-ref[:lam]"   the paper's reference code, 3-task scripts (reference/presets.py, docs/fidelity.md)
 "mt-grpo-ref9[:lam]"  the paper's reference code, 9-task scripts; "dapo-ref", "dapo-ref9", "grpo-ref" its baselines
 "module:Class"        a user's WeightingRule class, built as Class(num_tasks), with RP-SAMPLER
 
@@ -21,19 +22,87 @@ caps M_acc = 25 and M_os = 6. "mt-grpo-paper", "mt-grpo-noinfl" and the referenc
 strictly on-policy; `--sampler.planner paper --sampler.carry-over 0 --sampler.oversample 3
 --sampler.max-inflation 5` gives any method the paper's Algorithm 2.
 
-Rules are built through `mtgrpo_core.rule_registry.build_rule` (names "iwu", "iwu-ref" (the reference code's variant:
-`reference_scoring.ReferenceIWURule`), "minimax", "sec", "uniform", "fixed").
+Rules are built by name through `build_rule`, in the manner of verl's `register_adv_est` (built in: "iwu",
+"iwu-ref" (the reference code's variant: `reference.scoring.ReferenceIWURule`), "minimax", "sec", "uniform",
+"fixed"); a name of the form "package.module:Class" imports a user's rule that is not registered.
+
+    @register_rule("my-rule")
+    class MyRule: ...            # constructed as MyRule(num_tasks, **kwargs)
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.protocols import WeightingRule
-from mtgrpo_core.reference_presets import REFERENCE_PRESETS, ReferencePreset
-from mtgrpo_core.rule_registry import build_rule
+from mtgrpo_core.protocols import SIGNAL_NEEDS, WeightingRule
+from mtgrpo_core.reference.presets import REFERENCE_PRESETS, ReferencePreset
+from mtgrpo_core.reference.scoring import ReferenceIWURule
+from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
+
+# the built-in rules; `register_rule` adds more
+RULES: dict[str, type[Any]] = {
+    "iwu": IWURule,
+    "iwu-ref": ReferenceIWURule,
+    "minimax": MinimaxRule,
+    "uniform": UniformRule,
+    "fixed": FixedRule,
+    "sec": SECRule,
+}
+T = TypeVar("T", bound=type[Any])
+
+
+def register_rule(name: str) -> Callable[[T], T]:
+    """Class decorator: make `name` build this rule; a name is registered once."""
+
+    def decorate(cls: T) -> T:
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError(f"rule name must be a non-empty string without ':', got {name!r}")
+        if name in RULES and RULES[name] is not cls:
+            raise ValueError(f"rule name {name!r} is already registered to {RULES[name].__name__}")
+        RULES[name] = cls
+        return cls
+
+    return decorate
+
+
+def rule_class(name: str) -> type[Any]:
+    """The class registered under `name`, or imported from "module:Class"."""
+    if not isinstance(name, str):
+        raise TypeError(f"rule must be a name string such as 'iwu' or 'module:Class', got {name!r}")
+    if name in RULES:
+        return RULES[name]
+    module_name, sep, class_name = name.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"rule must be one of {sorted(RULES)} or 'module:Class', got {name!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"rule {name!r}: cannot import {class_name!r} from {module_name!r} ({err})") from err
+    if not isinstance(cls, type):
+        raise TypeError(f"rule {name!r} must name a class, got {type(cls).__name__}")
+    return cls
+
+
+def build_rule(name: str, num_tasks: int, **kwargs: Any) -> WeightingRule:
+    """Construct rule `name` as cls(num_tasks, **kwargs) and check that it satisfies WeightingRule."""
+    cls = rule_class(name)
+    try:
+        rule = cls(num_tasks, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"rule {name!r} ({cls.__name__}) refused arguments {kwargs}: {err}") from err
+    if not hasattr(rule, "needs"):
+        raise TypeError(
+            f"rule {name!r} ({cls.__name__}) has no `needs` attribute: declare which optional signals it reads, "
+            f"e.g. needs = frozenset() or frozenset({{'improvement'}}) (known: {list(SIGNAL_NEEDS)})"
+        )
+    if not isinstance(rule, WeightingRule):
+        raise TypeError(f"rule {name!r} ({cls.__name__}) does not satisfy the WeightingRule protocol")
+    return rule
+
 
 _DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
 _GRPO = {"filtering": "none"}

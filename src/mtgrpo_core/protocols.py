@@ -1,4 +1,7 @@
-"""The narrow interfaces shared by the core: per-task signals and the task-weighting rule protocol."""
+"""The narrow interfaces shared by the core: per-task signals, the task-weighting rule protocol, and the paper's
+reward protocol, one set of names for every backend: 1.0 for a correct answer, 0.1 for a wrong
+answer in the right format, 0.0 otherwise. Accuracy means reward == CORRECT.
+"""
 
 from __future__ import annotations
 
@@ -147,3 +150,8 @@ class WeightingRule(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+CORRECT = 1.0
+FORMATTED = 0.1
+UNFORMATTED = 0.0

@@ -1,19 +1,26 @@
-"""Per-task signals of one training step: J_k, accuracy, the improvement I_k (Eq. 8) and SEC's mean |A|.
+"""The one signal path: a step's facts -> per-task signals (J_k, accuracy, I_k of Eq. 8, SEC's mean |A|).
 
-Every function takes per-rollout values with a task id per rollout and returns one value per task, shape (K,),
+Every signal function takes per-rollout values with a task id per rollout and returns one value per task, shape (K,),
 with NaN at tasks that had no rollout this step (counts say which). Feed ALL rollouts of the step, before any
 zero-gradient filtering (PAPER.md "Setting"): a task the policy fails completely must show a low J_k.
+`minibatch_improvement` gives I_k per PPO mini-batch for the reference presets' one weight update per mini-batch.
+
+A backend reports what it observed, per rollout and per trained sample, in a `StepFacts`; `step_signals` turns it
+into the per-task signals the weighting rule reads. No backend derives a signal itself, so a lambda (or a
+conclusion) measured on one backend carries to another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
 
 
 def _per_task(
@@ -162,3 +169,155 @@ class RewardChangeImprovement:
             arrays.append(arr.copy())
         self._smoothing = smoothing
         self._last_reward, self._estimate = arrays
+
+
+def minibatch_improvement(
+    before: ArrayLike,
+    after: ArrayLike,
+    task_ids: ArrayLike,
+    minibatch: ArrayLike,
+    num_tasks: int,
+    reduce: str = "sum",
+) -> NDArray[np.float64]:
+    """I_k per PPO mini-batch, shape (M, K): row m reduces after - before over task k's samples of mini-batch m
+    ("sum", the reference code's, or "mean": `signals.task_improvement`).
+
+    The reference code (dp_actor.py `update_policy`) measures, for each mini-batch, each sample's loss in the
+    forward pass before that mini-batch's optimizer step and again right after it, and sums per task; the
+    weights then take one step per mini-batch (`IWURule.update_minibatches`). before, after: per-sample
+    surrogate OBJECTIVE (minus the loss), so positive = improving, as in `signals.task_improvement`.
+    minibatch: (s,) index 0..M-1 of the mini-batch each sample was trained in; M = max + 1. A task with no
+    sample in a mini-batch gets 0 there, as in the reference code.
+    """
+    k = v.positive_int("num_tasks", num_tasks)
+    mb = v.int_array("minibatch", minibatch, ndim=1)
+    b = v.finite_array("before", before, ndim=1)
+    v.same_length("before", b, "minibatch", mb)
+    if mb.size == 0:
+        raise ValueError("minibatch is empty: no sample was trained, so there is no mini-batch update")
+    if (mb < 0).any():
+        raise ValueError(f"minibatch indices must be >= 0, got minimum {int(mb.min())}")
+    a = v.finite_array("after", after, ndim=1)
+    v.same_length("before", b, "after", a)
+    tasks = v.task_ids("task_ids", task_ids, k)
+    v.same_length("before", b, "task_ids", tasks)
+    steps = range(int(mb.max()) + 1)
+    rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce=reduce) for m in steps]
+    return np.nan_to_num(np.stack(rows), nan=0.0)
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What a trainer observed in one step. n generated rollouts, m trained samples (rollouts of batch groups).
+
+    rollout_task, rollout_reward: (n,) task id and reward of EVERY rollout generated this step, before any
+        zero-gradient filtering (J_k and accuracy come from these). Left None (both), `Controller.end_step` takes
+        them from the step's batch conversation (every group reported with rewards).
+    sample_task, sample_advantage: (m,) task id and advantage of each trained sample (SEC's r_k = mean |A|).
+    surrogate_task, surrogate_before, surrogate_after: (s,) the per-sample clipped surrogate objective evaluated
+        with the policy before and after the update (I_k, Eq. 8). surrogate_task defaults to sample_task; a trainer
+        that measures a sample more than once (several epochs) lists it once per measurement.
+    surrogate_minibatch: (s,) index (0, 1, ...) of the optimizer step (PPO mini-batch) each surrogate value was
+        measured around, when the trainer measures before and after each mini-batch's step; it gives
+        TaskSignals.improvement_steps (the reference presets update the weights once per mini-batch).
+    Arrays left None are not measured; the signals they feed come back as None.
+    """
+
+    rollout_task: ArrayLike | None = None
+    rollout_reward: ArrayLike | None = None
+    sample_task: ArrayLike | None = None
+    sample_advantage: ArrayLike | None = None
+    surrogate_before: ArrayLike | None = None
+    surrogate_after: ArrayLike | None = None
+    surrogate_task: ArrayLike | None = None
+    surrogate_minibatch: ArrayLike | None = None
+
+
+def step_signals(
+    facts: StepFacts,
+    num_tasks: int,
+    *,
+    improvement_reduce: str = DEFAULT_IMPROVEMENT_REDUCE,
+    correct_reward: float = 1.0,
+) -> TaskSignals:
+    """TaskSignals of one step from its facts.
+
+    reward J_k and accuracy: over all of task k's rollouts (NaN, i.e. absent, where it had none).
+    improvement I_k: `task_improvement(before, after, reduce=improvement_reduce)` over task k's surrogate samples.
+    mean_abs_advantage r_k: mean |A| over task k's trained samples.
+    A task with rollouts but no trained sample has no I_k or r_k: TaskSignals records 0 and lists it as untrained.
+    A task with trained samples but no rollout this step (all of them carried over from an earlier step) is
+    absent: J_k is a measurement of the current policy, so its signals wait for a step that generates for it.
+    """
+    if not isinstance(facts, StepFacts):
+        raise TypeError(f"facts must be a StepFacts, got {type(facts).__name__}")
+    k = v.positive_int("num_tasks", num_tasks)
+    if facts.rollout_task is None or facts.rollout_reward is None:
+        raise ValueError(
+            "facts.rollout_task and facts.rollout_reward are needed (every rollout generated this step); "
+            "Controller.end_step fills them in from the batch conversation when both are None"
+        )
+    reward, _ = task_rewards(facts.rollout_reward, facts.rollout_task, k)
+    accuracy = task_accuracy(facts.rollout_reward, facts.rollout_task, k, correct_reward)
+    mean_abs = None
+    if facts.sample_advantage is not None:
+        if facts.sample_task is None:
+            raise ValueError("facts.sample_task is None but facts.sample_advantage is given: pass both")
+        mean_abs = mean_abs_advantage_per_task(facts.sample_advantage, facts.sample_task, k)
+    improvement = steps = None
+    measured = (facts.surrogate_before is not None, facts.surrogate_after is not None)
+    if any(measured):
+        if not all(measured):
+            raise ValueError("facts.surrogate_before and facts.surrogate_after must be given together")
+        task = facts.sample_task if facts.surrogate_task is None else facts.surrogate_task
+        if task is None:
+            raise ValueError("facts.surrogate_task (or facts.sample_task) is needed with the surrogate values")
+        assert facts.surrogate_before is not None and facts.surrogate_after is not None
+        improvement = task_improvement(facts.surrogate_before, facts.surrogate_after, task, k, improvement_reduce)
+        if facts.surrogate_minibatch is not None and np.size(facts.surrogate_minibatch) == 0:
+            steps = np.zeros((1, k))  # nothing trained: one update with I_k = 0, as `update` would take
+        elif facts.surrogate_minibatch is not None:
+            steps = minibatch_improvement(
+                facts.surrogate_before, facts.surrogate_after, task, facts.surrogate_minibatch, k, improvement_reduce
+            )
+    elif facts.surrogate_minibatch is not None:
+        raise ValueError("facts.surrogate_minibatch is given without facts.surrogate_before and surrogate_after")
+    return TaskSignals.build(
+        reward=reward,
+        present=~np.isnan(reward),
+        improvement=improvement,
+        mean_abs_advantage=mean_abs,
+        accuracy=accuracy,
+        improvement_steps=steps,
+    )
+
+
+def with_stand_ins(facts: StepFacts, tasks: Sequence[ArrayLike], rewards: Sequence[ArrayLike]) -> StepFacts:
+    """The facts with the rollouts standing in for prompts a pool's selection passed over (`Selection.stand_ins`,
+    one (task, reward) pair of arrays per draw) added to the step's rollouts, so that J_k and accuracy measure the
+    task, not the prompts the skip rule let through (docs/selective.md)."""
+    if len(tasks) != len(rewards):
+        raise ValueError(f"tasks and rewards must hold one array per draw each, got {len(tasks)} and {len(rewards)}")
+    if not tasks:
+        return facts
+    if facts.rollout_task is None or facts.rollout_reward is None:
+        raise ValueError("facts.rollout_task and rollout_reward are None: stand-ins join the step's own rollouts")
+    task = np.concatenate([np.asarray(facts.rollout_task, dtype=np.int64), *(np.asarray(t) for t in tasks)])
+    reward = np.concatenate([np.asarray(facts.rollout_reward, dtype=np.float64), *(np.asarray(r) for r in rewards)])
+    if task.shape != reward.shape:
+        raise ValueError(f"stand-in tasks and rewards must match in length, got {task.size} and {reward.size}")
+    return replace(facts, rollout_task=task, rollout_reward=reward)
+
+
+def check_needs(needs: Iterable[str], provided: Iterable[str], rule: str, backend: str) -> None:
+    """Refuse a rule that needs a signal the backend does not measure, naming both."""
+    wanted = set(needs)
+    unknown = wanted - set(SIGNAL_NEEDS)
+    if unknown:
+        raise ValueError(f"rule {rule} declares needs {sorted(unknown)}; known signals are {list(SIGNAL_NEEDS)}")
+    missing = wanted - set(provided)
+    if missing:
+        raise ValueError(
+            f"rule {rule} needs {sorted(missing)}, which backend {backend} does not measure (it provides "
+            f"{sorted(provided)})"
+        )

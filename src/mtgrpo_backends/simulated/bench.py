@@ -23,9 +23,9 @@ from mtgrpo_backends.simulated.suites import Suite
 from mtgrpo_core import checks as v
 from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.sampler import BatchReport
-from mtgrpo_core.signal_path import StepFacts
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.sampling.sampler import BatchReport
+from mtgrpo_core.signals import StepFacts
 
 DEFAULT_METHODS = (
     "grpo",

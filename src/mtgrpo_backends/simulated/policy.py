@@ -38,7 +38,7 @@ from scipy.special import expit, logit
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import group_advantages
-from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, FORMATTED, UNFORMATTED
 
 CLIP_LOW = 0.2
 CLIP_HIGH = 0.28  # DAPO's clip-higher, as in the paper's runs

@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
-from mtgrpo_core.prompt_history import PromptHistory, SelectionConfig
-from mtgrpo_core.prompt_pool import PromptPool
+from mtgrpo_core.prompts.history import PromptHistory, SelectionConfig
+from mtgrpo_core.prompts.pool import PromptPool
 
 Skip = Literal["none", "history", "oracle"]
 SKIPS: tuple[str, ...] = ("none", "history", "oracle")

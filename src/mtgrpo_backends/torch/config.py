@@ -14,8 +14,8 @@ from typing import Any, Literal, cast
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import ADVANTAGE_ESTIMATORS
-from mtgrpo_core.prompt_history import SelectionConfig
-from mtgrpo_core.reward_protocol import CORRECT
+from mtgrpo_core.prompts.history import SelectionConfig
+from mtgrpo_core.protocols import CORRECT
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 
 

@@ -11,7 +11,7 @@ import torch
 from mtgrpo_backends.torch.model import sample
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, RewardError, Suite, left_pad, score
 from mtgrpo_core import checks as v
-from mtgrpo_core.reward_protocol import CORRECT, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, UNFORMATTED
 
 
 @dataclass

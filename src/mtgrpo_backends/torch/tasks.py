@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, FORMATTED, UNFORMATTED
 
 ALPHABET = "0123456789+-*=:,[]() abcdefghijklmnopqrstuvwxyz"
 _ANSWER = re.compile(r"\[([0-9]+)\]")

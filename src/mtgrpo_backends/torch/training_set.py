@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_backends.torch.tasks import Problem, Suite
 from mtgrpo_core import PromptPool
-from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.prompts.history import SelectionConfig
 
 
 class TrainingSet:

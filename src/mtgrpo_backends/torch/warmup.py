@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig, completion_logprobs
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, Suite, left_pad
 from mtgrpo_core import checks as v
-from mtgrpo_core.reward_protocol import CORRECT
+from mtgrpo_core.protocols import CORRECT
 
 CACHE_ENV = "MTGRPO_CACHE_DIR"
 WARMUP_BATCH = 64

@@ -10,7 +10,7 @@ from trl.trainer.grpo_config import GRPOConfig
 
 from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
-from mtgrpo_core.prompt_history import SelectionConfig
+from mtgrpo_core.prompts.history import SelectionConfig
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 
 IMPROVEMENT_SIGNALS: tuple[str, ...] = ("surrogate", "reward-change")

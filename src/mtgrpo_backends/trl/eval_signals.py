@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_backends.trl.step_log import log_signals
 from mtgrpo_core import StepFacts, step_signals
-from mtgrpo_core.prompt_pool import task_ids_of
+from mtgrpo_core.prompts.pool import task_ids_of
 
 
 def check_eval_datasets(eval_dataset: Any, task_column: str, task_names: Sequence[str]) -> None:

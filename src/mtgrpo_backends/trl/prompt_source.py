@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from mtgrpo_backends.trl.config import MTGRPOConfig
 from mtgrpo_core import PromptPool, SelectionConfig
-from mtgrpo_core.prompt_pool import task_ids_of
+from mtgrpo_core.prompts.pool import task_ids_of
 
 
 def build_pool(cfg: MTGRPOConfig, values: Sequence[Any], task_names: Sequence[str], filtering: str) -> PromptPool:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from mtgrpo_core.reward_protocol import CORRECT, FORMATTED, UNFORMATTED
+from mtgrpo_core.protocols import CORRECT, FORMATTED, UNFORMATTED
 
 FAMILIES: tuple[str, ...] = ("countdown", "zebra", "arc1d")
 MAX_EXPRESSION_CHARS = 256

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_backends.trl.carried_rows import GroupRows
-from mtgrpo_core.sampler import Batch, BatchBuilder
+from mtgrpo_core.sampling.sampler import Batch, BatchBuilder
 
 
 @dataclass

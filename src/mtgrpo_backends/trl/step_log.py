@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.sampler import BatchReport
+from mtgrpo_core.sampling.sampler import BatchReport
 
 logger = logging.getLogger(__name__)
 

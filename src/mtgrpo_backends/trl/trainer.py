@@ -37,7 +37,7 @@ from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_selection, log_signals
 from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, with_stand_ins
-from mtgrpo_core.sampler import Batch
+from mtgrpo_core.sampling.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
 __all__ = ["STATE_FILE", "MTGRPOTrainer", "check_trl_version"]

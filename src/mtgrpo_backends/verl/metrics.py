@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.sampler import BatchReport
+from mtgrpo_core.sampling.sampler import BatchReport
 
 
 def batch_metrics(task_names: Sequence[str], report: BatchReport, shortfall: int, failed: int) -> dict[str, float]:

@@ -22,8 +22,8 @@ from mtgrpo_backends.verl.config import MTGRPOSettings
 from mtgrpo_backends.verl.groups import PARTITION, read_rewards, wait_terminal
 from mtgrpo_backends.verl.metrics import batch_metrics
 from mtgrpo_core import Controller, PromptPool
-from mtgrpo_core.prompt_pool import task_ids_of
-from mtgrpo_core.sampler import Batch
+from mtgrpo_core.prompts.pool import task_ids_of
+from mtgrpo_core.sampling.sampler import Batch
 
 Submit = Callable[[NDArray[np.int64]], list[str]]
 STATE_FORMAT = 1

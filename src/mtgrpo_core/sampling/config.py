@@ -8,8 +8,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.planners import planner_names
-from mtgrpo_core.targets import COUNT_SCHEMES
+from mtgrpo_core.sampling.planners import planner_names
+from mtgrpo_core.sampling.targets import COUNT_SCHEMES
 
 FILTERS: tuple[str, ...] = ("lenient", "strict", "none")
 
@@ -38,7 +38,7 @@ class SamplerConfig:
         with `planners.register_planner`. Used when filtering and ratio_constraint are on; filtering="none" uses
         the no-filter planner and ratio_constraint=False the DAPO planner.
     confidence: probability target: per task (posterior planner), of the whole batch (joint planner).
-    guard_floor: the no-signal guard (`no_signal_guard`, beyond the paper): a task whose last groups were all
+    guard_floor: the no-signal guard (`targets.NoSignalGuard`, beyond the paper): a task whose last groups were all
         uninformative, more of them in a row than a task with this informative rate shows with probability 0.1%,
         is sampled only by probe groups until one is informative. 0 turns the guard off; it is off without
         filtering.

@@ -1,7 +1,7 @@
 """Pure functions of the task-weighting subroutines (PAPER.md "Task weights"), one per subroutine.
 
 Task weights are z = softmax(xi) over logits xi in R^K. Every function takes and returns plain numpy arrays
-and keeps no state; the classes in `weighting_rules` hold the state and call these.
+and keeps no state; the classes in `weighting.rules` hold the state and call these.
 
 Absent tasks (present[k] False: no rollouts of task k this step) get g_k = 0, and the weighted mean inside the
 gradient is taken over the present tasks only, with their weights renormalised to sum 1. Entries of absent

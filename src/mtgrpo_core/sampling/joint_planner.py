@@ -21,8 +21,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from mtgrpo_core.acceptance import BetaFilterRate, fill_pmf
-from mtgrpo_core.planners import PosteriorPlanner, register_planner
+from mtgrpo_core.sampling.acceptance import BetaFilterRate, fill_pmf
+from mtgrpo_core.sampling.planners import PosteriorPlanner, register_planner
 
 _LOG_NEVER = -1e6  # log-probabilities below this (probability 0 in float64) are held here: differences stay finite
 _SETTLED_PMF = 2.0**-55  # under half an ulp of any CDF value >= 0.5: adding such a term leaves the CDF unchanged

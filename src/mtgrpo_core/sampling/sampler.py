@@ -7,7 +7,7 @@
     batch = builder.finish()   # the groups to train (keys, payloads, staleness), to free, and a BatchReport
 
 The conversation (`BatchBuilder`) draws the targets, asks its planner (`planners`) for each round's request,
-books reports in a `BatchLedger` (`batch_ledger`) and lets the planner select the batch (`selection`).
+books reports in a `BatchLedger` (`batch`) and lets the planner select the batch (`targets`).
 All randomness of a batch comes from a numpy Generator seeded by (seed, step): ranks that report the same groups in
 the same order make identical decisions, and a restored sampler continues identically.
 """
@@ -22,16 +22,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.acceptance import FilterRateEstimator, inflation
 from mtgrpo_core.advantages import zero_gradient_mask
-from mtgrpo_core.batch_ledger import BatchLedger
-from mtgrpo_core.batch_types import Batch, BatchReport, Request
-from mtgrpo_core.carry_pool import CarryPool
-from mtgrpo_core.no_signal_guard import NoSignalGuard
-from mtgrpo_core.planners import Planner, PlanView, default_estimator, planner_for
-from mtgrpo_core.report_keys import KeyArray
-from mtgrpo_core.sampler_config import SamplerConfig
-from mtgrpo_core.targets import draw_counts
+from mtgrpo_core.sampling.acceptance import FilterRateEstimator, inflation
+from mtgrpo_core.sampling.batch import Batch, BatchLedger, BatchReport, KeyArray, Request
+from mtgrpo_core.sampling.carry_pool import CarryPool
+from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.sampling.planners import Planner, PlanView, default_estimator, planner_for
+from mtgrpo_core.sampling.targets import NoSignalGuard, draw_counts
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.acceptance import EMAFilterRate
-from mtgrpo_core.planners import PLANNER_REGISTRY, PaperPlanner, register_planner
+from mtgrpo_core.sampling.acceptance import EMAFilterRate
+from mtgrpo_core.sampling.planners import PLANNER_REGISTRY, PaperPlanner, register_planner
 
 REFERENCE_ACTOR_LR = 1e-6  # actor_rollout_ref.actor.optim.lr in every script; the I_k clip scales with it
 REFERENCE_FILTER_ALPHA = 0.1  # 1 - dynamic_rollouts.filtered_ratio_decay_rate 0.9 (ppo_trainer.yaml; no script sets it)

@@ -27,9 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.acceptance import BetaFilterRate, EMAFilterRate, FilterRateEstimator, plan_requests, posterior_of
-from mtgrpo_core.batch_selection import select_by_ratio, select_first
-from mtgrpo_core.targets import CountScheme, draw_counts
+from mtgrpo_core.sampling.acceptance import (
+    BetaFilterRate,
+    EMAFilterRate,
+    FilterRateEstimator,
+    plan_requests,
+    posterior_of,
+)
+from mtgrpo_core.sampling.targets import CountScheme, draw_counts, select_by_ratio, select_first
 
 Counts = NDArray[np.int64]
 Flags = NDArray[np.bool_]
@@ -121,8 +126,9 @@ def register_planner(
 
 
 def planner_names() -> tuple[str, ...]:
-    """Names `SamplerConfig.planner` accepts: the registered ratio-preserving planners."""
-    return tuple(n for n in PLANNER_REGISTRY if n not in SWITCH_PLANNERS)
+    """Names `SamplerConfig.planner` accepts: the registered ratio-preserving planners, sorted (registration order
+    follows import order)."""
+    return tuple(sorted(n for n in PLANNER_REGISTRY if n not in SWITCH_PLANNERS))
 
 
 def planner_for(config: PlannerConfig) -> Planner:

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import zero_gradient_mask
-from mtgrpo_core.report_keys import KeyArray, common_key_dtype
+from mtgrpo_core.sampling.batch import KeyArray, common_key_dtype
 
 
 @dataclass(frozen=True)

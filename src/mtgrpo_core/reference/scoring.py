@@ -5,8 +5,8 @@
   The reference code uses a moving average of accuracy and scores every task, present or not.
 - `minibatch_improvement`: I_k per PPO mini-batch, summed over the task's samples in that mini-batch, for the
   reference code's one weight update per mini-batch (`ReferenceIWURule.update_minibatches`).
-- `ReferenceIWURule`: the paper's IWU rule (`weighting_rules.IWURule`) with these options and the reference
-  code's coupled weight decay; the reference presets (`reference_presets`) build it by name, "iwu-ref".
+- `ReferenceIWURule`: the paper's IWU rule (`weighting.rules.IWURule`) with these options and the reference
+  code's coupled weight decay; the reference presets (`reference.presets`) build it by name, "iwu-ref".
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.signals import task_improvement
-from mtgrpo_core.weighting_rules import IWURule, _checked_signals
+from mtgrpo_core.weighting import functions as wf
+from mtgrpo_core.weighting.rules import IWURule, _checked_signals
 
 REWARD_SIGNALS: tuple[str, ...] = ("reward", "accuracy_ema")
 DEFAULT_REWARD_DECAY = 0.5
@@ -104,41 +103,6 @@ class RewardTerm:
         if avg.shape != (self._k,) or ((avg < 0) | (avg > 1)).any():
             raise ValueError(f"state['accuracy_average'] must hold {self._k} values in [0, 1], got {avg.tolist()}")
         return avg.copy()
-
-
-def minibatch_improvement(
-    before: ArrayLike,
-    after: ArrayLike,
-    task_ids: ArrayLike,
-    minibatch: ArrayLike,
-    num_tasks: int,
-    reduce: str = "sum",
-) -> NDArray[np.float64]:
-    """I_k per PPO mini-batch, shape (M, K): row m reduces after - before over task k's samples of mini-batch m
-    ("sum", the reference code's, or "mean": `signals.task_improvement`).
-
-    The reference code (dp_actor.py `update_policy`) measures, for each mini-batch, each sample's loss in the
-    forward pass before that mini-batch's optimizer step and again right after it, and sums per task; the
-    weights then take one step per mini-batch (`IWURule.update_minibatches`). before, after: per-sample
-    surrogate OBJECTIVE (minus the loss), so positive = improving, as in `signals.task_improvement`.
-    minibatch: (s,) index 0..M-1 of the mini-batch each sample was trained in; M = max + 1. A task with no
-    sample in a mini-batch gets 0 there, as in the reference code.
-    """
-    k = v.positive_int("num_tasks", num_tasks)
-    mb = v.int_array("minibatch", minibatch, ndim=1)
-    b = v.finite_array("before", before, ndim=1)
-    v.same_length("before", b, "minibatch", mb)
-    if mb.size == 0:
-        raise ValueError("minibatch is empty: no sample was trained, so there is no mini-batch update")
-    if (mb < 0).any():
-        raise ValueError(f"minibatch indices must be >= 0, got minimum {int(mb.min())}")
-    a = v.finite_array("after", after, ndim=1)
-    v.same_length("before", b, "after", a)
-    tasks = v.task_ids("task_ids", task_ids, k)
-    v.same_length("before", b, "task_ids", tasks)
-    steps = range(int(mb.max()) + 1)
-    rows = [task_improvement(b[mb == m], a[mb == m], tasks[mb == m], k, reduce=reduce) for m in steps]
-    return np.nan_to_num(np.stack(rows), nan=0.0)
 
 
 class ReferenceIWURule(IWURule):

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.prompt_history import (
+from mtgrpo_core.prompts.history import (
     ALL_CORRECT,
     INFORMATIVE,
     HistorySkip,

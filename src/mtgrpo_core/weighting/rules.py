@@ -1,7 +1,7 @@
 """Task-weighting rules: one small class per rule, each satisfying `protocols.WeightingRule`.
 
 Each rule holds explicit state (logits or bandit values, optimiser moments), validates its arguments and the
-signals it receives, and calls the pure functions of `weighting_functions`. A step that would make the state
+signals it receives, and calls the pure functions of `weighting.functions`. A step that would make the state
 non-finite (signals near the float64 limit, |J| beyond about 1e307) is refused with a ValueError and leaves
 the rule unchanged; nothing is clipped to make it fit.
 """
@@ -15,8 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core import weighting_functions as wf
 from mtgrpo_core.protocols import TaskSignals
+from mtgrpo_core.weighting import functions as wf
 
 IWU_OPTIMIZERS = ("adamw", "sgd")
 MINIMAX_DEFAULT_LR = 1.0
@@ -94,7 +94,7 @@ class IWURule(_LogitRule):
     weight_decay=0 for the paper's exact step). improvement_clip None disables clipping. Needs
     signals.improvement. No task present: the logits and optimiser state stay unchanged. The reference code's
     variant (accuracy moving average, coupled decay, one update per mini-batch) is
-    `reference_scoring.ReferenceIWURule`.
+    `reference.scoring.ReferenceIWURule`.
     """
 
     kind = "iwu"

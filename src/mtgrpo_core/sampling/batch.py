@@ -87,6 +87,7 @@ class KeyLedger:
     def __init__(self) -> None:
         self._chunks: list[KeyArray] = []
         self._sorted: KeyArray | None = None  # None until the first non-empty report fixes a dtype
+        self._all: KeyArray | None = None  # the chunks joined in the key dtype, until the next commit
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -117,17 +118,22 @@ class KeyLedger:
         if arr.size == 0:
             return
         self._chunks.append(arr)
+        self._all = None
         if self._sorted is None:
             self._sorted = np.sort(arr)
         else:
             self._sorted = np.sort(np.concatenate((self._sorted.astype(arr.dtype), arr)))
 
+    def all(self) -> KeyArray:
+        """Every key in report order, in the batch's key dtype (joined once per commit; index it, do not write)."""
+        if self._all is None:
+            dtype = self.dtype
+            self._all = np.concatenate([c.astype(dtype) for c in self._chunks]) if self._chunks else np.zeros(0, dtype)
+        return self._all
+
     def take(self, idx: NDArray[np.int64]) -> KeyArray:
         """Keys at report positions idx, in the batch's key dtype."""
-        if not self._chunks:
-            return np.zeros(0, dtype=np.int64)[idx]
-        dtype = self.dtype
-        return np.concatenate([c.astype(dtype) for c in self._chunks])[idx]
+        return self.all()[idx]
 
     @staticmethod
     def _raise_duplicate(name: str, items: list[int], seen: set[int]) -> None:
@@ -289,9 +295,10 @@ class BatchLedger:
         payloads: tuple[Any, ...] | None = None,
     ) -> None:
         """Book informative groups kept from earlier steps: accepted, but neither generated nor reported this step
-        (J_k counts this step's rollouts only)."""
+        (J_k counts this step's rollouts only). Their keys are the pool's: distinct integers, booked before any
+        report, so not checked again."""
         ones = np.ones(tasks.shape[0], dtype=np.bool_)
-        self._append(tasks, self._keys.add("carried keys", keys), rewards, ones, ones, payloads, carried=True)
+        self._append(tasks, keys, rewards, ones, ones, payloads, carried=True)
 
     def _append(
         self,
@@ -327,11 +334,11 @@ class BatchLedger:
         """Report positions of the groups eligible for the batch, ascending."""
         return np.flatnonzero(np.concatenate(self._accepted)) if self._accepted else np.zeros(0, dtype=np.int64)
 
-    def rewards(self, idx: NDArray[np.int64]) -> NDArray[np.float64] | None:
-        """Rewards (len(idx), N) of the groups at idx, or None if any report came without rewards."""
+    def rewards(self) -> NDArray[np.float64] | None:
+        """Rewards (n, N) of every reported group, or None if any report came without rewards."""
         if not self._rewards or any(r is None for r in self._rewards):
             return None
-        return np.concatenate([r for r in self._rewards if r is not None])[idx]
+        return np.concatenate([r for r in self._rewards if r is not None])
 
     def fresh_rollouts(self) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
         """Task (n N,) and reward (n N,) of every rollout reported this step (carried groups excluded), in report
@@ -354,8 +361,9 @@ class BatchLedger:
         flat = [x for t, p in zip(self._tasks, self._payloads, strict=True) for x in (p or (None,) * t.shape[0])]
         return tuple(flat[int(i)] for i in idx)
 
-    def keys(self, idx: NDArray[np.int64]) -> KeyArray:
-        return self._keys.take(idx)
+    def keys(self) -> KeyArray:
+        """Every reported key, in the batch's key dtype (see the module's rule)."""
+        return self._keys.all()
 
     def mean_reward(self) -> NDArray[np.float64]:
         """Mean reward of every reported rollout per task (NaN where none was reported with rewards)."""

@@ -68,17 +68,17 @@ class CarryPool:
         self.correct_reward = v.real_in_range("correct_reward", correct_reward)
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
         self._retired: KeyArray = np.zeros(0, np.int64)
-        self._retired_set: set[int] = set()  # exact integer comparison whatever the two key dtypes
 
     def refuse_retired(self, keys: KeyArray) -> None:
         """Refuse keys that the last step trained or released (a group reported again after it was retired)."""
-        if not self._retired_set or keys.size == 0:
+        if self._retired.size == 0 or keys.size == 0:
             return
-        try:  # compare as integers of one dtype; a batch that mixes negative and >= 2**63 keys takes the set
+        try:  # compare as integers of one dtype; a batch that mixes negative and >= 2**63 keys compares Python ints
             dtype = common_key_dtype("keys", keys, self._retired)
             again = keys[np.isin(keys.astype(dtype), self._retired.astype(dtype))].tolist()
         except ValueError:
-            again = [k for k in keys.tolist() if k in self._retired_set]
+            retired = set(self._retired.tolist())
+            again = [k for k in keys.tolist() if k in retired]
         if again:
             raise ValueError(
                 f"keys {again[:5]} were trained or released at the last step and are reported again; with "
@@ -106,7 +106,7 @@ class CarryPool:
         self._groups = CarriedGroups(
             tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1, held
         )
-        self._retire(np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired)
+        self._retired = np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired
         return keep
 
     def payloads(self) -> dict[int, Any]:
@@ -161,7 +161,7 @@ class CarryPool:
             self._check_rewards(rewards)
         held = _held_payloads(state.get("payloads"), keys, payloads)
         self._groups = CarriedGroups(tasks, keys, rewards, staleness, held)
-        self._retire(retired)
+        self._retired = retired
 
     def _check_rewards(self, rewards: NDArray[np.float64]) -> None:
         """Refuse kept rewards that are not (groups, N) or hold a group the sampler's filter would not keep."""
@@ -177,9 +177,6 @@ class CarryPool:
                 f"state['rewards'] row {row} is {rewards[row].tolist()}, a group without signal: only informative "
                 f"groups are kept, expected rewards {rule}"
             )
-
-    def _retire(self, keys: KeyArray) -> None:
-        self._retired, self._retired_set = keys, set(keys.tolist())
 
 
 def _held_payloads(marker: Any, keys: KeyArray, payloads: Mapping[int, Any] | None) -> tuple[Any, ...] | None:

@@ -194,7 +194,7 @@ class BatchBuilder:
         self._ledger.require_reported("finish() so that nothing is lost")
         self._finished = True
         cfg, ledger = self.config, self._ledger
-        tasks = ledger.tasks()
+        tasks, keys, rewards = ledger.tasks(), ledger.keys(), ledger.rewards()
         info = ledger.informative()
         carried = ledger.carried()
         idx = self._planner.select(tasks, ledger.accepted_positions(), self.targets, self._rng, carried)
@@ -209,13 +209,12 @@ class BatchBuilder:
             spare = np.flatnonzero(info & ~in_batch)
             others = np.ones(tasks.shape[0], dtype=np.bool_)
             others[spare] = False
-            retired = ledger.keys(np.flatnonzero(others))
             kept[spare] = self._carry.store(
                 tasks[spare],
-                ledger.keys(spare),
-                ledger.rewards(spare),
+                keys[spare],
+                None if rewards is None else rewards[spare],
                 staleness[spare],
-                retired,
+                keys[others],
                 ledger.payloads(spare),
             )
         if cfg.filtering != "none":
@@ -241,16 +240,17 @@ class BatchBuilder:
             kept_counts=np.bincount(tasks[kept], minlength=self._k),
         )
         self.report = report
+        released = np.flatnonzero(~in_batch & ~kept)
         return Batch(
             tasks=tasks[idx],
-            keys=ledger.keys(idx),
-            rewards=ledger.rewards(idx),
+            keys=keys[idx],
+            rewards=None if rewards is None else rewards[idx],
             report=report,
             staleness=staleness[idx],
-            kept=ledger.keys(np.flatnonzero(kept)),
-            released=ledger.keys(np.flatnonzero(~in_batch & ~kept)),
+            kept=keys[kept],
+            released=keys[released],
             payloads=ledger.payloads(idx),
-            released_payloads=ledger.payloads(np.flatnonzero(~in_batch & ~kept)),
+            released_payloads=ledger.payloads(released),
         )
 
 

@@ -36,13 +36,25 @@ def _checked_per_task(
     name: str, x: NDArray[np.float64], task_ids: ArrayLike, k: int
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """`_per_task` of values already checked (finite float64, 1-D) and k already checked; task_ids are checked."""
+    ids, counts = _checked_tasks(name, x, task_ids, k)
+    return _task_means(x, ids, counts), counts
+
+
+def _checked_tasks(
+    name: str, x: NDArray[np.float64], task_ids: ArrayLike, k: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """task_ids checked (ids in [0, k), one per entry of x, called `name` in the refusal) and counted per task."""
     ids = v.task_ids("task_ids", task_ids, k)
     v.same_length(name, x, "task_ids", ids)
-    counts = np.bincount(ids, minlength=k).astype(np.int64)
-    sums = np.bincount(ids, weights=x, minlength=k)
-    means = np.full(k, np.nan)
+    return ids, np.bincount(ids, minlength=k).astype(np.int64)
+
+
+def _task_means(x: NDArray[np.float64], ids: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Per-task means of checked values x with checked ids and their counts (NaN where a task has none)."""
+    sums = np.bincount(ids, weights=x, minlength=counts.shape[0])
+    means = np.full(counts.shape[0], np.nan)
     np.divide(sums, counts, out=means, where=counts > 0)
-    return means, counts
+    return means
 
 
 def task_rewards(
@@ -82,18 +94,33 @@ def task_improvement(
     per-sample losses per task), on which the paper's lambda and clip values were chosen. See docs/signals.md.
     Clipping belongs to the rule (`IWURule.improvement_clip`). Returns (K,), NaN for tasks with no sample.
     """
+    change = _surrogate_change(before, after, reduce)
+    k = v.positive_int("num_tasks", num_tasks)
+    _finite_change(change)
+    return _reduced(change, *_checked_tasks("after - before", change, task_ids, k), reduce)
+
+
+def _surrogate_change(before: ArrayLike, after: ArrayLike, reduce: str) -> NDArray[np.float64]:
+    """after - before of checked surrogate values (finite, 1-D, equal lengths) and a checked `reduce`."""
     b = v.finite_array("before", before, ndim=1)
     a = v.finite_array("after", after, ndim=1)
     v.same_length("before", b, "after", a)
     v.choice("reduce", reduce, IMPROVEMENT_REDUCTIONS)
-    k = v.positive_int("num_tasks", num_tasks)
-    change = a - b
-    if not np.isfinite(change).all():  # both finite, yet the difference can overflow
+    return a - b
+
+
+def _finite_change(change: NDArray[np.float64]) -> None:
+    """Refuse a difference of finite values that overflowed."""
+    if not np.isfinite(change).all():
         v.finite_array("after - before", change, ndim=1)
-    improvement, counts = _checked_per_task("after - before", change, task_ids, k)
-    if reduce == "sum":
-        improvement = improvement * counts
-    return improvement
+
+
+def _reduced(
+    change: NDArray[np.float64], ids: NDArray[np.int64], counts: NDArray[np.int64], reduce: str
+) -> NDArray[np.float64]:
+    """I_k from checked per-sample changes, ids and counts: their mean per task, times the count for "sum"."""
+    improvement = _task_means(change, ids, counts)
+    return improvement * counts if reduce == "sum" else improvement
 
 
 def mean_abs_advantage_per_task(advantages: ArrayLike, task_ids: ArrayLike, num_tasks: int) -> NDArray[np.float64]:
@@ -257,13 +284,19 @@ def step_signals(
             "facts.rollout_task and facts.rollout_reward are needed (every rollout generated this step); "
             "Controller.end_step fills them in from the batch conversation when both are None"
         )
-    reward, _ = task_rewards(facts.rollout_reward, facts.rollout_task, k)
-    accuracy = task_accuracy(facts.rollout_reward, facts.rollout_task, k, correct_reward)
-    mean_abs = None
+    # each array is checked once, in the order the per-signal functions check them (the same refusals)
+    r = v.finite_array("rewards", facts.rollout_reward, ndim=1)
+    rollouts = _checked_tasks("rewards", r, facts.rollout_task, k)
+    reward = _task_means(r, *rollouts)
+    target = v.real_in_range("correct_reward", correct_reward)
+    accuracy = _task_means((r == target).astype(np.float64), *rollouts)
+    mean_abs = samples = None
     if facts.sample_advantage is not None:
         if facts.sample_task is None:
             raise ValueError("facts.sample_task is None but facts.sample_advantage is given: pass both")
-        mean_abs = mean_abs_advantage_per_task(facts.sample_advantage, facts.sample_task, k)
+        a = v.finite_array("advantages", facts.sample_advantage, ndim=1)
+        samples = _checked_tasks("|advantages|", a, facts.sample_task, k)
+        mean_abs = _task_means(np.abs(a), *samples)
     improvement = steps = None
     measured = (facts.surrogate_before is not None, facts.surrogate_after is not None)
     if any(measured):
@@ -273,7 +306,13 @@ def step_signals(
         if task is None:
             raise ValueError("facts.surrogate_task (or facts.sample_task) is needed with the surrogate values")
         assert facts.surrogate_before is not None and facts.surrogate_after is not None
-        improvement = task_improvement(facts.surrogate_before, facts.surrogate_after, task, k, improvement_reduce)
+        change = _surrogate_change(facts.surrogate_before, facts.surrogate_after, improvement_reduce)
+        _finite_change(change)
+        if facts.surrogate_task is None and samples is not None:  # the sample tasks, checked above
+            v.same_length("after - before", change, "task_ids", samples[0])
+        else:
+            samples = _checked_tasks("after - before", change, task, k)
+        improvement = _reduced(change, *samples, improvement_reduce)
         if facts.surrogate_minibatch is not None and np.size(facts.surrogate_minibatch) == 0:
             steps = np.zeros((1, k))  # nothing trained: one update with I_k = 0, as `update` would take
         elif facts.surrogate_minibatch is not None:

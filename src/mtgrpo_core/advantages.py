@@ -290,11 +290,15 @@ def zero_gradient_mask(
     means reward == correct_reward (PAPER.md "Zero-gradient prompts"). A group of one rollout is always True.
     """
     r = _dense_rewards(rewards)
-    name, target = _filter_args(filter, correct_reward)
-    if name == "lenient":
+    return checked_zero_gradient_mask(r, *_filter_args(filter, correct_reward))
+
+
+def checked_zero_gradient_mask(r: NDArray[np.float64], filter: str, correct_reward: float) -> NDArray[np.bool_]:
+    """`zero_gradient_mask` of rewards and filter settings already checked (the sampler's reports)."""
+    if filter == "lenient":
         result: NDArray[np.bool_] = r.max(axis=1) == r.min(axis=1)
         return result
-    correct = r == target
+    correct = r == correct_reward
     strict: NDArray[np.bool_] = correct.all(axis=1) | ~correct.any(axis=1)
     return strict
 

@@ -81,6 +81,14 @@ def common_key_dtype(name: str, a: KeyArray, b: KeyArray) -> np.dtype[Any]:
     raise ValueError(_mix_message(name, int(signed.min()), int(unsigned.max())))
 
 
+def in_sorted(seen: KeyArray, keys: KeyArray) -> NDArray[np.bool_]:
+    """Which of `keys` occur in `seen` (sorted ascending; both of one integer dtype)."""
+    pos = np.searchsorted(seen, keys)
+    hit: NDArray[np.bool_] = pos < seen.shape[0]
+    hit[hit] = seen[pos[hit]] == keys[hit]
+    return hit
+
+
 class KeyLedger:
     """Integer keys of one batch in report order; duplicates are found with sorted arrays, not a Python set."""
 
@@ -106,10 +114,7 @@ class KeyLedger:
             fresh = arr.astype(dtype)
             seen = self._sorted.astype(dtype)
         ordered = np.sort(fresh)
-        pos = np.searchsorted(seen, ordered)
-        clash = pos < seen.shape[0]
-        clash[clash] = seen[pos[clash]] == ordered[clash]
-        if (ordered[1:] == ordered[:-1]).any() or clash.any():
+        if (ordered[1:] == ordered[:-1]).any() or in_sorted(seen, ordered).any():
             self._raise_duplicate(name, fresh.tolist(), set(seen.tolist()))
         return fresh
 

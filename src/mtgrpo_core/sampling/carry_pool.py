@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import zero_gradient_mask
-from mtgrpo_core.sampling.batch import KeyArray, common_key_dtype
+from mtgrpo_core.sampling.batch import KeyArray, common_key_dtype, in_sorted
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class CarryPool:
         self.correct_reward = v.real_in_range("correct_reward", correct_reward)
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
         self._retired: KeyArray = np.zeros(0, np.int64)
+        self._retired_sorted: KeyArray = self._retired
 
     def refuse_retired(self, keys: KeyArray) -> None:
         """Refuse keys that the last step trained or released (a group reported again after it was retired)."""
@@ -75,7 +76,7 @@ class CarryPool:
             return
         try:  # compare as integers of one dtype; a batch that mixes negative and >= 2**63 keys compares Python ints
             dtype = common_key_dtype("keys", keys, self._retired)
-            again = keys[np.isin(keys.astype(dtype), self._retired.astype(dtype))].tolist()
+            again = keys[in_sorted(self._retired_sorted.astype(dtype), keys.astype(dtype))].tolist()
         except ValueError:
             retired = set(self._retired.tolist())
             again = [k for k in keys.tolist() if k in retired]
@@ -106,7 +107,7 @@ class CarryPool:
         self._groups = CarriedGroups(
             tasks[keep], keys[keep], None if rewards is None else rewards[keep], staleness[keep] + 1, held
         )
-        self._retired = np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired
+        self._retire(np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired)
         return keep
 
     def payloads(self) -> dict[int, Any]:
@@ -161,7 +162,7 @@ class CarryPool:
             self._check_rewards(rewards)
         held = _held_payloads(state.get("payloads"), keys, payloads)
         self._groups = CarriedGroups(tasks, keys, rewards, staleness, held)
-        self._retired = retired
+        self._retire(retired)
 
     def _check_rewards(self, rewards: NDArray[np.float64]) -> None:
         """Refuse kept rewards that are not (groups, N) or hold a group the sampler's filter would not keep."""
@@ -177,6 +178,9 @@ class CarryPool:
                 f"state['rewards'] row {row} is {rewards[row].tolist()}, a group without signal: only informative "
                 f"groups are kept, expected rewards {rule}"
             )
+
+    def _retire(self, keys: KeyArray) -> None:
+        self._retired, self._retired_sorted = keys, np.sort(keys)  # exact in any common dtype: it stays sorted
 
 
 def _held_payloads(marker: Any, keys: KeyArray, payloads: Mapping[int, Any] | None) -> tuple[Any, ...] | None:

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.advantages import zero_gradient_mask
+from mtgrpo_core.advantages import checked_zero_gradient_mask
 from mtgrpo_core.sampling.acceptance import FilterRateEstimator, inflation
 from mtgrpo_core.sampling.batch import Batch, BatchLedger, BatchReport, KeyArray, Request
 from mtgrpo_core.sampling.carry_pool import CarryPool
@@ -166,15 +166,8 @@ class BatchBuilder:
             r = v.finite_array("rewards", rewards, ndim=2)
             if r.shape != (t.shape[0], self.config.group_size):
                 raise ValueError(f"rewards must have shape ({t.shape[0]}, {self.config.group_size}), got {r.shape}")
-            info = (
-                np.zeros(0, dtype=np.bool_)
-                if r.shape[0] == 0
-                else ~zero_gradient_mask(
-                    r,
-                    filter="strict" if self.config.filtering == "strict" else "lenient",
-                    correct_reward=self.config.correct_reward,
-                )
-            )
+            strict = self.config.filtering == "strict"  # the config's filter and correct_reward are checked
+            info = ~checked_zero_gradient_mask(r, "strict" if strict else "lenient", float(self.config.correct_reward))
         else:
             info = np.asarray(informative)
             if info.dtype != np.bool_ or info.shape != t.shape:

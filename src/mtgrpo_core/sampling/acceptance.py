@@ -191,8 +191,7 @@ def posterior_of(estimator: FilterRateEstimator) -> tuple[NDArray[np.float64], N
 def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray[np.float64]:
     """Acceptance-aware inflation m_k = min(1 / (1 - rho_k), M_acc) (Algorithm 2, step 2); rho_k = 1 gives M_acc."""
     accept = 1.0 - filter_rate
-    with np.errstate(divide="ignore"):
-        m = np.where(accept > 0, 1.0 / np.where(accept > 0, accept, 1.0), np.inf)
+    m = np.where(accept > 0, 1.0 / np.where(accept > 0, accept, 1.0), np.inf)  # never divides by 0
     return np.minimum(m, max_inflation)
 
 

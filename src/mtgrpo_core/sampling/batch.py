@@ -372,8 +372,6 @@ class BatchLedger:
 
     def mean_reward(self) -> NDArray[np.float64]:
         """Mean reward of every reported rollout per task (NaN where none was reported with rewards)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean: NDArray[np.float64] = np.where(
-                self._reward_n > 0, self._reward_sum / np.maximum(self._reward_n, 1), np.nan
-            )
+        n = self._reward_n
+        mean: NDArray[np.float64] = np.where(n > 0, self._reward_sum / np.maximum(n, 1), np.nan)  # never / 0
         return mean

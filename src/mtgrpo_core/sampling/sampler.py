@@ -73,6 +73,7 @@ class BatchBuilder:
         ones = np.ones(self._k)
         self._inflation = inflation(estimator.filter_rate, config.max_inflation) if config.acceptance_aware else ones
         self.targets = draw_counts(config.targets, self.weights, config.batch_size, rng)  # step 1
+        self._views = (_read_only(self.weights), _read_only(self.targets), _read_only(self._inflation))  # for planners
         self._round = 0
         self._done = False
         self._finished = False
@@ -109,11 +110,12 @@ class BatchBuilder:
         self._ledger.require_reported("asking for the next request")
         counts = None
         if not self._done and self._round <= self.config.max_rounds:
+            weights, targets, inflated = self._views
             view = PlanView(
                 round=self._round,
-                weights=_read_only(self.weights),
-                targets=_read_only(self.targets),
-                inflation=_read_only(self._inflation),
+                weights=weights,
+                targets=targets,
+                inflation=inflated,
                 accepted=_read_only(self._ledger.accepted.copy()),
                 estimator=self._estimator,
             )

@@ -32,8 +32,8 @@ from transformers import TrainerCallback
 from mtgrpo_backends.options import (
     Names,
     RuleOptions,
-    SamplerOptions,
     SelectionOptions,
+    checked_sampler,
     parse,
     rule_parameters,
     run_command,
@@ -42,6 +42,7 @@ from mtgrpo_backends.trl import PAPER_TASKS_3, MTGRPOConfig, MTGRPOTrainer, buil
 from mtgrpo_backends.trl.rewards import reference_reward
 from mtgrpo_backends.trl.tiny_model import build_char_tokenizer, build_tiny_model
 from mtgrpo_core.methods import parse_method
+from mtgrpo_core.settings import SamplerSettings
 
 SMOKE_TASKS = ("countdown-easy", "zebra-easy", "arc1d-easy")
 
@@ -87,7 +88,7 @@ class ExampleArgs:
     """tiny local model on CPU, a few steps"""
     toy_reward: bool = False
     """with --cpu-smoke: a reward a random policy can earn"""
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     rule: RuleOptions = field(default_factory=RuleOptions)
     selection: SelectionOptions = field(default_factory=SelectionOptions)
 
@@ -123,12 +124,12 @@ def controller_settings(a: ExampleArgs, tasks: list[str], batch_size: int, group
     sampler: dict[str, Any] = {"max_rounds": paper_rounds}
     if spec.preset is None and spec.sampler_settings.get("planner", "paper") == "paper":
         sampler.update({"oversample": 3.0, "max_inflation": 5.0, "targets": "multinomial"})
-    sampler.update(a.sampler.check(batch_size, group_size))
+    sampler.update(checked_sampler(a.sampler))
     a.rule.check([a.method], len(tasks))
     takes = rule_parameters(a.method)
     rule = {"weight_decay": 1e-5 if len(tasks) <= 3 else 1e-4} if takes is None or "weight_decay" in takes else {}
     rule.update(a.rule.kwargs_for(a.method))
-    return {**sampler, "rule_kwargs": rule or None}
+    return {"sampler": sampler, "rule_kwargs": rule or None}
 
 
 def run(a: ExampleArgs) -> int:
@@ -180,7 +181,7 @@ def run(a: ExampleArgs) -> int:
         **trl_settings,
         per_device_train_batch_size=per_device,
         num_generations=n,
-        selection=a.selection.trainer_settings(),
+        selection=None if (chosen := a.selection.trainer_settings()) is None else chosen.given(),
     )
     clock = StepClock()
     reward = reference_reward if a.suite == "reference" else paper_reward

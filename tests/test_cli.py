@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from mtgrpo_backends.cli import main
-from mtgrpo_backends.options import HarnessOptions, RuleOptions, SamplerOptions, parse
+from mtgrpo_backends.options import HarnessOptions, RuleOptions, parse
 from mtgrpo_backends.simulated.cli import BenchArgs
 from mtgrpo_core.sampling.config import FILTERS
 from mtgrpo_core.sampling.targets import COUNT_SCHEMES
+from mtgrpo_core.settings import SamplerSettings
 from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
 from mtgrpo_core.weighting.rules import IWU_OPTIMIZERS
 
@@ -39,7 +40,7 @@ def test_top_level_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> Non
 def test_list_flags_take_commas_or_spaces() -> None:
     args = parse(BenchArgs, ["--seeds", "0,1", "2", "--methods", "grpo,dapo", "--thresholds", "0.2"], "b", "")
     assert args.harness.seeds == (0, 1, 2) and args.harness.methods == ("grpo", "dapo")
-    assert args.harness.thresholds == (0.2,) and args.sampler == SamplerOptions()
+    assert args.harness.thresholds == (0.2,) and args.sampler == SamplerSettings()
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_rule_options_go_only_to_the_rules_that_take_them() -> None:
 
 
 def test_choices_match_the_core() -> None:
-    hints = typing.get_type_hints(SamplerOptions)
+    hints = typing.get_type_hints(SamplerSettings)
     assert set(typing.get_args(typing.get_args(hints["filtering"])[0])) == set(FILTERS)
     assert set(typing.get_args(typing.get_args(hints["targets"])[0])) == set(COUNT_SCHEMES)
     optimizer = typing.get_type_hints(RuleOptions)["optimizer"]

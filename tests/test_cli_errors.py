@@ -125,7 +125,10 @@ def test_resume_with_the_same_settings_skips_the_warm_up(
         ([*DEMO, "--pool-size", "20000"], "'reverse-easy' yields fewer than pool_size=20000 distinct prompts"),
         ([*TRAIN, "--selection.skip", "oracle"], "--selection.skip oracle: the oracle knows each prompt's true"),
         ([*TRAIN, "--selection.skip", "history"], "needs a finite training set: set --pool-size > 0"),
-        ([*TRAIN, "--pool-size", "9", "--selection.skip", "history", "--method", "grpo"], "'grpo' does not filter"),
+        (
+            [*TRAIN, "--pool-size", "9", "--selection.skip", "history", "--method", "grpo"],
+            "'grpo': selection needs a method that filters",
+        ),
         ([*TRAIN, "--pool-size", "9", "--selection.skip", "history", "--selection.exploration", "1"], "exploration"),
         ([*DEMO, "--methods", "grpo,bogus"], "method must be one of"),
         ([*BENCH, "--methods", "nosuch:Rule"], "rule 'nosuch:Rule': cannot import 'Rule' from 'nosuch'"),

@@ -64,6 +64,6 @@ def test_the_core_is_a_few_grouped_modules() -> None:
     """Issue 19, item 7: about 20 modules, grouped by the part of the algorithm they hold."""
     core = SRC / "mtgrpo_core"
     modules = [p for p in core.rglob("*.py") if p.name != "__init__.py"]
-    assert len(modules) <= 22, sorted(str(p.relative_to(core)) for p in modules)
+    assert len(modules) <= 23, sorted(str(p.relative_to(core)) for p in modules)
     groups = {p.name for p in core.iterdir() if (p / "__init__.py").is_file()}
     assert groups == {"prompts", "reference", "sampling", "weighting"}

@@ -10,6 +10,7 @@ import pytest
 
 from mtgrpo_backends.cli import main
 from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.settings import SamplerSettings, Settings
 
 # (setting, bad value, the core's message, with the method the setting needs to be read)
 BAD: list[tuple[str, Any, str]] = [
@@ -61,5 +62,32 @@ def test_trl_refuses_it_with_the_cores_message(name: str, value: Any, message: s
     base = {"output_dir": "unused", "report_to": [], "use_cpu": True, "bf16": False}
     base |= {"per_device_train_batch_size": 8, "num_generations": 2, "method": "mt-grpo:0.2"}
     with pytest.raises(ValueError) as raised:
-        MTGRPOConfig(**base, **{name: value})
-    assert message in str(raised.value)
+        MTGRPOConfig(**base, sampler={name: value})
+    assert f"sampler.{name} {value!r}: {message}" in str(raised.value)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD, ids=IDS)
+def test_the_settings_object_refuses_it_naming_the_path(name: str, value: Any, message: str) -> None:
+    """What every backend nests: the core's Settings names the setting by its path, with the core's message."""
+    with pytest.raises(ValueError) as raised:
+        Settings(sampler={name: value})
+    assert str(raised.value) == f"sampler.{name} {value!r}: {message}"
+
+
+def test_every_backend_builds_its_controller_from_the_core_settings() -> None:
+    """The same Settings gives the same controller (weights, sampler config) in the bench, the torch loop and TRL."""
+    from mtgrpo_backends.torch.config import TrainConfig
+
+    settings = Settings("mt-grpo:0.3", SamplerSettings(max_rounds=3), {"lr": 0.05})
+    want = settings.controller(3, 8, 4).sampler.config
+    config = TrainConfig(method="mt-grpo:0.3", sampler=SamplerSettings(max_rounds=3), rule={"lr": 0.05})
+    assert config.settings.controller(3, 8, 4).sampler.config == want
+    pytest.importorskip("trl")
+    from mtgrpo_backends.trl import MTGRPOConfig
+
+    base = {"output_dir": "unused", "report_to": [], "use_cpu": True, "bf16": False}
+    trl = MTGRPOConfig(
+        **base, per_device_train_batch_size=8, num_generations=4, method="mt-grpo:0.3", sampler='{"max_rounds": 3}'
+    )
+    assert trl.settings.controller(3, 8, 4).sampler.config == want
+    assert trl.rule_kwargs is None and trl.sampler == {"max_rounds": 3}  # JSON-native, as TrainingArguments keeps it

@@ -4,6 +4,7 @@ the clipped ratio against them; without carry-over nothing is kept and nothing c
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.test_torch_loop import TINY, TOK, _config, _suite
 
 def test_kept_groups_carry_the_generating_policys_log_probs_and_are_trained_once() -> None:
     config = _config("mt-grpo:0.2", steps=8)
-    config.sampler.update({"planner": "joint", "carry_over": 1})
+    config.sampler = replace(config.sampler, planner="joint", carry_over=1)
     state = make_state(config, CharGPT(TINY, seed=0), _suite(), TOK)
     trained_carried = 0
     for _ in range(8):
@@ -51,7 +52,7 @@ def test_without_carry_over_nothing_is_kept() -> None:
 def test_resume_with_kept_groups_continues_bit_for_bit(tmp_path: Path) -> None:
     def config(steps: int) -> TrainConfig:
         c = _config("mt-grpo:0.2", steps=steps)
-        c.sampler.update({"planner": "joint", "carry_over": 1})
+        c.sampler = replace(c.sampler, planner="joint", carry_over=1)
         return c
 
     whole = train(config(4), CharGPT(TINY, seed=0), _suite(), TOK)
@@ -74,7 +75,7 @@ def _zero_for_add(problem, completion: str) -> float:  # type: ignore[no-untyped
 
 def test_a_task_without_signal_is_only_probed_in_the_loop() -> None:
     config = _config("mt-grpo:0.2", steps=10)
-    config.sampler.update({"guard_floor": 0.2})  # a short window (31 groups) keeps the test fast
+    config.sampler = replace(config.sampler, guard_floor=0.2)  # a short window (31 groups) keeps the test fast
     suite = _suite(reward=_zero_for_add)
     dead = [t.name for t in suite.tasks].index("add-easy")
     state = make_state(config, CharGPT(TINY, seed=0), suite, TOK)
@@ -88,7 +89,7 @@ def test_a_task_without_signal_is_only_probed_in_the_loop() -> None:
 
 def test_a_checkpoint_without_its_kept_groups_is_refused(tmp_path: Path) -> None:
     config = _config("mt-grpo:0.2", steps=6)
-    config.sampler.update({"planner": "joint", "carry_over": 1})
+    config.sampler = replace(config.sampler, planner="joint", carry_over=1)
     ckpt = tmp_path / "run.pt"
     for steps in (1, 2, 3):  # the first checkpoint that holds kept groups
         config.steps = steps

@@ -3,6 +3,7 @@ selection, prompts last seen uninformative are skipped, stand in for J_k, and th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from mtgrpo_backends.torch.loop import train, train_step
 from mtgrpo_backends.torch.model import CharGPT
 from mtgrpo_backends.torch.state import make_state
 from mtgrpo_backends.torch.tasks import get_suite
+from mtgrpo_core.settings import SelectionSettings
 from tests.test_torch_loop import TINY, TOK, _config, _suite
 
 SIZE = 6  # prompts per task: a request of B = 4 groups comes back to them within a few steps
@@ -23,7 +25,7 @@ SIZE = 6  # prompts per task: a request of B = 4 groups comes back to them withi
 
 def _pooled(method: str = "dapo", steps: int = 6, selection: dict | None = None) -> TrainConfig:  # type: ignore[type-arg]
     config = _config(method, steps=steps, pool_size=SIZE, selection=selection)
-    config.sampler.update({"filtering": "strict"})
+    config.sampler = replace(config.sampler, filtering="strict")
     return config
 
 
@@ -123,8 +125,11 @@ def test_a_checkpoint_without_the_pool_state_is_refused(tmp_path: Path) -> None:
         ({"selection": {}}, "needs a finite training set: set pool_size > 0"),
         ({"pool_size": -1}, "pool_size must be >= 0, got -1"),
         ({"pool_size": 5, "selection": {"exploration": 1.5}}, r"exploration must be in \(0.0, 1.0\), got 1.5"),
-        ({"pool_size": 5, "selection": {"filtering": "strict"}}, r"selection must not set \['filtering'\]"),
-        ({"pool_size": 5, "selection": {"skip_rate": 0.5}}, "unexpected keyword argument 'skip_rate'"),
+        (
+            {"pool_size": 5, "selection": {"filtering": "strict"}},
+            r"selection sets \['filtering'\]: the pool classifies groups with the sampler's filter",
+        ),
+        ({"pool_size": 5, "selection": {"skip_rate": 0.5}}, r"selection has unknown keys \['skip_rate'\]"),
     ],
 )
 def test_bad_training_set_settings_are_refused(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
@@ -133,12 +138,14 @@ def test_bad_training_set_settings_are_refused(kwargs: dict, message: str) -> No
 
 
 def test_selection_with_a_method_that_does_not_filter_is_refused() -> None:
-    with pytest.raises(ValueError, match="method 'grpo' does not filter groups"):
+    with pytest.raises(ValueError, match="with method 'grpo': selection needs a method that filters groups"):
         make_state(_config("grpo", pool_size=SIZE, selection={}), CharGPT(TINY, seed=0), _suite(), TOK)
 
 
-def test_selection_settings_are_spelled_out_and_a_resume_with_others_is_refused(tmp_path: Path) -> None:
-    assert _pooled(selection={}).selection == {"exploration": 0.1, "min_retry": 0.01, "max_skips": None}
+def test_selection_at_its_defaults_counts_as_unset_and_a_resume_with_others_is_refused(
+    tmp_path: Path,
+) -> None:
+    assert _pooled(selection={}).selection == SelectionSettings()  # the defaults, unset
     suite, ckpt = _suite(), tmp_path / "run.pt"
     train(_pooled(steps=1, selection={}), CharGPT(TINY, seed=0), suite, TOK, checkpoint=ckpt)
     same = _pooled(steps=2, selection={"exploration": 0.1})  # the same settings, spelled differently

@@ -15,7 +15,7 @@ def dead_hard(completions: list[str], task: list[str], **kw: Any) -> list[float]
 
 
 def test_a_task_that_always_scores_zero_is_only_probed(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, reward=dead_hard, max_steps=8, guard_floor=0.2, max_rounds=4)
+    trainer = make_trainer(tmp_path, reward=dead_hard, max_steps=8, sampler={"guard_floor": 0.2, "max_rounds": 4})
     trainer.train()
     hard = TASKS.index("hard")
     reports = [b.report for b in trainer.batches]

@@ -12,7 +12,7 @@ import pytest
 from tests.test_trl_trainer import GROUP, Recorder, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SELECT = {"method": "mt-grpo:0.2", "filtering": "strict", "selection": {"exploration": 0.1}}
+SELECT = {"method": "mt-grpo:0.2", "sampler": {"filtering": "strict"}, "selection": {"exploration": 0.1}}
 
 
 class FactsRecorder(Recorder):
@@ -52,7 +52,7 @@ def test_history_is_kept_prompts_are_skipped_and_stand_ins_reach_the_signals(tmp
 
 
 def test_selection_needs_a_filtering_method_and_valid_settings(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="selection needs a method that filters groups; 'grpo' does not"):
+    with pytest.raises(ValueError, match="with method 'grpo': selection needs a method that filters groups"):
         make_trainer(tmp_path, method="grpo", selection={})
     with pytest.raises(ValueError, match=r"exploration must be in \(0.0, 1.0\), got 1.5"):
         make_trainer(tmp_path, selection={"exploration": 1.5})

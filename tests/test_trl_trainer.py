@@ -177,7 +177,8 @@ def test_resume_restores_the_controller_state(run: Recorder) -> None:
 
 
 def test_round_budget_running_out_trains_on_accepted_groups_and_logs_shortfall(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, max_rounds=0, oversample=1.0)  # one request of B prompts, no resampling
+    # one request of B prompts, no resampling
+    trainer = make_trainer(tmp_path, sampler={"max_rounds": 0, "oversample": 1.0})
     trainer.train()
     short = [len(b) < 4 for b in trainer.batches]
     assert any(short) and trainer.state.global_step == 3

@@ -26,7 +26,7 @@ from tests.test_verl_config import _compose
         (
             {"sampler": {"carry_over": 0, "max_rounds": -1}},
             ValueError,
-            "{'carry_over': 0, 'max_rounds': -1} (B=1, N=2): max_roun",
+            "mtgrpo.sampler.max_rounds -1: max_rounds must be >= 0",
         ),
         ({"sampler": {"carry_over": 0, "planner": "psychic"}}, ValueError, "planner must be one of"),
     ],
@@ -46,7 +46,7 @@ def test_hydra_string_tasks_are_refused_and_a_list_of_one_is_fine() -> None:
 def test_the_trainer_config_check_uses_verls_batch_and_group_size() -> None:
     with pytest.raises(ValueError, match=r"data\.train_batch_size=1 is below the 2 tasks of mtgrpo\.tasks"):
         check_trainer_config(_compose("data.train_batch_size=1"))
-    with pytest.raises(ValueError, match=r"\(B=4, N=1\): group_size must be >= 2 when filtering='lenient'"):
+    with pytest.raises(ValueError, match=r"group_size must be >= 2 when filtering='lenient' .*, got 1 \(B=4, N=1\)"):
         check_trainer_config(_compose("data.train_batch_size=4", "actor_rollout_ref.rollout.n=1"))
     check_trainer_config(_compose("data.train_batch_size=4", "actor_rollout_ref.rollout.n=2"))
 

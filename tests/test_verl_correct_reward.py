@@ -9,12 +9,11 @@ import pytest
 pytest.importorskip("verl")
 
 from mtgrpo_backends.verl.config import MTGRPOSettings
-from mtgrpo_core import Controller
 
 
 def _informative(correct_reward: float) -> np.ndarray:
     settings = MTGRPOSettings(method="dapo", correct_reward=correct_reward, sampler={"filtering": "strict"})
-    ctrl = Controller.from_method(settings.method, 2, 2, 2, improvement_reduce=None, **settings.sampler_overrides())
+    ctrl = settings.settings.controller(2, 2, 2)
     assert ctrl.sampler.config.correct_reward == correct_reward
     builder = ctrl.begin_step()
     request = builder.next_request()

@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,7 +22,7 @@ import tyro
 
 from mtgrpo_core.methods import build_rule, parse_method, rule_class
 from mtgrpo_core.prompts.history import SelectionConfig
-from mtgrpo_core.sampling.config import SamplerConfig
+from mtgrpo_core.settings import SamplerSettings, SelectionSettings
 
 T = TypeVar("T")
 
@@ -130,80 +130,34 @@ def writable_file(name: str, path: Path) -> None:
     writable_dir(name, path.parent)
 
 
-@dataclass(frozen=True)
-class SamplerOptions:
-    """RP-SAMPLER settings (mtgrpo_core.SamplerConfig). Unset ones keep the method's setting, then the default."""
-
-    oversample: Annotated[float | None, unset("the method's: 6 lean, else 3")] = None
-    """M_os: a paper-planner round requests M_os * B prompts; other planners: the cap of a round's total / B"""
-    max_rounds: Annotated[int | None, unset("the method's, else 10")] = None
-    """N_rs: resampling rounds after the first request"""
-    max_inflation: Annotated[float | None, unset("the method's: 25 lean, else 5")] = None
-    """M_acc: cap of the inflation m_k (paper planner) or of a task's request / its deficit (other planners)"""
-    filtering: Annotated[Literal["lenient", "strict", "none"] | None, unset("the method's")] = None
-    """zero-gradient filter: lenient (all-equal rewards), strict (all-correct/all-wrong), none (plain GRPO)"""
-    targets: Annotated[Literal["multinomial", "apportion"] | None, unset("the method's, else apportion")] = None
-    """per-task target counts: multinomial (the paper's draw) or apportion (systematic rounding)"""
-    planner: Annotated[str | None, unset("the method's: joint lean, else paper")] = None
-    """request planner: paper, or beyond the paper posterior or joint (docs/sampler.md)"""
-    confidence: Annotated[float | None, unset("0.9")] = None
-    """probability target: per task (posterior planner) or of the whole batch in one round (joint planner)"""
-    guard_floor: Annotated[float | None, unset("0.02")] = None
-    """no-signal guard: informative rate below which a long dry run makes a task barren (0: guard off)"""
-    guard_probe: Annotated[int | None, unset("ceil(B / K)")] = None
-    """no-signal guard: probe groups per step of a barren task"""
-    carry_over: Annotated[int | None, unset("the method's: 1 lean, else 0")] = None
-    """steps an informative group generated but not needed may wait to be trained (0: strictly on-policy)"""
-
-    def overrides(self) -> dict[str, Any]:
-        """The settings given (to pass to SamplerConfig / Controller.from_method)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-    def check(self, batch_size: int, group_size: int) -> dict[str, Any]:
-        """Each setting given, checked by SamplerConfig; returns overrides(). Refusals name the flag."""
-        given = self.overrides()
-        for name, value in given.items():
-            try:
-                alone = {"planner": "joint"} if name == "carry_over" else {}  # carry-over needs such a planner
-                SamplerConfig(batch_size=batch_size, group_size=group_size, **{**alone, name: value})
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{flag(name, 'sampler.')} {value!r}: {err}") from None
-        return given
+def checked_sampler(settings: SamplerSettings) -> dict[str, Any]:
+    """The --sampler.* settings given, each checked by the core (refusals name the flag)."""
+    settings.check(label=lambda name: flag(name, "sampler."))
+    return settings.given()
 
 
 @dataclass(frozen=True)
-class SelectionOptions:
-    """Selective rollouts on a finite prompt pool (mtgrpo_core.prompts.history.SelectionConfig, docs/selective.md)."""
+class SelectionOptions(SelectionSettings):
+    """Selective rollouts on a finite prompt pool (mtgrpo_core.settings.SelectionSettings, docs/selective.md)."""
 
     skip: Literal["none", "history", "oracle"] = "none"
     """prompts a request passes over: none; history (last seen uninformative, with exploration); oracle (simulator
     only: prompts more likely uninformative than not under the current policy)"""
-    exploration: Annotated[float | None, unset("0.1")] = None
-    """target share of a task's handed-out prompts that retry a prompt last seen uninformative"""
-    min_retry: Annotated[float | None, unset("0.01")] = None
-    """floor of the retry probability of a prompt last seen uninformative"""
-    max_skips: Annotated[int | None, unset("none: never forced")] = None
-    """a prompt passed over this many times in a row is handed out at its next turn (1 to 255; unset: never forced)"""
 
-    def config(self) -> SelectionConfig:
+    def config(self) -> SelectionConfig:  # type: ignore[override]
         """The SelectionConfig of the settings given (filtering is set per method by the backend); refusals name
         the flag. A setting given with --selection.skip none is refused: nothing would use it."""
-        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "skip"}
-        settings = {k: x for k, x in given.items() if x is not None}
-        for name, value in settings.items():
-            try:
-                SelectionConfig(**{name: value})
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{flag(name, 'selection.')} {given[name]!r}: {err}") from None
+        self.check(label=lambda name: flag(name, "selection."))
+        settings = self.given()
         if self.skip == "none" and settings:
-            listed = ", ".join(f"{flag(k, 'selection.')} {given[k]!r}" for k in settings)
+            listed = ", ".join(f"{flag(k, 'selection.')} {x!r}" for k, x in settings.items())
             raise ValueError(
                 f"{listed}: used only when prompts are skipped, but --selection.skip is none; expected "
                 "--selection.skip history with it (on a finite prompt pool), or leave it out"
             )
         return SelectionConfig(**settings)
 
-    def trainer_settings(self) -> dict[str, Any] | None:
+    def trainer_settings(self) -> SelectionSettings | None:
         """The settings a trainer's pool takes (TrainConfig.selection, MTGRPOConfig.selection): None for skip none;
         the filter is the method's. The oracle is refused: it needs each prompt's true success probability, which
         only the simulator has."""
@@ -212,11 +166,10 @@ class SelectionOptions:
                 "--selection.skip oracle: the oracle knows each prompt's true success probability, which only the "
                 "simulator has (mtgrpo bench); expected none or history"
             )
-        checked = self.config()  # refuses a setting given with skip none
+        self.config()  # refuses a setting given with skip none
         if self.skip == "none":
             return None
-        given = asdict(checked)
-        return {key: value for key, value in given.items() if key not in ("filtering", "correct_reward")}
+        return SelectionSettings(self.exploration, self.min_retry, self.max_skips)
 
 
 def rule_parameters(method: str) -> set[str] | None:

@@ -25,6 +25,7 @@ from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.prompts.history import SelectionConfig
 from mtgrpo_core.sampling.sampler import BatchReport
+from mtgrpo_core.settings import SamplerSettings, Settings
 from mtgrpo_core.signals import StepFacts
 
 DEFAULT_METHODS = (
@@ -116,7 +117,7 @@ class SimulatedRunner:
     record_every: int = 1
     sampler: Mapping[str, Any] = field(default_factory=dict)
     rule: RuleOptions = field(default_factory=RuleOptions)
-    improvement_reduce: str | None = None
+    improvement_reduce: Literal["mean", "sum"] | None = None
     start_method: Literal["fork", "spawn"] = "fork"
     filter: Literal["lenient", "strict"] = "lenient"
     skip: Skip = "none"
@@ -134,16 +135,13 @@ class SimulatedRunner:
 
     def controller(self, method: str, seed: int) -> Controller:
         """A method string ("mt-grpo:0.2", ... or a user's "module:Class", see mtgrpo_core.methods) for a run."""
-        return Controller.from_method(
+        settings = Settings(
             method,
-            self.suite.num_tasks,
-            self.batch_size,
-            self.group_size,
-            seed,
-            rule_kwargs=self.rule.kwargs_for(method),
+            SamplerSettings(**self.sampler_for(method)),
+            self.rule.kwargs_for(method),
             improvement_reduce=self.improvement_reduce,
-            **self.sampler_for(method),
         )
+        return settings.controller(self.suite.num_tasks, self.batch_size, self.group_size, seed)
 
     def sampler_for(self, method: str) -> dict[str, Any]:
         """The sampler overrides of a run: the suite's N_rs unless the method is a reference preset (which sets its

@@ -12,9 +12,9 @@ from mtgrpo_backends.options import (
     Flat,
     HarnessOptions,
     RuleOptions,
-    SamplerOptions,
     SelectionOptions,
     at_least,
+    checked_sampler,
     chosen_methods,
     method_refusal,
     parse,
@@ -23,6 +23,7 @@ from mtgrpo_backends.options import (
 )
 from mtgrpo_backends.simulated.bench import DEFAULT_METHODS, SimulatedRunner
 from mtgrpo_backends.simulated.suites import load_suite
+from mtgrpo_core.settings import SamplerSettings
 
 PROG = "mtgrpo bench"
 SUITES = unset("the suite's")
@@ -55,7 +56,7 @@ class BenchArgs:
     harness: Annotated[HarnessOptions, Flat] = field(
         default_factory=lambda: HarnessOptions(workers=min(2, os.cpu_count() or 1))
     )
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     rule: RuleOptions = field(default_factory=RuleOptions)
     selection: SelectionOptions = field(default_factory=SelectionOptions)
 
@@ -74,7 +75,7 @@ def run_bench(args: BenchArgs) -> int:
     group_size = at_least("group_size", d.group_size if args.group_size is None else args.group_size, 2)
     eval_every = at_least("eval_every", d.record_every if args.eval_every is None else args.eval_every, 1)
     args.harness.check()
-    sampler = args.sampler.check(batch_size, group_size)
+    sampler = checked_sampler(args.sampler)
     max_rounds = sampler.get("max_rounds", d.max_rounds)  # an explicit --sampler.max-rounds stays in sampler
     methods, swept = chosen_methods(args.harness, DEFAULT_METHODS)
     args.harness.reference_for(methods)

@@ -20,6 +20,7 @@ from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
+from mtgrpo_core.prompts.history import SelectionConfig
 
 CHECKPOINT_FORMAT = "mtgrpo-torch-train/3"  # 3: kept groups from the controller, keys in its state
 RESUMABLE_CHANGES = ("steps", "eval_every")  # settings a resumed run may change
@@ -100,18 +101,26 @@ def read_checkpoint(path: Path | str, name: str = "checkpoint") -> dict[str, Any
     return payload
 
 
+SELECTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SelectionConfig)}
+
+
 def _setting_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """Flat {flag: value} of a TrainConfig dict: sampler, rule and selection options as --sampler.x, --rule.x,
-    --selection.x."""
+    --selection.x, each only where set (a selection setting at its default counts as unset); --selection.skip
+    says whether the run skips prompts."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
+        if key == "selection":
+            flat["--selection.skip"] = "none" if value is None else "history"
         if key in ("sampler", "rule", "selection") and isinstance(value, dict):
-            flat.update({f"--{key}.{k.replace('_', '-')}": x for k, x in value.items()})
-        else:
+            unset = SELECTION_DEFAULTS if key == "selection" else {}
+            given = {k: x for k, x in value.items() if x is not None and unset.get(k, unset) != x}
+            flat.update({f"--{key}.{k.replace('_', '-')}": x for k, x in given.items()})
+        elif key != "selection":
             flat[_setting_flag(key)] = value
     return flat
 
@@ -120,7 +129,8 @@ def setting_differences(saved: dict[str, Any], config: TrainConfig) -> list[tupl
     """(flag, checkpoint's value, this run's value) of every setting that differs, except RESUMABLE_CHANGES.
     A sampler or rule option set on one side only shows as 'unset' on the other."""
     unset = "unset"
-    defaults = {_setting_flag(f.name): f.default for f in dataclasses.fields(TrainConfig)}
+    selection_default = {f"--selection.{k.replace('_', '-')}": x for k, x in SELECTION_DEFAULTS.items()}
+    defaults = {_setting_flag(f.name): f.default for f in dataclasses.fields(TrainConfig)} | selection_default
     old, new = _settings(saved), _settings(asdict(config))
     skip = {_setting_flag(k) for k in RESUMABLE_CHANGES}
     out = []
@@ -128,7 +138,7 @@ def setting_differences(saved: dict[str, Any], config: TrainConfig) -> list[tupl
         if key in skip:
             continue
         was = old.get(key, defaults.get(key, unset))
-        now = new.get(key, unset)
+        now = new.get(key, selection_default.get(key, unset))
         if was != now:
             out.append((key, was, now))
     return out

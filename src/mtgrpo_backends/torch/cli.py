@@ -18,9 +18,9 @@ from mtgrpo_backends.harness.progress import Progress
 from mtgrpo_backends.options import (
     Flat,
     RuleOptions,
-    SamplerOptions,
     SelectionOptions,
     check_methods,
+    checked_sampler,
     parse,
     run_command,
     unset,
@@ -43,6 +43,7 @@ from mtgrpo_backends.torch.model import CharGPT, CharGPTConfig
 from mtgrpo_backends.torch.state import TrainState, make_controller, make_state, make_training_set
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite, get_suite
 from mtgrpo_backends.torch.warmup import WarmStart
+from mtgrpo_core.settings import SamplerSettings
 
 PROG = "mtgrpo train"
 DESCRIPTION = "Train a small policy on a built-in suite with one method, from a warm-started policy."
@@ -59,7 +60,7 @@ class TrainArgs:
     seed: int = 0
     """seed of the controller, prompt sampling and generation"""
     train: Annotated[TrainSettings, Flat] = field(default_factory=TrainSettings)
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     rule: RuleOptions = field(default_factory=RuleOptions)
     selection: SelectionOptions = field(default_factory=SelectionOptions)
     warm: Annotated[TorchOptions, Flat] = field(default_factory=TorchOptions)
@@ -138,7 +139,7 @@ def run_train(args: TrainArgs) -> int:
     args.warm.check()
     check_device(args.train)
     suite, tokenizer = get_suite(args.suite), CharTokenizer()
-    sampler = args.sampler.check(args.train.batch_size, args.train.group_size)
+    sampler = checked_sampler(args.sampler)
     args.rule.check([args.method], suite.num_tasks)
     rule = args.rule.kwargs_for(args.method)
     config = checked_config(

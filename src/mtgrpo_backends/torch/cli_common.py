@@ -25,6 +25,7 @@ from mtgrpo_backends.torch.warmup import (
     default_cache_dir,
     warm_started_model,
 )
+from mtgrpo_core.settings import SelectionSettings
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def checked_config(settings: TrainSettings, **rest: Any) -> TrainConfig:
     return TrainConfig(**dataclasses.asdict(settings), **rest)
 
 
-def selection_settings(options: SelectionOptions, pool_size: int) -> dict[str, Any] | None:
+def selection_settings(options: SelectionOptions, pool_size: int) -> SelectionSettings | None:
     """TrainConfig.selection of the --selection.* flags (None for --selection.skip none); skipping needs a finite
     training set (--pool-size > 0)."""
     settings = options.trainer_settings()

@@ -7,16 +7,14 @@ generated from these fields by tyro, which reads the `help` in each field's meta
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from mtgrpo_backends.torch import ops
 from mtgrpo_core import checks as v
 from mtgrpo_core.advantages import ADVANTAGE_ESTIMATORS
-from mtgrpo_core.prompts.history import SelectionConfig
 from mtgrpo_core.protocols import CORRECT
-from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.settings import SamplerSettings, SelectionSettings, Settings
 
 
 def _help(text: str, default: Any) -> Any:
@@ -68,17 +66,17 @@ class TrainConfig(TrainSettings):
     suite: str = _help("task suite: tiny3 or tiny9", "tiny3")
     method: str = _help("controller method, e.g. grpo, dapo, sec-dapo, mt-grpo:0.2", "mt-grpo:0.2")
     seed: int = _help("seed of the controller, prompt sampling and generation", 0)
-    sampler: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "overrides of the sampler config (oversample, max_rounds, ...)"}
+    sampler: SamplerSettings = field(
+        default_factory=SamplerSettings, metadata={"help": "sampler settings (oversample, max_rounds, ...)"}
     )
     rule: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "arguments of the weighting rule (lr, improvement_clip, ...)"}
     )
-    selection: dict[str, Any] | None = field(
+    selection: SelectionSettings | None = field(
         default=None,
         metadata={
-            "help": "skip prompts last seen uninformative: SelectionConfig settings (exploration, min_retry, "
-            "max_skips; the filter is the method's); needs pool_size > 0 (None: no skipping)"
+            "help": "skip prompts last seen uninformative (exploration, min_retry, max_skips; the filter is the "
+            "method's); needs pool_size > 0 (None: no skipping)"
         },
     )
 
@@ -95,38 +93,25 @@ class TrainConfig(TrainSettings):
         v.real_in_range("kl_coef", self.kl_coef, 0.0)
         v.choice("aggregation", self.aggregation, ops.AGGREGATIONS)
         v.choice("advantage", self.advantage, tuple(ADVANTAGE_ESTIMATORS))
-        if self.improvement_reduce is not None:
-            v.choice("improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
         if self.minibatches > self.batch_size * self.group_size:
             raise ValueError(f"minibatches must be <= batch_size * group_size, got {self.minibatches}")
-        for name in ("sampler", "rule"):
-            if not isinstance(getattr(self, name), dict):
-                raise TypeError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
         v.positive_int("pool_size", self.pool_size, minimum=0)
-        if self.selection is not None:  # checked and spelled out (the filter is the method's: make_state)
-            checked = self.selection_config("lenient")
-            assert checked is not None
-            settings = dataclasses.asdict(checked)
-            self.selection = {k: x for k, x in settings.items() if k not in ("filtering", "correct_reward")}
-            if self.pool_size == 0:
-                raise ValueError(
-                    f"selection {self.selection!r} skips prompts by their history, which needs a finite training "
-                    "set: set pool_size > 0"
-                )
-
-    def selection_config(self, filtering: str) -> SelectionConfig | None:
-        """The pool's SelectionConfig with the method's filter (None without selection); refusals name the key."""
-        if self.selection is None:
-            return None
-        if not isinstance(self.selection, dict):
-            raise TypeError(f"selection must be a dict of SelectionConfig settings or None, got {self.selection!r}")
-        fixed = sorted({"filtering", "correct_reward"} & set(self.selection))
-        if fixed:
+        self.sampler = self.settings.sampler  # a mapping given becomes SamplerSettings
+        self.selection = self.settings.selection
+        if self.selection is not None and self.pool_size == 0:
             raise ValueError(
-                f"selection must not set {fixed}: the pool classifies groups with the method's filter and the "
-                "suite's correct reward"
+                f"selection {self.selection.given()!r} skips prompts by their history, which needs a finite training "
+                "set: set pool_size > 0"
             )
-        try:
-            return SelectionConfig(filtering=cast(Any, filtering), correct_reward=CORRECT, **self.selection)
-        except TypeError as err:
-            raise ValueError(f"selection {self.selection!r}: {err}") from None
+
+    @property
+    def settings(self) -> Settings:
+        """The algorithm's settings of this run (mtgrpo_core.settings), checked by the core when built."""
+        return Settings(
+            self.method,
+            self.sampler,
+            self.rule,
+            self.selection,
+            self.improvement_reduce,
+            correct_reward=CORRECT,
+        )

@@ -21,8 +21,8 @@ from mtgrpo_backends.options import (
     Flat,
     HarnessOptions,
     RuleOptions,
-    SamplerOptions,
     check_methods,
+    checked_sampler,
     chosen_methods,
     parse,
     run_command,
@@ -33,6 +33,7 @@ from mtgrpo_backends.torch.loop import train
 from mtgrpo_backends.torch.model import CharGPT
 from mtgrpo_backends.torch.state import make_controller, make_training_set
 from mtgrpo_backends.torch.tasks import CharTokenizer, get_suite
+from mtgrpo_core.settings import SamplerSettings, SelectionSettings
 
 PROG = "mtgrpo demo"
 DESCRIPTION = "Compare methods x seeds of the reference loop on a built-in suite, every run from one warm start."
@@ -49,7 +50,7 @@ class DemoRunner:
     rule: RuleOptions
     warm: Mapping[str, Any]  # {"config": CharGPTConfig, "weights": state_dict}
     threads: int = 1
-    selection: Mapping[str, Any] | None = None  # TrainConfig.selection (needs settings.pool_size > 0)
+    selection: SelectionSettings | None = None  # TrainConfig.selection (needs settings.pool_size > 0)
     start_method: Literal["fork", "spawn"] = "spawn"
 
     @property
@@ -65,7 +66,7 @@ class DemoRunner:
             seed=seed,
             sampler=dict(self.sampler),
             rule=self.rule.kwargs_for(method),
-            selection=None if self.selection is None else dict(self.selection),
+            selection=self.selection,
         )
         model = CharGPT(self.warm["config"])
         model.load_state_dict(self.warm["weights"])
@@ -83,7 +84,7 @@ class DemoArgs:
     """task suite: tiny3 or tiny9"""
     train: Annotated[TrainSettings, Flat] = field(default_factory=lambda: TrainSettings(steps=120, eval_every=20))
     harness: Annotated[HarnessOptions, Flat] = field(default_factory=lambda: HarnessOptions(out=Path("mtgrpo-demo")))
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     rule: RuleOptions = field(default_factory=RuleOptions)
     warm: Annotated[TorchOptions, Flat] = field(default_factory=TorchOptions)
 
@@ -98,7 +99,7 @@ def run_demo(args: DemoArgs) -> int:
     methods, swept = chosen_methods(args.harness, DEMO_METHODS)
     args.harness.reference_for(methods)
     seeds = list(args.harness.seeds) or [0]
-    sampler = args.sampler.check(args.train.batch_size, args.train.group_size)
+    sampler = checked_sampler(args.sampler)
     args.rule.check(methods, suite.num_tasks)
     config = checked_config(args.train, suite=args.suite, sampler=sampler)
     make_training_set(config, suite, make_controller(config, suite))  # refuses a --pool-size the suite lacks

@@ -50,27 +50,13 @@ def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokeni
 
 def make_controller(config: TrainConfig, suite: Suite) -> Controller:
     """The run's controller: its method with the config's sampler and rule settings."""
-    return Controller.from_method(
-        config.method,
-        suite.num_tasks,
-        config.batch_size,
-        config.group_size,
-        seed=config.seed,
-        rule_kwargs=config.rule,
-        improvement_reduce=config.improvement_reduce,
-        **config.sampler,
-    )
+    return config.settings.controller(suite.num_tasks, config.batch_size, config.group_size, config.seed)
 
 
 def make_training_set(config: TrainConfig, suite: Suite, controller: Controller) -> TrainingSet | None:
     """The finite training set of config.pool_size prompts per task (None for 0); selection classifies groups with
     the method's filter, so a method that does not filter is refused."""
-    filtering = controller.sampler.config.filtering
-    if config.selection is not None and filtering == "none":
-        raise ValueError(
-            f"selection {config.selection!r} classifies groups by the method's filter, but method {config.method!r} "
-            "does not filter groups; use a filtering method (e.g. dapo, mt-grpo:0.2) or no selection"
-        )
+    selection = config.settings.selection_config(controller.sampler.config.filtering)
     if config.pool_size == 0:
         return None
-    return TrainingSet(suite, config.pool_size, config.seed, config.selection_config(filtering))
+    return TrainingSet(suite, config.pool_size, config.seed, selection)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from trl.trainer.grpo_config import GRPOConfig
 
-from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
-from mtgrpo_core.prompts.history import SelectionConfig
-from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.settings import SamplerSettings, SelectionSettings, Settings
 
 IMPROVEMENT_SIGNALS: tuple[str, ...] = ("surrogate", "reward-change")
 
@@ -45,31 +43,11 @@ class MTGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "Task names in weight order; None takes the sorted distinct values of task_column."},
     )
-    oversample: float | None = field(default=None, metadata={"help": "M_os: a round requests M_os * B prompts."})
-    max_rounds: int | None = field(default=None, metadata={"help": "N_rs: resampling rounds after the first."})
-    max_inflation: float | None = field(default=None, metadata={"help": "M_acc: cap of the inflation m_k."})
-    filtering: str | None = field(
-        default=None, metadata={"help": "Zero-gradient filter: 'lenient', 'strict' or 'none' (None: the method's)."}
-    )
-    targets: str | None = field(default=None, metadata={"help": "'multinomial' (the paper's) or 'apportion'."})
-    planner: str | None = field(
-        default=None, metadata={"help": "Request planning: 'paper', or beyond the paper 'posterior' or 'joint'."}
-    )
-    confidence: float | None = field(
-        default=None,
-        metadata={"help": "Probability target: per task (posterior planner) or of the whole batch (joint planner)."},
-    )
-    guard_floor: float | None = field(
-        default=None, metadata={"help": "No-signal guard floor (0 turns it off; docs/sampler.md); None: 0.02."}
-    )
-    guard_probe: int | None = field(
-        default=None, metadata={"help": "No-signal guard: probe groups per step of a barren task; None: ceil(B / K)."}
-    )
-    carry_over: int | None = field(
+    sampler: dict[str, Any] | str | None = field(
         default=None,
         metadata={
-            "help": "Carry-over: keep informative surplus groups for up to this many later steps, trained with the "
-            "clipped ratio against the policy that generated them (0: strictly on-policy; docs/sampler.md)."
+            "help": "Sampler settings (mtgrpo_core.settings.SamplerSettings; a dict or JSON, e.g. "
+            "{'max_rounds': 2, 'carry_over': 0}); unset ones keep the method's, then the default (docs/sampler.md)."
         },
     )
     selection: dict[str, Any] | str | None = field(
@@ -115,15 +93,12 @@ class MTGRPOConfig(GRPOConfig):
                 raise ValueError(f"tasks must be a non-empty list of distinct strings, got {self.tasks!r}")
             self.tasks = names
         self.rule_kwargs = _from_json("rule_kwargs", self.rule_kwargs, '{"lr": 0.025}')  # the command line: JSON
-        self.selection = _from_json("selection", self.selection, '{"exploration": 0.1}')
-        if self.selection is not None and not isinstance(self.selection, dict):
-            raise TypeError(f"selection must be None, a dict or a JSON object, got {self.selection!r}")
         if self.rule_kwargs is not None and not isinstance(self.rule_kwargs, dict):
             raise TypeError(f"rule_kwargs must be a dict or JSON object, got {self.rule_kwargs!r}")
-        if self.improvement_reduce is not None and self.improvement_reduce not in IMPROVEMENT_REDUCTIONS:
-            raise ValueError(
-                f"improvement_reduce must be one of {list(IMPROVEMENT_REDUCTIONS)}, got {self.improvement_reduce!r}"
-            )
+        # kept JSON-native (TrainingArguments serialises its fields): the settings given, checked by the core
+        self.sampler = SamplerSettings.from_mapping(self.sampler or {}, "sampler").given()
+        if self.selection is not None:
+            self.selection = SelectionSettings.from_mapping(self.selection, "selection").given()
         if self.improvement not in IMPROVEMENT_SIGNALS:
             raise ValueError(f"improvement must be one of {list(IMPROVEMENT_SIGNALS)}, got {self.improvement!r}")
         generate_every = cast(int, self.steps_per_generation) * self.num_iterations  # set by GRPOConfig
@@ -135,8 +110,20 @@ class MTGRPOConfig(GRPOConfig):
             )
         self._check_controller_settings()
 
+    @property
+    def settings(self) -> Settings:
+        """The algorithm's settings (mtgrpo_core.settings), checked by the core when built."""
+        return Settings(
+            self.method,
+            SamplerSettings.from_mapping(self.sampler or {}),
+            dict(cast(dict[str, Any], self.rule_kwargs or {})),
+            None if self.selection is None else SelectionSettings.from_mapping(self.selection),
+            cast(Any, self.improvement_reduce),
+            self.correct_reward,
+        )
+
     def _check_controller_settings(self) -> None:
-        """Build the method's rule, sampler config and selection once, as the trainer will, so that a setting they
+        """Build the method's rule, controller and selection once, as the trainer will, so that a setting they
         refuse is refused here (when the config is built), naming the field; the task count is the dataset's,
         so it is taken from `tasks` when given (else 1)."""
         group_size = cast(int, self.num_generations)
@@ -148,22 +135,8 @@ class MTGRPOConfig(GRPOConfig):
                 f"num_generations={group_size}, fewer than the {num_tasks} tasks: the per-task quotas do not fit; "
                 f"use generation_batch_size >= {num_tasks * group_size}"
             )
-        spec = parse_method(self.method)
-        rule_kwargs = dict(cast(dict[str, Any], self.rule_kwargs or {}))
-        try:
-            if "num_tasks" in rule_kwargs:
-                raise ValueError("num_tasks comes from the tasks, not from rule_kwargs")
-            spec.build_rule(num_tasks, **rule_kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"rule_kwargs {rule_kwargs!r} (method {self.method!r}): {err}") from None
-        overrides = self.sampler_overrides()
-        try:
-            controller = Controller.from_method(self.method, num_tasks, batch_size, group_size, **overrides)
-        except (TypeError, ValueError) as err:
-            given = ", ".join(f"{k}={x!r}" for k, x in overrides.items())
-            raise ValueError(f"method {self.method!r} with {given}: {err}") from None
-        filtering = controller.sampler.config.filtering
-        if filtering != "none" and (
+        controller = self.settings.check(num_tasks, batch_size, group_size)
+        if controller.sampler.config.filtering != "none" and (
             self.scale_rewards == "batch" or self.multi_objective_aggregation != "sum_then_normalize"
         ):
             raise ValueError(
@@ -175,45 +148,5 @@ class MTGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"carry_over={controller.sampler.config.carry_over} (method {self.method!r}) with use_vllm: carried "
                 "rows would need vLLM's importance-sampling correction against their own generating policy, which "
-                "is not supported; set carry_over=0"
+                "is not supported; set sampler={'carry_over': 0}"
             )
-        if self.selection is not None:
-            self._check_selection(filtering)
-
-    def _check_selection(self, filtering: str) -> None:
-        """The selection settings as the prompt pool will take them: the filter and the correct reward are the
-        method's and this config's, not selection keys."""
-        assert isinstance(self.selection, dict)
-        fixed = sorted({"filtering", "correct_reward"} & set(self.selection))
-        if fixed:
-            raise ValueError(
-                f"selection {self.selection!r} sets {fixed}: the pool classifies groups with the sampler's filter and "
-                "correct reward; set MTGRPOConfig.filtering / MTGRPOConfig.correct_reward instead"
-            )
-        if filtering == "none":
-            raise ValueError(f"selection needs a method that filters groups; {self.method!r} does not")
-        known = sorted(f.name for f in fields(SelectionConfig) if f.name not in ("filtering", "correct_reward"))
-        unknown = sorted(set(self.selection) - set(known))
-        if unknown:
-            raise ValueError(f"selection {self.selection!r}: unknown keys {unknown}; expected keys among {known}")
-        try:
-            SelectionConfig(filtering=cast(Any, filtering), correct_reward=self.correct_reward, **self.selection)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"selection {self.selection!r}: {err}") from None
-
-    def sampler_overrides(self) -> dict[str, Any]:
-        """The sampler settings given here (None means: keep the method's or SamplerConfig's default)."""
-        names = (
-            "oversample",
-            "max_rounds",
-            "max_inflation",
-            "filtering",
-            "targets",
-            "planner",
-            "confidence",
-            "guard_floor",
-            "guard_probe",
-            "carry_over",
-        )
-        chosen = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        return {**chosen, "correct_reward": self.correct_reward}

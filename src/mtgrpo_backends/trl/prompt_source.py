@@ -5,10 +5,10 @@ with `PromptPool.take` and the step's stand-ins with `PromptPool.end_step`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from mtgrpo_backends.trl.config import MTGRPOConfig
-from mtgrpo_core import PromptPool, SelectionConfig
+from mtgrpo_core import PromptPool
 from mtgrpo_core.prompts.pool import task_ids_of
 
 
@@ -16,10 +16,4 @@ def build_pool(cfg: MTGRPOConfig, values: Sequence[Any], task_names: Sequence[st
     """The pool over the dataset's rows (task of each row from the task column); selection needs a filtering
     method, whose filter decides whether a reported group was informative."""
     row_tasks = task_ids_of(values, task_names, f"train_dataset column {cfg.task_column!r}")
-    selection = None
-    if cfg.selection is not None:
-        if filtering == "none":
-            raise ValueError(f"selection needs a method that filters groups; {cfg.method!r} does not")
-        settings = cast(dict[str, Any], cfg.selection)
-        selection = SelectionConfig(filtering=cast(Any, filtering), correct_reward=cfg.correct_reward, **settings)
-    return PromptPool(row_tasks, task_names, cfg.seed, selection=selection)
+    return PromptPool(row_tasks, task_names, cfg.seed, selection=cfg.settings.selection_config(filtering))

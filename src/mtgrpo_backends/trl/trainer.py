@@ -36,7 +36,7 @@ from mtgrpo_backends.trl.prompt_source import build_pool
 from mtgrpo_backends.trl.step_data import StepData
 from mtgrpo_backends.trl.step_facts import step_facts, with_surrogate
 from mtgrpo_backends.trl.step_log import drop_absent, log_batch, log_selection, log_signals
-from mtgrpo_core import Controller, RewardChangeImprovement, check_needs, with_stand_ins
+from mtgrpo_core import RewardChangeImprovement, check_needs, with_stand_ins
 from mtgrpo_core.sampling.sampler import Batch
 
 SUPPORTED_TRL = (Version("1.16.0"), Version("1.17.0"))
@@ -94,16 +94,7 @@ class MTGRPOTrainer(GRPOTrainer):
                 f"num_generations={self._group_size}, fewer than the {num_tasks} tasks: the per-task quotas do "
                 f"not fit; use generation_batch_size >= {num_tasks * self._group_size}"
             )
-        self.controller = Controller.from_method(
-            cfg.method,
-            num_tasks=num_tasks,
-            batch_size=self._batch_groups,
-            group_size=self._group_size,
-            seed=cfg.seed,
-            rule_kwargs=cast(dict[str, Any] | None, cfg.rule_kwargs),
-            improvement_reduce=cfg.improvement_reduce,
-            **cfg.sampler_overrides(),
-        )
+        self.controller = cfg.settings.controller(num_tasks, self._batch_groups, self._group_size, cfg.seed)
         filtering = self.controller.sampler.config.filtering != "none"
         if filtering and (cfg.scale_rewards == "batch" or cfg.multi_objective_aggregation != "sum_then_normalize"):
             raise ValueError(
@@ -134,8 +125,9 @@ class MTGRPOTrainer(GRPOTrainer):
         self._carries = self.controller.sampler.carry is not None  # kept groups' rows: in their payloads
         if self._carries and self.use_vllm:
             raise ValueError(
-                f"carry_over={cfg.carry_over} with use_vllm: carried rows would need vLLM's importance-sampling "
-                "correction against their own generating policy, which is not supported; use carry_over 0"
+                f"carry_over={self.controller.sampler.config.carry_over} with use_vllm: carried rows would need "
+                "vLLM's importance-sampling correction against their own generating policy, which is not supported; "
+                "set sampler={'carry_over': 0}"
             )
         self.last_batch: Batch | None = None
         self.add_callback(_StepEndHook(self))

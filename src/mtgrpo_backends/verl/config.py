@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from packaging.version import Version
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.controller import Controller
 from mtgrpo_core.methods import parse_method
-from mtgrpo_core.signals import IMPROVEMENT_REDUCTIONS
+from mtgrpo_core.settings import SamplerSettings, Settings
 
 SUPPORTED_VERL = (Version("0.9.1"), Version("0.10.0"))
 BUFFER_PATH = "pkg://mtgrpo_backends.verl.replay_buffer"
@@ -101,43 +100,37 @@ class MTGRPOSettings:
                 f"(carry_over {carries}), which the verl backend cannot do (it trains strictly on-policy): set "
                 "mtgrpo.sampler.carry_over=0 (the group's default, lost when mtgrpo.sampler is replaced whole)"
             )
-        if self.improvement_reduce is not None:
-            v.choice("mtgrpo.improvement_reduce", self.improvement_reduce, IMPROVEMENT_REDUCTIONS)
-        v.real_in_range("mtgrpo.correct_reward", self.correct_reward)
         v.real_in_range("mtgrpo.poll_interval", self.poll_interval, 0.0, low_open=True)
         v.real_in_range("mtgrpo.round_timeout_s", self.round_timeout_s, 0.0, low_open=True)
         num_tasks = 1 if self.tasks is None else len(self.tasks)
         self.check_controller(batch_size=num_tasks, group_size=2)  # verl's B and N: check_trainer_config
 
-    def check_controller(self, batch_size: int, group_size: int) -> None:
-        """Build the method's rule with rule_kwargs and its sampler with the sampler settings once, as the replay
-        buffer will, so that what they refuse is refused before any worker starts, naming the key. When the
-        settings are built, verl's B and N are not known yet: B = K and N = 2 stand in, and check_trainer_config
-        checks again with data.train_batch_size and actor_rollout_ref.rollout.n."""
-        num_tasks = 1 if self.tasks is None else len(self.tasks)
-        rule_kwargs = dict(self.rule_kwargs)
+    @property
+    def settings(self) -> Settings:
+        """The algorithm's settings (mtgrpo_core.settings); what the core refuses names the key under mtgrpo."""
         try:
-            if "num_tasks" in rule_kwargs:
-                raise ValueError("num_tasks comes from the tasks, not from rule_kwargs")
-            parse_method(self.method).build_rule(num_tasks, **rule_kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"mtgrpo.rule_kwargs {rule_kwargs!r} (method {self.method!r}): {err}") from None
-        try:
-            Controller.from_method(
+            return Settings(
                 self.method,
-                num_tasks,
-                batch_size,
-                group_size,
-                improvement_reduce=self.improvement_reduce,
-                **self.sampler_overrides(),
+                SamplerSettings.from_mapping(self.sampler),
+                self.rule_kwargs,
+                None,
+                cast(Any, self.improvement_reduce),
+                self.correct_reward,
             )
         except (TypeError, ValueError) as err:
-            given = f" with mtgrpo.sampler {dict(self.sampler)!r}" if self.sampler else ""
-            raise ValueError(f"mtgrpo.method {self.method!r}{given} (B={batch_size}, N={group_size}): {err}") from None
+            raise type(err)(f"mtgrpo.{err}") from None
 
-    def sampler_overrides(self) -> dict[str, Any]:
-        """SamplerConfig overrides: the given ones and mtgrpo.correct_reward."""
-        return {**self.sampler, "correct_reward": self.correct_reward}
+    def check_controller(self, batch_size: int, group_size: int) -> None:
+        """Build the method's rule, sampler and controller once, as the replay buffer will, so that what they refuse
+        is refused before any worker starts, naming the key. When the settings are built, verl's B and N are not
+        known yet: B = K and N = 2 stand in, and check_trainer_config checks again with data.train_batch_size and
+        actor_rollout_ref.rollout.n."""
+        num_tasks = 1 if self.tasks is None else len(self.tasks)
+        settings = self.settings
+        try:
+            settings.check(num_tasks, batch_size, group_size)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"mtgrpo.{err} (B={batch_size}, N={group_size})") from None
 
     @classmethod
     def from_config(cls, kwargs: Any) -> MTGRPOSettings:

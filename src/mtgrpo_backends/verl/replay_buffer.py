@@ -91,16 +91,7 @@ class MTGRPOReplayBuffer(ReplayBuffer):
             )
         ids = task_ids_of(row_tasks, names, f"dataset field {s.task_field!r} (mtgrpo.task_field)")
         self.pool = PromptPool(ids, names, s.seed)
-        self.controller = Controller.from_method(
-            s.method,
-            len(names),
-            batch_size,
-            group_size,
-            s.seed,
-            dict(s.rule_kwargs),
-            improvement_reduce=s.improvement_reduce,
-            **s.sampler_overrides(),
-        )
+        self.controller = s.settings.controller(len(names), batch_size, group_size, s.seed)
         self.task_names, self._submit = names, submit
 
     def _attached(self) -> tuple[Controller, PromptPool, Submit]:

@@ -96,3 +96,25 @@ def test_bad_payloads_are_refused_and_change_nothing() -> None:
             builder.report_arrays(tasks, rewards=rewards, payloads=bad)  # type: ignore[arg-type]
     keys = builder.report_arrays(tasks, rewards=rewards, payloads=list(range(tasks.size)))
     assert keys.tolist() == list(range(tasks.size))  # the refused reports used no key
+
+
+def test_release_kept_forgets_the_kept_groups_and_keeps_their_keys_retired() -> None:
+    """A trainer that lost its kept data (verl after a restart) releases them: the next batch is planned without
+    them, and a kept key reported again is refused."""
+    ctrl = Controller.from_method("mt-grpo:0.2", num_tasks=3, batch_size=12, group_size=4, seed=0)
+    rng = np.random.default_rng(1)
+    kept: dict[int, Any] = {}
+    for _ in range(6):
+        batch, _ = _step(ctrl, rng)
+        ctrl.end_step(_facts(batch))
+        kept = ctrl.kept_payloads()
+        if kept:
+            break
+    assert kept, "nothing was kept: the test shows nothing"
+    assert ctrl.release_kept() == kept and ctrl.kept_payloads() == {}
+    assert ctrl.sampler.carry is not None and len(ctrl.sampler.carry.offer()) == 0  # the next step offers none
+    builder = ctrl.begin_step()
+    with pytest.raises(ValueError, match="were trained or released at the last step"):
+        builder.report_arrays([0], list(kept)[:1], rewards=[[0.0, 1.0, 0.0, 1.0]])
+    with pytest.raises(RuntimeError, match="inside a step"):
+        ctrl.release_kept()

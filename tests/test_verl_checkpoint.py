@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
 from mtgrpo_backends.verl.checkpoint import STATE_FILE
 from mtgrpo_backends.verl.main import CONFIG_NAME
 from mtgrpo_backends.verl.trainer import MTGRPOTrainer
-from mtgrpo_core import StepFacts, step_signals
+from mtgrpo_core import StepFacts
 
 ROW_TASKS = ["a", "b", "c"] * 4
 
@@ -66,18 +67,13 @@ def _advance(trainer: MTGRPOTrainer, steps: int) -> None:
     assert ctrl is not None and pool is not None
     rng = np.random.default_rng(0)
     for _ in range(steps):
-        builder, key = ctrl.begin_step(), 0
-        tasks, rewards = [], []
+        builder = ctrl.begin_step()
         while (request := builder.next_request()) is not None:
-            _, task = pool.draw(request.counts)
+            rows, task = pool.draw(request.counts)
             reward = (rng.random((task.shape[0], 2)) < 0.5).astype(float)
-            builder.report_arrays(task, np.arange(key, key + task.shape[0]), rewards=reward)
-            key += task.shape[0]
-            tasks.append(task)
-            rewards.append(reward)
+            builder.report_arrays(task, rewards=reward, payloads=[f"uid-{uuid.uuid4().hex}" for _ in rows])
         builder.finish()
-        facts = StepFacts(np.repeat(np.concatenate(tasks), 2), np.concatenate(rewards).ravel())
-        ctrl.end_step(step_signals(facts, 3))
+        ctrl.end_step(StepFacts())  # the rollouts: the conversation's reports
 
 
 def test_state_round_trips_through_verls_save_and_load(tmp_path: Path) -> None:
@@ -92,8 +88,14 @@ def test_state_round_trips_through_verls_save_and_load(tmp_path: Path) -> None:
     resumed = _trainer(tmp_path)
     resumed._load_checkpoint()
     assert resumed.global_steps == 3 and resumed.actor_rollout_wg.calls == ["load"]
-    assert resumed.buffer.state_dict() == saved
+    state = resumed.buffer.state_dict()
+    assert state["prompt_pool"] == saved["prompt_pool"] and state["tasks"] == saved["tasks"]
+    assert state["controller"]["rule"] == saved["controller"]["rule"]
     assert resumed.buffer.controller is not None and resumed.buffer.controller.step == 3
+    # TransferQueue does not survive a restart: the kept groups are released, and said so
+    assert (
+        saved["kept_uids"] and state["kept_uids"] == [] and resumed.buffer.released_at_resume == len(saved["kept_uids"])
+    )
 
 
 def test_a_checkpoint_without_mtgrpo_state_is_refused_before_verl_loads_anything(tmp_path: Path) -> None:

@@ -42,11 +42,7 @@ def test_hydra_composes_verls_config_with_the_mtgrpo_group() -> None:
     assert config.trainer.v1.trainer_mode == "sync" and config.algorithm.adv_estimator == "grpo"
     assert config.actor_rollout_ref.actor.ppo_epochs == 1  # verl's own defaults are all there
     settings = MTGRPOSettings.from_config(config.trainer.v1.sampler.sampler_kwargs)  # what the buffer receives
-    assert (
-        settings.method == "dapo"
-        and settings.tasks == ("gsm8k", "math")
-        and settings.sampler == {"carry_over": 0, "max_rounds": 3}
-    )
+    assert settings.method == "dapo" and settings.tasks == ("gsm8k", "math") and settings.sampler == {"max_rounds": 3}
     trainer = MTGRPOTrainer(config)  # verl's PPOTrainer.__init__ builds the replay buffer from the config
     assert isinstance(trainer.replay_buffer, MTGRPOReplayBuffer)
     trainer.buffer.attach(["gsm8k", "math"] * 8, 16, 5, lambda rows: [])
@@ -79,7 +75,7 @@ def test_verl_settings_that_break_the_step_conversation_are_refused(override: st
         ({"method": "nope"}, ValueError, "nope"),
         ({"tasks": ["a", "a"]}, ValueError, r"mtgrpo\.tasks must be a non-empty list of distinct names"),
         ({"sampler": {"batch_size": 4}}, ValueError, r"sets \['batch_size'\].*data\.train_batch_size"),
-        ({"sampler": {"carry_over": 1}}, ValueError, r"carry_over is 1: the verl backend trains strictly on-policy"),
+        ({"sampler": {"carry_over": -1}}, ValueError, r"mtgrpo\.sampler\.carry_over -1: carry_over must be >= 0"),
         ({"poll_interval": 0}, ValueError, r"mtgrpo\.poll_interval must be in \(0\.0, inf\]"),
         ({"improvement_reduce": "avg"}, ValueError, r"mtgrpo\.improvement_reduce must be one of"),
     ],
@@ -89,14 +85,11 @@ def test_bad_mtgrpo_settings_are_refused_by_name(settings: dict[str, Any], error
         MTGRPOSettings.from_config(settings)
 
 
-def test_methods_that_carry_over_train_on_policy_here_and_say_so() -> None:
-    assert MTGRPOSettings().sampler == {"carry_over": 0}  # the group's default shows it
+def test_the_default_carries_over_here_as_in_every_backend() -> None:
+    assert MTGRPOSettings().sampler == {}  # nothing set: the method's own settings, as in the other backends
     buffer = MTGRPOReplayBuffer("sync", {}, 8, "drop", {"method": "mt-grpo:0.2"})
     buffer.attach(["a", "b"] * 4, 4, 2, lambda rows: [])
-    assert buffer.controller is not None and buffer.controller.sampler.carry is None
-    with pytest.raises(ValueError, match=r"mtgrpo.method 'mt-grpo:0.2' carries informative surplus over .* set "):
-        MTGRPOSettings(sampler={"max_rounds": 3})  # the default replaced whole: refused, not silently on-policy
-    assert MTGRPOSettings(method="dapo", sampler={}).sampler == {}  # a method that does not carry over needs nothing
+    assert buffer.controller is not None and buffer.controller.sampler.config.carry_over == 1
     assert buffer.task_names == ["a", "b"]  # tasks None: the sorted distinct values of the task field
 
 

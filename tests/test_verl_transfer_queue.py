@@ -4,6 +4,7 @@ own advantage and log-prob plumbing in between), whose I_k is checked by hand. O
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -119,7 +120,7 @@ def test_batch_follows_the_weights_and_everything_else_is_cleared(clean_queue: N
     assert _queued() == set(meta.keys)  # filtered and surplus groups, and the chosen prompts' tags, are cleared
     assert metrics["mtgrpo/batch_share/hard"] == 0.5 and metrics["mtgrpo/rounds"] == report.rounds
     assert metrics["mtgrpo/generated_groups"] == sum(producer.calls) and metrics["mtgrpo/shortfall_groups"] == 0
-    assert record.finished.all() and record.rewards.shape == (sum(producer.calls), 2)
+    assert record.fresh.all() and record.rewards.shape == (sum(producer.calls), 2)
 
 
 def test_round_budget_is_respected_and_failed_groups_count_as_uninformative(clean_queue: None) -> None:
@@ -131,11 +132,68 @@ def test_round_budget_is_respected_and_failed_groups_count_as_uninformative(clea
     record = buffer.take_step()
     assert len(producer.calls) == 2 and metrics["mtgrpo/rounds"] == 2  # the first request and one resample
     assert metrics["mtgrpo/budget_exhausted"] == 1.0 and metrics["mtgrpo/batch_share/hard"] == 0.0
-    assert metrics["mtgrpo/filtered_ratio/hard"] == 1.0 and metrics["mtgrpo/failed_groups"] == (~record.finished).sum()
+    assert metrics["mtgrpo/filtered_ratio/hard"] == 1.0 and metrics["mtgrpo/failed_groups"] == (~record.fresh).sum()
     trained = {key.split("_")[0] for key in meta.keys}
-    failed = {uid for uid, ok in zip(record.uids, record.finished, strict=True) if not ok}
+    failed = {uid for uid, ok in zip(record.uids, record.fresh, strict=True) if not ok}
     assert trained and not trained & failed and all(producer.task_of[u] == "easy" for u in trained)
     assert _queued() == set(meta.keys)
+
+
+def test_kept_groups_stay_in_transfer_queue_and_are_trained_at_a_later_step(clean_queue: None) -> None:
+    """Carry-over, the lean default: a group the core keeps is not cleared; it comes back in a later batch (its
+    trajectories from TransferQueue), is trained once, and only released or trained groups leave the queue."""
+    producer = FakeProducer(group_size=2, filter_rate=[0.0, 0.6], seed=3)
+    buffer = _buffer(8, 2, producer, method="mt-grpo:0.2")
+    assert buffer.controller is not None and buffer.controller.sampler.carry is not None
+    kept: set[str] = set()
+    carried_seen, trained_before = 0, set()
+    for step in range(1, 6):
+        meta, metrics = buffer.sample(global_steps=step, partition_id="train", batch_size=8)
+        record = buffer.take_step()
+        batch = record.batch
+        chosen = {key.split("_")[0] for key in meta.keys}
+        assert chosen == {str(uid) for uid in batch.payloads or ()} and not chosen & trained_before
+        carried = {str(batch.payloads[i]) for i in np.flatnonzero(batch.staleness > 0)}  # type: ignore[index]
+        assert carried <= kept and len(meta.keys) == 2 * len(chosen)  # a carried group's trajectories are all there
+        assert not record.fresh[len(record.uids) - len(carried) :].any()  # carried rollouts are not this step's
+        carried_seen += len(carried)
+        kept = {str(uid) for uid in buffer.controller.kept_payloads().values()}
+        assert metrics["mtgrpo/kept_groups"] == len(kept)
+        assert _queued() == set(meta.keys) | kept | {f"{u}_{s}_0" for u in kept for s in range(2)}
+        tq.kv_clear(keys=meta.keys, partition_id="train")  # what verl's fit loop does after the update
+        trained_before |= chosen
+        buffer.controller.end_step(_trained_facts(record, meta.keys))
+    assert carried_seen > 0, "no group was carried: the test shows nothing"
+
+
+def _trained_facts(record: Any, keys: list[str]) -> Any:
+    from mtgrpo_backends.verl.step_facts import row_groups, step_facts
+
+    groups = row_groups(keys, record.uid_index())
+    zeros = np.zeros(len(keys))
+    valid = np.ones(len(keys), bool)
+    return step_facts(record.group_task, record.rewards, record.fresh, groups, zeros, valid, (zeros, zeros))
+
+
+def test_a_resume_releases_the_groups_kept_at_the_checkpoint(clean_queue: None) -> None:
+    producer = FakeProducer(group_size=2, filter_rate=[0.0, 0.6], seed=3)
+    buffer = _buffer(8, 2, producer, method="mt-grpo:0.2")
+    assert buffer.controller is not None
+    for step in range(1, 4):
+        meta, _ = buffer.sample(global_steps=step, partition_id="train", batch_size=8)
+        buffer.controller.end_step(_trained_facts(buffer.take_step(), meta.keys))
+        if buffer.controller.kept_payloads():
+            break
+    state = json.loads(json.dumps(buffer.state_dict()))
+    kept = len(buffer.controller.kept_payloads())
+    assert kept and len(state["kept_uids"]) == kept
+    fresh = _buffer(8, 2, FakeProducer(group_size=2, filter_rate=[0.0, 0.6], seed=4), method="mt-grpo:0.2")
+    fresh.load_state_dict(state)
+    assert fresh.controller is not None and fresh.controller.kept_payloads() == {} and fresh.released_at_resume == kept
+    meta, _ = fresh.sample(global_steps=4, partition_id="train", batch_size=8)  # plans without the lost groups
+    assert fresh.take_step().batch.staleness.max() == 0  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="'kept_uids' must be a list of \\[key, uid\\] pairs"):
+        fresh.load_state_dict({**state, "kept_uids": {"1": "x"}})
 
 
 def test_validation_is_verls_own_sampling(clean_queue: None) -> None:

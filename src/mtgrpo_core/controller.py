@@ -230,6 +230,13 @@ class Controller:
         checkpoint saves them beside `state_dict()` and hands them back to `load_state_dict`."""
         return self.sampler.carry.payloads() if self.sampler.carry is not None else {}
 
+    def release_kept(self) -> dict[int, Any]:
+        """Forget the groups kept for the next step, for a trainer that has lost their data (verl after a restart:
+        TransferQueue does not survive it); the next batch is planned without them. Returns their payloads by key."""
+        if self._open is not None:
+            raise RuntimeError("release_kept() inside a step: call it between end_step() and begin_step()")
+        return self.sampler.carry.release() if self.sampler.carry is not None else {}
+
     def load_state_dict(self, state: Mapping[str, Any], kept_payloads: Mapping[int, Any] | None = None) -> None:
         """Restore a state of the same method and K (with `kept_payloads()` as saved, when the kept groups were
         reported with payloads); a refused state leaves the controller unchanged."""

@@ -40,10 +40,9 @@ class MTGRPOSettings:
     """The `mtgrpo` config group (docs/verl.md). One verl training step is one controller step.
 
     tasks: task names in weight order; None takes the sorted distinct values of the dataset's task_field.
-    sampler: SamplerConfig overrides (max_rounds, oversample, filtering, ...); batch_size and group_size come from
-        verl (data.train_batch_size, actor_rollout_ref.rollout.n). Its default {"carry_over": 0} says what this
-        backend does differently: it trains strictly on-policy, so a method that carries over by default is
-        refused unless carry_over 0 is set.
+    sampler: SamplerSettings keys (max_rounds, oversample, filtering, carry_over, ...); batch_size and group_size
+        come from verl (data.train_batch_size, actor_rollout_ref.rollout.n). Groups kept by carry-over stay in
+        TransferQueue until they are trained or released (docs/verl.md).
     round_timeout_s: how long one generation round may take before sample() gives up with an error.
     """
 
@@ -52,7 +51,7 @@ class MTGRPOSettings:
     task_field: str = "data_source"
     seed: int = 0
     rule_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    sampler: Mapping[str, Any] = field(default_factory=lambda: {"carry_over": 0})
+    sampler: Mapping[str, Any] = field(default_factory=dict)
     improvement_reduce: str | None = None
     correct_reward: float = 1.0
     poll_interval: float = 0.2
@@ -86,19 +85,6 @@ class MTGRPOSettings:
             raise ValueError(
                 f"mtgrpo.sampler.correct_reward is {self.sampler['correct_reward']!r}: set mtgrpo.correct_reward, "
                 "which the strict filter and accuracy both read"
-            )
-        if self.sampler.get("carry_over", 0) != 0:
-            raise ValueError(
-                f"mtgrpo.sampler.carry_over is {self.sampler['carry_over']!r}: the verl backend trains strictly "
-                "on-policy (a kept group would need its TransferQueue data and generating log-probs across steps); "
-                "set mtgrpo.sampler.carry_over=0"
-            )
-        carries = parse_method(self.method).sampler_settings.get("carry_over", 0)
-        if carries and "carry_over" not in self.sampler:
-            raise ValueError(
-                f"mtgrpo.method {self.method!r} carries informative surplus over to the next step by default "
-                f"(carry_over {carries}), which the verl backend cannot do (it trains strictly on-policy): set "
-                "mtgrpo.sampler.carry_over=0 (the group's default, lost when mtgrpo.sampler is replaced whole)"
             )
         v.real_in_range("mtgrpo.poll_interval", self.poll_interval, 0.0, low_open=True)
         v.real_in_range("mtgrpo.round_timeout_s", self.round_timeout_s, 0.0, low_open=True)

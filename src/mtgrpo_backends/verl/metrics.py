@@ -12,7 +12,8 @@ from mtgrpo_core.sampling.sampler import BatchReport
 
 
 def batch_metrics(task_names: Sequence[str], report: BatchReport, shortfall: int, failed: int) -> dict[str, float]:
-    """The batch conversation's figures: `mtgrpo/<name>/<task>` and step totals."""
+    """The batch conversation's figures: `mtgrpo/<name>/<task>` and step totals, with TRL's names (with carry-over:
+    groups carried into the batch and kept for a later step, and the tasks trained only from carried groups)."""
     out: dict[str, float] = {}
     for k, name in enumerate(task_names):
         out[f"mtgrpo/weight/{name}"] = float(report.weights[k])
@@ -24,6 +25,12 @@ def batch_metrics(task_names: Sequence[str], report: BatchReport, shortfall: int
     out["mtgrpo/generated_groups"] = float(report.generated.sum())
     out["mtgrpo/failed_groups"] = float(failed)
     out["mtgrpo/shortfall_groups"] = float(shortfall)
+    if report.carried_counts is not None and report.kept_counts is not None:
+        carried_only = (report.realized_counts > 0) & (report.generated == 0)  # J_k: the last measured one
+        out.update({f"mtgrpo/carried_only/{name}": float(carried_only[k]) for k, name in enumerate(task_names)})
+        out["mtgrpo/carried_only_step"] = float(report.generated.sum() == 0)
+        out["mtgrpo/carried_groups"] = float(report.carried_counts.sum())
+        out["mtgrpo/kept_groups"] = float(report.kept_counts.sum())
     out["mtgrpo/budget_exhausted"] = float(report.budget_exhausted)
     return out
 

@@ -2,9 +2,10 @@
 
 verl's sync trainer calls `sample()` after scoring. Here `sample()` runs one controller step's RP-SAMPLER
 conversation: each round's per-task request is drawn from the core's prompt pool, submitted for generation by the
-trainer (`attach`), awaited in TransferQueue, rewarded from `rm_scores` and reported; failed groups count as
-uninformative. The selected groups become the batch; every other group of the step is cleared from TransferQueue.
-Validation (`partition_id="val"`) is verl's own sampling.
+trainer (`attach`), awaited in TransferQueue, rewarded from `rm_scores` and reported with its uid as the payload;
+failed groups count as uninformative. The batch is the groups the core hands back (fresh and, with carry-over,
+kept from earlier steps); the groups it keeps stay in TransferQueue for a later step and every other group of the
+step is cleared. Validation (`partition_id="val"`) is verl's own sampling.
 """
 
 from __future__ import annotations
@@ -26,20 +27,19 @@ from mtgrpo_core.prompts.pool import task_ids_of
 from mtgrpo_core.sampling.sampler import Batch
 
 Submit = Callable[[NDArray[np.int64]], list[str]]
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What one conversation generated. G groups in report order (a group's batch key is its position).
-
-    uids (G,), group_task (G,), rewards (G, N) with NaN rows for failed groups, finished (G,), and the batch.
-    """
+    """What one step trains on: the G groups generated this step, in report order, then the batch's groups kept
+    from earlier steps. uids (G,), group_task (G,), rewards (G, N) with NaN rows for failed and carried groups,
+    fresh (G,) whether a group's rollouts were generated (and finished) this step, and the batch."""
 
     uids: list[str]
     group_task: NDArray[np.int64]
     rewards: NDArray[np.float64]
-    finished: NDArray[np.bool_]
+    fresh: NDArray[np.bool_]
     batch: Batch
 
     def uid_index(self) -> dict[str, int]:
@@ -75,6 +75,7 @@ class MTGRPOReplayBuffer(ReplayBuffer):
         self.task_names: list[str] = []
         self._submit: Submit | None = None
         self._pending: StepRecord | None = None
+        self.released_at_resume = 0  # groups kept at the checkpoint a resume could not train (their data was lost)
 
     def attach(self, row_tasks: Sequence[Any], batch_size: int, group_size: int, submit: Submit) -> None:
         """Build the controller and prompt pool for a dataset whose row i has task row_tasks[i].
@@ -132,28 +133,29 @@ class MTGRPOReplayBuffer(ReplayBuffer):
             what = f"step {global_steps} round {request.round}"
             wait_terminal(new, self._sync, self.settings.round_timeout_s, self.poll_interval, what)
             result = read_rewards(new, self.finished_keys[PARTITION], list(self.partitions[PARTITION]), group_size)
-            keys = np.arange(len(uids), len(uids) + len(new))
             ok = result.finished
             if ok.any():
-                builder.report_arrays(row_tasks[ok], keys[ok], rewards=result.rewards[ok])
+                builder.report_arrays(row_tasks[ok], rewards=result.rewards[ok], payloads=_picked(new, ok))
             if not ok.all():  # a failed group gives no gradient signal: uninformative
-                builder.report_arrays(row_tasks[~ok], keys[~ok], informative=np.zeros(int((~ok).sum()), np.bool_))
+                failed_count = int((~ok).sum())
+                builder.report_arrays(
+                    row_tasks[~ok], informative=np.zeros(failed_count, np.bool_), payloads=_picked(new, ~ok)
+                )
             uids += new
             tasks.append(row_tasks)
             rewards.append(result.rewards)
             finished.append(ok)
         batch = builder.finish()
-        chosen = [uids[int(g)] for g in batch.keys]
+        chosen = [str(uid) for uid in batch.payloads or ()]
         if not chosen:
             raise RuntimeError(
                 f"step {global_steps}: no informative group in {builder.num_tasks} tasks after "
                 f"{batch.report.rounds} rounds; raise mtgrpo.sampler.max_rounds or check the reward function"
             )
-        self._clear_groups(PARTITION, set(uids) - set(chosen))  # filtered, failed and surplus groups
-        record = StepRecord(uids, np.concatenate(tasks), np.concatenate(rewards), np.concatenate(finished), batch)
-        self._pending = record
+        self._clear_groups(PARTITION, {str(uid) for uid in batch.released_payloads or ()})  # kept groups stay
+        self._pending = _record(uids, tasks, rewards, finished, batch)
         meta = self._materialize_batch(PARTITION, chosen, dict(self.partitions[PARTITION]))
-        failed = int((~record.finished).sum())
+        failed = sum(int((~ok).sum()) for ok in finished)
         return meta, batch_metrics(self.task_names, batch.report, batch_size - len(chosen), failed)
 
     def take_step(self) -> StepRecord:
@@ -164,12 +166,14 @@ class MTGRPOReplayBuffer(ReplayBuffer):
         return record
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-native: the task names, the controller and the prompt-pool cursors."""
+        """JSON-native: the task names, the controller (with the uids of the groups it keeps) and the prompt-pool
+        cursors."""
         ctrl, pool, _ = self._attached()
         return {
             "format": STATE_FORMAT,
             "tasks": list(self.task_names),
             "controller": ctrl.state_dict(),
+            "kept_uids": [[key, uid] for key, uid in ctrl.kept_payloads().items()],
             "prompt_pool": pool.state_dict(),
         }
 
@@ -183,10 +187,39 @@ class MTGRPOReplayBuffer(ReplayBuffer):
                 f"{where} was trained on tasks {state.get('tasks')} but this run has tasks {self.task_names} (in "
                 "weight order); set mtgrpo.tasks to the saved list, or start a new run"
             )
-        before = ctrl.state_dict()
-        ctrl.load_state_dict(state["controller"])
+        kept = state.get("kept_uids")
+        if not isinstance(kept, list) or not all(isinstance(p, list) and len(p) == 2 for p in kept):
+            raise ValueError(f"{where}: 'kept_uids' must be a list of [key, uid] pairs, got {kept!r}")
+        before, held = ctrl.state_dict(), ctrl.kept_payloads()
+        ctrl.load_state_dict(state["controller"], {key: uid for key, uid in kept})
         try:
             pool.load_state_dict(state["prompt_pool"])
         except Exception:
-            ctrl.load_state_dict(before)
+            ctrl.load_state_dict(before, held)
             raise
+        # TransferQueue does not survive a restart: the groups kept at the checkpoint are gone with it
+        self.released_at_resume = len(ctrl.release_kept())
+
+
+def _picked(uids: list[str], mask: NDArray[np.bool_]) -> list[str]:
+    return [uid for uid, ok in zip(uids, mask.tolist(), strict=True) if ok]
+
+
+def _record(
+    uids: list[str],
+    tasks: list[NDArray[np.int64]],
+    rewards: list[NDArray[np.float64]],
+    finished: list[NDArray[np.bool_]],
+    batch: Batch,
+) -> StepRecord:
+    """This step's groups, then the batch's carried ones (their task from the batch; no rollouts this step)."""
+    carried = np.flatnonzero(batch.staleness > 0) if batch.staleness is not None else np.zeros(0, np.int64)
+    payloads = batch.payloads or ()
+    width = rewards[0].shape[1] if rewards else 0
+    return StepRecord(
+        uids + [str(payloads[i]) for i in carried],
+        np.concatenate([*tasks, batch.tasks[carried]]),
+        np.concatenate([*rewards, np.full((carried.size, width), np.nan)]),
+        np.concatenate([*finished, np.zeros(carried.size, np.bool_)]),
+        batch,
+    )

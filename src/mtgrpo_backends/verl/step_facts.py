@@ -13,7 +13,7 @@ from mtgrpo_core import StepFacts
 def step_facts(
     group_task: NDArray[np.int64],
     rewards: NDArray[np.float64],
-    finished: NDArray[np.bool_],
+    fresh: NDArray[np.bool_],
     row_group: NDArray[np.int64],
     row_advantage: NDArray[np.float64],
     row_valid: NDArray[np.bool_],
@@ -21,8 +21,9 @@ def step_facts(
 ) -> StepFacts:
     """Facts from one conversation's groups and the trained batch's rows (trajectories).
 
-    group_task (G,), rewards (G, N), finished (G,): every group generated this step; failed groups (not
-    finished) have no complete rewards and are left out of J_k. row_group (R,): each batch row's group, -1 for
+    group_task (G,), rewards (G, N), fresh (G,): the step's groups; fresh marks those generated and finished this
+    step, whose rollouts make J_k (a failed group has no complete rewards; a group carried from an earlier step is
+    trained but its rollouts are not this step's). row_group (R,): each batch row's group, -1 for
     verl's padding rows; row_advantage (R,) its advantage; row_valid (R,) whether it has response tokens.
     surrogate: (before, after), each (R,), the per-row clipped surrogate around the update (I_k, Eq. 8), measured
     once around the whole update: one mini-batch row for the per-mini-batch presets (docs/verl.md).
@@ -33,8 +34,8 @@ def step_facts(
     task = group_task[row_group[trained]]
     before, after = (None, None) if surrogate is None else (surrogate[0][trained], surrogate[1][trained])
     return StepFacts(
-        rollout_task=np.repeat(group_task[finished], n),
-        rollout_reward=rewards[finished].ravel(),
+        rollout_task=np.repeat(group_task[fresh], n),
+        rollout_reward=rewards[fresh].ravel(),
         sample_task=task,
         sample_advantage=row_advantage[trained],
         surrogate_before=before,

@@ -9,6 +9,7 @@ if the rule needs I_k, its clipped surrogate around the update) go through the c
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from mtgrpo_backends.verl.step_facts import row_groups, step_facts
 from mtgrpo_core import check_needs
 
 check_verl_version(verl.__version__)
+logger = logging.getLogger(__name__)
 PROVIDED_SIGNALS = ("improvement", "mean_abs_advantage")
 
 
@@ -113,7 +115,7 @@ class MTGRPOTrainer(PPOTrainerSync):
         rows = read_rows(batch, self.actor_rollout_wg, self._surrogate)
         groups = row_groups(batch.keys, record.uid_index())
         facts = step_facts(
-            record.group_task, record.rewards, record.finished, groups, rows.advantage, rows.valid, rows.surrogate
+            record.group_task, record.rewards, record.fresh, groups, rows.advantage, rows.valid, rows.surrogate
         )
         ctrl.end_step(facts)
         assert ctrl.last_signals is not None
@@ -132,4 +134,11 @@ class MTGRPOTrainer(PPOTrainerSync):
         if folder is not None:
             step = int(folder.rstrip("/").split("global_step_")[-1])
             self.buffer.load_state_dict(checkpoint.read(folder, step), f"checkpoint {folder!r}")
+            if self.buffer.released_at_resume:
+                logger.warning(
+                    "mtgrpo: %d groups kept for step %d by carry-over are dropped: their TransferQueue data did not "
+                    "survive the restart",
+                    self.buffer.released_at_resume,
+                    step + 1,
+                )
         super()._load_checkpoint()

@@ -110,6 +110,17 @@ class CarryPool:
         self._retire(np.concatenate([retired, keys[~keep]]) if (~keep).any() else retired)
         return keep
 
+    def release(self) -> dict[int, Any]:
+        """Forget every kept group (a trainer that lost their data); their keys stay retired. Returns their
+        payloads by key."""
+        released = self.payloads()
+        g = self._groups
+        if len(g):
+            dtype = common_key_dtype("keys", self._retired, g.keys)
+            self._retire(np.concatenate([self._retired.astype(dtype), g.keys.astype(dtype)]))
+        self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
+        return released
+
     def payloads(self) -> dict[int, Any]:
         """The kept groups' payloads by key (empty if they were reported without): what a checkpoint saves beside
         the JSON state, to hand back to `load_state_dict`."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from mtgrpo_core import example
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "iwu_by_hand.py"
+_spec = importlib.util.spec_from_file_location("iwu_by_hand", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+example = importlib.util.module_from_spec(_spec)
+sys.modules["iwu_by_hand"] = example  # dataclasses look their module up by name
+_spec.loader.exec_module(example)
 
 
 def hand_computation() -> list[tuple[int, float, float, float]]:
@@ -67,9 +75,7 @@ def test_absent_task_and_the_direction_of_the_weights() -> None:
 
 
 def test_module_runs_and_prints_the_table() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "mtgrpo_core.example"], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True, timeout=60).stdout
     assert "| step | task | J | I | clip(I) | s | g | xi | z |" in out
     assert "| 1 | countdown | 0.60 | 0.25 | 0.20 | 0.320 | +0.05444 | -0.05444 | 0.31542 |" in out
     assert out.strip().endswith(example.format_table(example.worked_example()).splitlines()[-1])

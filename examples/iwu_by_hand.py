@@ -1,6 +1,6 @@
 """Worked example: four hand-traceable IWU steps (Subroutine 1) on three tasks of the paper's flavour.
 
-Run it with `python -m mtgrpo_core.example`. The per-step rewards J and improvements I are illustrative inputs
+Run it with `python examples/iwu_by_hand.py`. The per-step rewards J and improvements I are illustrative inputs
 chosen by hand, not measurements: countdown is easy and improves fast; arc has a high zero-gradient rate, so
 few of its prompts carry gradient and it barely improves. The rule is `IWURule` with the paper's plain step
 (optimizer "sgd", no weight decay) so every number can be checked with a calculator:

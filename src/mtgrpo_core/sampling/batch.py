@@ -168,8 +168,9 @@ class BatchReport:
     target_counts: n, post-filter counts the batch aims for. realized_counts: groups of each task in the batch.
     rounds: generation rounds used (1 = the first request sufficed). generated / informative / accepted: groups
     generated, found informative by the filter, and eligible for the batch. surplus: accepted but not used.
-    budget_exhausted: the round budget ended the conversation before the batch was complete (fewer than B groups,
-    or under ratio_constraint a task below its target). short_tasks: tasks whose realized count is below target.
+    budget_exhausted: the round budget or the generation cap ended the conversation before the batch was complete
+    (fewer than B groups, or under ratio_constraint a task below its target). capped: the generation cap cut a
+    request this step (`SamplerConfig.generation_cap`). short_tasks: tasks whose realized count is below target.
     mean_reward: mean reward of ALL reported rollouts of each task (J_k before filtering; NaN if none or if
     groups were reported without rewards).
     weights: the weights the sampler aimed at (the rule's z, with barren tasks at 0 when the no-signal guard
@@ -192,6 +193,7 @@ class BatchReport:
     barren_tasks: tuple[int, ...] = ()
     carried_counts: NDArray[np.int64] | None = None
     kept_counts: NDArray[np.int64] | None = None
+    capped: bool = False
 
     @property
     def realized_shares(self) -> NDArray[np.float64]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -47,6 +48,10 @@ class SamplerConfig:
         (`carry_pool`, beyond the paper); 0 (default) is strictly on-policy, as in the paper. A trainer that turns
         it on keeps the generating policy's log-probabilities of every kept group and trains carried groups with
         the clipped importance ratio against them.
+    generation_cap: prompts generated per step, rounds and guard probes included, at most generation_cap * B
+        (rounded up; carried groups were counted when generated); 0 (default, the paper's) is no cap, else >= 1.
+        Each round's request is fitted into what is left by `targets.fair_share`; a step the cap ends short is
+        filled from other tasks' informative surplus (step 6) and reported `capped` (beyond the paper).
     correct_reward: reward that counts as correct for the strict filter.
     """
 
@@ -65,6 +70,7 @@ class SamplerConfig:
     guard_floor: float = 0.02
     guard_probe: int | None = None
     carry_over: int = 0
+    generation_cap: float = 0.0
 
     def __post_init__(self) -> None:
         v.positive_int("batch_size", self.batch_size)
@@ -79,6 +85,12 @@ class SamplerConfig:
         v.real_in_range("correct_reward", self.correct_reward)
         v.real_in_range("guard_floor", self.guard_floor, 0.0, 1.0, high_open=True)
         v.positive_int("carry_over", self.carry_over, minimum=0)
+        cap = v.real_in_range("generation_cap", self.generation_cap, 0.0, None)
+        if 0.0 < cap < 1.0:
+            raise ValueError(
+                f"generation_cap must be 0 (no cap) or >= 1.0 (B prompts per step, what a batch needs when every "
+                f"group is informative), got {cap!r}"
+            )
         if self.carry_over and (self.filtering == "none" or not self.ratio_constraint or self.planner == "paper"):
             raise ValueError(
                 f"carry_over={self.carry_over} needs a planner that plans from what is still missing (planner "
@@ -91,11 +103,11 @@ class SamplerConfig:
         for name in ("ratio_constraint", "acceptance_aware"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("oversample", "max_inflation"):
+        for name in ("oversample", "max_inflation", "generation_cap"):
             requested = getattr(self, name) * self.batch_size
             if requested > MAX_ROUND_PROMPTS:
                 raise ValueError(
-                    f"{name} * batch_size must be <= {MAX_ROUND_PROMPTS} prompts in one round, got "
+                    f"{name} * batch_size must be <= {MAX_ROUND_PROMPTS} prompts, got "
                     f"{getattr(self, name)!r} * {self.batch_size} = {requested:.3g}"
                 )
         if self.filtering != "none" and self.group_size < 2:
@@ -103,6 +115,19 @@ class SamplerConfig:
                 f"group_size must be >= 2 when filtering={self.filtering!r} (a group of one is always "
                 f"zero-gradient), got {self.group_size}"
             )
+
+    def cap_prompts(self, num_tasks: int) -> int | None:
+        """Prompts one step may generate (None: no cap), refused below one group per task (`num_tasks`)."""
+        if not self.generation_cap:
+            return None
+        cap = math.ceil(self.generation_cap * self.batch_size)
+        if cap < num_tasks:
+            raise ValueError(
+                f"generation_cap {self.generation_cap!r} allows {cap} prompts per step (ceil(cap * B), B = "
+                f"{self.batch_size}), fewer than one group per task ({num_tasks} tasks); the minimum is "
+                f"{num_tasks / self.batch_size:.6g} (K / B), or 0 for no cap"
+            )
+        return cap
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-native values (numpy scalars become Python numbers)."""

@@ -28,7 +28,7 @@ from mtgrpo_core.sampling.batch import Batch, BatchLedger, BatchReport, KeyArray
 from mtgrpo_core.sampling.carry_pool import CarryPool
 from mtgrpo_core.sampling.config import SamplerConfig
 from mtgrpo_core.sampling.planners import Planner, PlanView, default_estimator, planner_for
-from mtgrpo_core.sampling.targets import NoSignalGuard, draw_counts
+from mtgrpo_core.sampling.targets import NoSignalGuard, draw_counts, fair_share
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]
 
@@ -60,8 +60,11 @@ class BatchBuilder:
         guard: NoSignalGuard | None = None,
         carry: CarryPool | None = None,
         counter: KeyCounter | None = None,
+        cap: int | None = None,
     ) -> None:
         self.config = config
+        self._cap = cap  # prompts this step may generate (`SamplerConfig.cap_prompts`); None: no cap
+        self.capped = False  # the cap cut a request (reported)
         self._counter = KeyCounter() if counter is None else counter
         self._k = int(weights.shape[0])
         self._guard = guard
@@ -103,7 +106,8 @@ class BatchBuilder:
         """The next prompts to generate, or None when the batch is complete or the round budget is spent.
 
         Round 0 is the first request (Algorithm 2, steps 2-3); later rounds resample (step 5) while
-        round <= N_rs (`max_rounds`) and the planner asks for more.
+        round <= N_rs (`max_rounds`), the planner asks for more and the generation cap leaves room (beyond the
+        paper: each request is fitted into it by `targets.fair_share`).
         """
         if self._finished:
             raise ValueError("next_request called after finish(); begin a new batch")
@@ -120,14 +124,29 @@ class BatchBuilder:
                 estimator=self._estimator,
             )
             counts = self._planner.plan(view, self._rng)
-            if self._round == 0 and self._guard is not None and self.barren.any():  # probes of barren tasks
-                counts = (np.zeros(self._k, dtype=np.int64) if counts is None else counts) + self._guard.probes()
+            guard = self._guard if self._round == 0 and self.barren.any() else None  # probes of barren tasks
+            probes = guard.probes() if guard is not None else None
+            if probes is not None or (counts is not None and self._cap is not None):
+                counts = self._within_cap(counts, probes)
         if counts is None or not counts.any():
             self._done = True
             return None
         self._round += 1
         self._ledger.requested(counts)
         return Request(counts=counts, round=self._round - 1)
+
+    def _within_cap(self, counts: NDArray[np.int64] | None, probes: NDArray[np.int64] | None) -> NDArray[np.int64]:
+        """The plan plus the guard's probes, fitted into what the generation cap leaves of this step: probes first,
+        then the plan by `fair_share` on the weights; sets `capped` when either is cut."""
+        plan = np.zeros(self._k, dtype=np.int64) if counts is None else counts
+        extra = np.zeros(self._k, dtype=np.int64) if probes is None else probes
+        if self._cap is None:
+            return plan + extra
+        room = self._cap - int(self._ledger.generated.sum())
+        fitted_extra = fair_share(extra, room, np.ones(self._k))
+        fitted = fair_share(plan, room - int(fitted_extra.sum()), self.weights)
+        self.capped |= int(fitted.sum() + fitted_extra.sum()) < int(plan.sum() + extra.sum())
+        return fitted + fitted_extra
 
     def report_arrays(
         self,
@@ -228,6 +247,7 @@ class BatchBuilder:
             accepted=ledger.accepted.copy(),
             surplus=ledger.accepted - realized,
             budget_exhausted=not complete,
+            capped=self.capped,
             short_tasks=tuple(int(k) for k in short),
             mean_reward=ledger.mean_reward(),
             barren_tasks=tuple(int(k) for k in np.flatnonzero(self.barren)),
@@ -274,6 +294,7 @@ class RatioPreservingSampler:
             raise ValueError(f"estimator tracks {estimator.num_tasks} tasks, expected num_tasks={self._k}")
         self.estimator = estimator
         self.planner = planner_for(config)
+        self.cap = config.cap_prompts(self._k)
         guarded = config.filtering != "none" and config.guard_floor > 0
         probe = -(-config.batch_size // self._k) if config.guard_probe is None else config.guard_probe
         self.guard = NoSignalGuard(self._k, config.guard_floor, probe=probe) if guarded else None
@@ -299,7 +320,9 @@ class RatioPreservingSampler:
         z = v.simplex("weights", weights, self._k)
         step = v.positive_int("step", step, minimum=0)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, step]))
-        return BatchBuilder(self.config, z, self.estimator, self.planner, rng, self.guard, self.carry, self.keys)
+        return BatchBuilder(
+            self.config, z, self.estimator, self.planner, rng, self.guard, self.carry, self.keys, self.cap
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, config, estimator, guard and carry state and the next key it assigns; JSON-native types only

@@ -1,7 +1,8 @@
 """How many groups of each task: counts from weights, the batch from the accepted groups, the no-signal guard.
 
 Counts: the paper's multinomial draw and an unbiased systematic apportionment, for the sampler's target counts n
-(Algorithm 2, step 1) and its request counts (steps 3 and 5).
+(Algorithm 2, step 1) and its request counts (steps 3 and 5); `fair_share` fits a request into what the
+per-step generation cap leaves (beyond the paper).
 
 The batch: Algorithm 2, step 6 (`select_by_ratio`), and DAPO's first B (`select_first`). Both take report
 positions of the accepted groups (ascending, i.e. in report order) and return the positions of the batch, in
@@ -78,6 +79,44 @@ def draw_counts(
     if scheme == "multinomial":
         return multinomial_counts(weights, total, rng)
     return apportioned_counts(weights, total, rng)
+
+
+def fair_share(request: NDArray[np.int64], room: int, weights: NDArray[np.float64]) -> NDArray[np.int64]:
+    """`request` (K,) fitted into `room` prompts by water-filling (beyond the paper; unchanged when it fits).
+
+    Task k gets min(request_k, its weight share of the room plus what tasks asking for less than their share leave
+    over), so a task whose groups are rarely informative cannot take the others' share however much it asks for;
+    tasks of weight 0 share only what every weighted task leaves. Sums to `room` exactly (whole prompts go to the
+    largest fractions, ties to the lower task).
+    """
+    if int(request.sum()) <= room:
+        return request
+    weighted = weights > 0
+    out = _water_fill(np.where(weighted, request, 0), room, weights)
+    rest = room - int(out.sum())
+    if rest > 0:
+        out += _water_fill(np.where(weighted, 0, request), rest, np.ones(weights.shape[0]))
+    return out
+
+
+def _water_fill(request: NDArray[np.int64], room: int, weights: NDArray[np.float64]) -> NDArray[np.int64]:
+    """min(request_k, t w_k) with the level t that spends `room` (all of `request` if it fits), in whole prompts."""
+    if int(request.sum()) <= room:
+        return request.copy()
+    ask = np.flatnonzero(request > 0)  # every asking task has w_k > 0 here
+    r, w = request[ask].astype(np.float64), weights[ask]
+    order = np.argsort(r / w, kind="stable")  # tasks in the order the rising level satisfies them
+    satisfied = np.concatenate(([0.0], np.cumsum(r[order])[:-1]))
+    unsatisfied = np.cumsum(w[order][::-1])[::-1]
+    level = (room - satisfied) / unsatisfied  # the level if the tasks from this one on are still below it
+    i = int(np.argmax(level <= (r / w)[order]))  # the first task the level does not reach
+    share = np.minimum(r, level[i] * w)
+    whole = np.floor(share).astype(np.int64)
+    extra = room - int(whole.sum())
+    whole[np.argsort(whole - share, kind="stable")[:extra]] += 1  # largest fractions first
+    out = np.zeros_like(request)
+    out[ask] = whole
+    return out
 
 
 def select_first(accepted: NDArray[np.int64], batch_size: int) -> NDArray[np.int64]:

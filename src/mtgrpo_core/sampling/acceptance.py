@@ -188,6 +188,14 @@ def posterior_of(estimator: FilterRateEstimator) -> tuple[NDArray[np.float64], N
     return 1e6 * accept, 1e6 * (1.0 - accept) + 1e-6
 
 
+def unobserved(estimator: FilterRateEstimator) -> NDArray[np.bool_]:
+    """Tasks a Beta posterior knows only from its prior (no group folded in yet); none for a point estimate."""
+    if isinstance(estimator, BetaFilterRate):
+        counts = np.stack((estimator.alpha - estimator.prior_accept, estimator.beta - estimator.prior_filter))
+        return np.logical_not(counts.any(axis=0))
+    return np.zeros(estimator.num_tasks, dtype=np.bool_)
+
+
 def inflation(filter_rate: NDArray[np.float64], max_inflation: float) -> NDArray[np.float64]:
     """Acceptance-aware inflation m_k = min(1 / (1 - rho_k), M_acc) (Algorithm 2, step 2); rho_k = 1 gives M_acc."""
     accept = 1.0 - filter_rate

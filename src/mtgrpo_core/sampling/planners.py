@@ -33,6 +33,7 @@ from mtgrpo_core.sampling.acceptance import (
     FilterRateEstimator,
     plan_requests,
     posterior_of,
+    unobserved,
 )
 from mtgrpo_core.sampling.targets import CountScheme, draw_counts, select_by_ratio, select_first
 
@@ -180,7 +181,9 @@ class PaperPlanner:
 class PosteriorPlanner(PaperPlanner):
     """Per-task requests reaching each deficit with probability `confidence` under a Beta posterior on acceptance
     (beyond the paper; replaces Algorithm 2, steps 2-3 and 5): r_k from `plan_requests`, capped at M_acc * def_k,
-    and a round asks for at most M_os * B prompts (shared in proportion to the plan when over)."""
+    and a round asks for at most M_os * B prompts (shared in proportion to the plan when over). A task the
+    posterior knows only from its prior (the first step) is asked for def_k / its prior mean acceptance (2 def_k
+    under the flat prior), not a quantile of the prior alone, which is M_acc * def_k."""
 
     requests = staticmethod(plan_requests)  # (deficit, alpha, beta, confidence, cap) -> counts
 
@@ -201,7 +204,11 @@ class PosteriorPlanner(PaperPlanner):
             return None
         alpha, beta = posterior_of(view.estimator)
         cap = np.ceil(deficit * self.max_inflation).astype(np.int64)
-        r = self.requests(deficit, alpha, beta, self.confidence, cap)
+        prior = unobserved(view.estimator)  # a quantile of the prior alone is its cap: plan its mean instead
+        r = self.requests(np.where(prior, 0, deficit), alpha, beta, self.confidence, cap)
+        if prior.any():
+            at_mean = np.ceil(deficit * (alpha + beta) / alpha).astype(np.int64)
+            r = np.where(prior, np.minimum(at_mean, cap), r)
         if r.sum() > self.total:  # share the round budget in proportion to the plan
             r = draw_counts("apportion", r / r.sum(), self.total, rng)
         return r

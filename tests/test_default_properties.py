@@ -1,10 +1,11 @@
 """Property tests of what ships (issue 19, item 9): hypothesis drives `Controller.from_method("mt-grpo:0.2")` with
-the methods' lean default (`methods.LEAN`: joint planner at q 0.9, carry-over 1, M_acc 25, M_os 6, the no-signal
-guard on), with and without selective rollouts on a `PromptPool`, through several steps of the real conversation
-(begin_step, next_request / report_arrays, finish, end_step(StepFacts)). A seeded simulated trainer keeps the data
-of kept groups as the README asks; the test keeps its own books of every key and checks each step's batch against
-them (see `_Books`). K, B, N, the weights (a lam and a few warm-up steps move them), the per-task informative rates
-(0 included: a task that never gives signal, which the guard must take out) and the pool are drawn.
+the methods' lean default (`methods.LEAN`: joint planner at q 0.9, carry-over 1, M_acc 25, M_os 6, a generation
+cap of 3 B prompts per step, the no-signal guard on), with and without selective rollouts on a `PromptPool`,
+through several steps of the real conversation (begin_step, next_request / report_arrays, finish,
+end_step(StepFacts)). A seeded simulated trainer keeps the data of kept groups as the README asks; the test keeps
+its own books of every key and checks each step's batch against them (see `_Books`). K, B, N, the weights (a lam
+and a few warm-up steps move them), the per-task informative rates (0 included: a task that never gives signal,
+which the guard must take out) and the pool are drawn.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def cases(draw: st.DrawFn) -> Case:
     steps = draw(st.integers(2, 5))
     return Case(
         k=k,
-        batch_size=draw(st.integers(1, 64)),
+        batch_size=draw(st.integers(-(-k // 3), 64)),  # the default cap, 3 B prompts, needs one per task
         group_size=draw(st.integers(2, 6)),
         lam=draw(st.sampled_from([0.0, 0.2, 1.0])),
         logits=tuple(draw(st.lists(st.floats(-4.0, 4.0), min_size=k, max_size=k))),
@@ -237,6 +238,9 @@ class _Books:
         np.testing.assert_array_equal(report.carried_counts, np.bincount(batch.tasks[batch.staleness > 0], minlength=k))
         np.testing.assert_array_equal(report.kept_counts, np.bincount([tasks_of[key] for key in kept], minlength=k))
         assert report.rounds == len(requests) <= 1 + max_rounds
+        # the generation cap: at most ceil(3 B) prompts a step; a cut request leaves none of it unused
+        cap = math.ceil(LEAN["generation_cap"] * b)
+        assert generated.sum() <= cap and (not report.capped or generated.sum() == cap)
         # the guard, replayed from the test's own dry runs: barren after WINDOW uninformative groups in a row
         assert self.dry is not None
         barren = self.dry >= WINDOW
@@ -262,7 +266,8 @@ class _Books:
             assert len(batch) == b
             np.testing.assert_array_equal(report.realized_counts, targets)
         else:
-            assert report.rounds == 1 + max_rounds, "a short batch before the round budget was spent"
+            spent = report.rounds == 1 + max_rounds or report.capped
+            assert spent, "a short batch before the round budget or the generation cap was spent"
             assert report.short_tasks == tuple(np.flatnonzero(report.realized_counts < targets).tolist())
         # books for the next step
         self.trained |= set(keys)

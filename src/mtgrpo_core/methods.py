@@ -18,9 +18,10 @@ of weighting rules they name.
 
 Every method with the ratio constraint plans lean (beyond the paper, docs/sampler.md): the joint planner (the whole
 batch completes in one round with probability 0.9) with carry-over of informative surplus for one step, request
-caps M_acc = 25 and M_os = 6. "mt-grpo-paper", "mt-grpo-noinfl" and the reference presets keep the paper planner,
-strictly on-policy; `--sampler.planner paper --sampler.carry-over 0 --sampler.oversample 3
---sampler.max-inflation 5` gives any method the paper's Algorithm 2.
+caps M_acc = 25 and M_os = 6, and at most 3 B prompts generated per step. "mt-grpo-paper", "mt-grpo-noinfl" and
+the reference presets keep the paper planner, strictly on-policy, without a per-step cap; `--sampler.planner paper
+--sampler.carry-over 0 --sampler.oversample 3 --sampler.max-inflation 5 --sampler.generation-cap 0` gives any
+method the paper's Algorithm 2.
 
 Rules are built by name through `build_rule`, in the manner of verl's `register_adv_est` (built in: "iwu",
 "iwu-ref" (the reference code's variant: `reference.scoring.ReferenceIWURule`), "minimax", "sec", "uniform",
@@ -107,7 +108,8 @@ def build_rule(name: str, num_tasks: int, **kwargs: Any) -> WeightingRule:
 _DAPO = {"filtering": "lenient", "ratio_constraint": False, "acceptance_aware": False}
 _GRPO = {"filtering": "none"}
 _PAPER: dict[str, Any] = {"filtering": "lenient", "ratio_constraint": True, "acceptance_aware": True}
-# the lean default (issue: every rollout counts): joint planner + one step of carry-over, caps that do not bind
+# the lean default (issue: every rollout counts): joint planner + one step of carry-over, caps that rarely bind,
+# and at most 3 B prompts generated per step (issue 20: a step time a trainer can plan)
 LEAN: dict[str, Any] = {
     **_PAPER,
     "planner": "joint",
@@ -115,6 +117,7 @@ LEAN: dict[str, Any] = {
     "carry_over": 1,
     "max_inflation": 25.0,
     "oversample": 6.0,
+    "generation_cap": 3.0,
 }
 
 # name -> (rule, name of its numeric argument or None, default of that argument, sampler settings)

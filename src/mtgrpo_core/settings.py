@@ -81,6 +81,9 @@ class SamplerSettings:
     carry_over: int | None = None
     """steps an informative group generated but not needed may wait to be trained (0: strictly on-policy; unset:
     the method's: 1 lean, else 0)"""
+    generation_cap: float | None = None
+    """at most this times B prompts generated per step, rounds and guard probes included (0: no cap; else >= 1);
+    a short step fills from other tasks' surplus and is reported capped (unset: the method's: 3 lean, else 0)"""
 
     def given(self) -> dict[str, Any]:
         """The settings given, as SamplerConfig keywords."""

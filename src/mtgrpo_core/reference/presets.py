@@ -76,6 +76,7 @@ SOURCES: dict[str, str] = {
     "planner": "filtered_ratio_decay_rate=0.9 from 0",
     "guard_floor": "no no-signal guard in the reference",
     "carry_over": "no carry-over in the reference",
+    "generation_cap": "no per-step generation cap in the reference (max_num_gen_batches bounds the rounds)",
 }
 TUNABLE: frozenset[str] = frozenset({"weight_decay", "improvement_clip", "max_rounds", "acceptance_aware", "filtering"})
 
@@ -94,6 +95,7 @@ _COMMON: dict[str, Any] = {
     "planner": REFERENCE_PLANNER,
     "guard_floor": 0.0,
     "carry_over": 0,
+    "generation_cap": 0.0,
 }
 # 3 tasks: pure_acc_filter default True (strict), max_num_gen_batches=10; 9 tasks: pure_acc_filter=False, 2.
 _EXP1: dict[str, Any] = {**_COMMON, "filtering": "strict", "max_rounds": reference_max_rounds(10)}

@@ -48,6 +48,7 @@ from mtgrpo_core.signals import (
     with_stand_ins,
 )
 from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
+from mtgrpo_core.weighting.scaled import ScaledIWURule
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -72,6 +73,7 @@ __all__ = [
     "RewardChangeImprovement",
     "SECRule",
     "SamplerConfig",
+    "ScaledIWURule",
     "Selection",
     "SelectionConfig",
     "StepFacts",

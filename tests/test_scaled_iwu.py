@@ -1,0 +1,100 @@
+"""IWU on a common scale (mtgrpo_core.weighting.scaled): lam means the same whatever the size of I_k and J_k."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mtgrpo_core import TaskSignals
+from mtgrpo_core.methods import build_rule
+from mtgrpo_core.weighting.rules import IWURule
+from mtgrpo_core.weighting.scaled import ScaledIWURule
+
+
+def _signals(rng: np.random.Generator, k: int, i_scale: float = 1.0, j_scale: float = 1.0) -> TaskSignals:
+    reward = rng.uniform(0.1, 0.9, k)
+    improvement = rng.normal(0.0, 1e-3, k)
+    present = rng.random(k) < 0.8
+    present[:2] = True
+    return TaskSignals.build(
+        reward=np.where(present, reward * j_scale, np.nan), improvement=np.where(present, improvement * i_scale, 0.0)
+    )
+
+
+def _run(rule: IWURule, i_scale: float = 1.0, j_scale: float = 1.0, steps: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    for _ in range(steps):
+        rule.update(_signals(rng, rule.num_tasks, i_scale, j_scale))
+    return rule.weights
+
+
+def test_the_weights_do_not_depend_on_the_size_of_either_signal() -> None:
+    """I_k 1000x larger (a summed reduction, a larger batch) or J_k 10x larger: the same weights, where the paper's
+    score changes them."""
+    base = _run(ScaledIWURule(5, lam=1.0))
+    assert np.allclose(_run(ScaledIWURule(5, lam=1.0), i_scale=1000.0), base, rtol=1e-9, atol=1e-12)
+    assert np.allclose(_run(ScaledIWURule(5, lam=1.0), j_scale=10.0), base, rtol=1e-9, atol=1e-12)
+    raw = _run(IWURule(5, lam=1.0, improvement_clip=None))
+    assert not np.allclose(_run(IWURule(5, lam=1.0, improvement_clip=None), i_scale=1000.0), raw, atol=1e-3)
+
+
+def test_lam_moves_weight_toward_the_weakest_task() -> None:
+    """Task 0 is weakest (lowest J_k) and improves most: a larger lam gives it more weight."""
+    shares = []
+    for lam in (0.1, 1.0, 10.0):
+        rule = ScaledIWURule(3, lam=lam)
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            reward = np.array([0.2, 0.5, 0.8]) + rng.normal(0, 0.01, 3)
+            improvement = np.array([3e-3, 1e-3, 0.0]) + rng.normal(0, 2e-4, 3)
+            rule.update(TaskSignals.build(reward=reward, improvement=improvement))
+        shares.append(rule.weights[0])
+    assert shares[0] < shares[1] < shares[2], shares
+
+
+def test_the_first_step_scales_by_its_own_spread_and_one_task_measures_none() -> None:
+    rule = ScaledIWURule(2, lam=1.0, optimizer="sgd", weight_decay=0.0, lr=1.0)
+    rule.update(TaskSignals.build(reward=[0.2, np.nan], improvement=[0.5, 0.0]))  # one task: no spread, g = 0
+    assert rule.state_dict()["spread_steps"] == 0 and np.allclose(rule.weights, 0.5)
+    rule.update(TaskSignals.build(reward=[0.2, 0.6], improvement=[0.0, 0.0]))
+    # sigma_J = 0.2: s = (0, 0) + (1, 3); g = z (s - zbar s) = (-0.5, 0.5); xi = (0.5, -0.5)
+    assert rule.logits.tolist() == pytest.approx([0.5, -0.5])
+
+
+def test_state_round_trips_and_a_bad_state_changes_nothing() -> None:
+    rule = ScaledIWURule(4, lam=2.0)
+    _run(rule, steps=5)
+    state = json.loads(json.dumps(rule.state_dict()))
+    again = ScaledIWURule(4, lam=2.0)
+    again.load_state_dict(state)
+    rng = np.random.default_rng(3)
+    step = _signals(rng, 4)
+    assert np.array_equal(rule.update(step), again.update(step))
+    before = again.state_dict()
+    with pytest.raises(ValueError, match=r"spread_variance'\] must be 2 values >= 0"):
+        again.load_state_dict({**state, "spread_variance": [-1.0, 0.1]})
+    with pytest.raises(ValueError, match="state lacks 'spread_variance'"):
+        again.load_state_dict({k: x for k, x in state.items() if k != "spread_variance"})
+    assert again.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lam": -1.0}, "lam must be in"),
+        ({"lam": math.nan}, "lam must be"),
+        ({"spread_decay": 1.0}, r"spread_decay must be in \[0.0, 1.0\), got 1.0"),
+        ({"spread_decay": "0.9"}, "spread_decay must be a real number"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        ScaledIWURule(3, **kwargs)  # type: ignore[arg-type]
+
+
+def test_it_is_built_by_name() -> None:
+    rule = build_rule("iwu-scaled", 3, lam=0.5)
+    assert isinstance(rule, ScaledIWURule) and rule.lam == 0.5 and rule.needs == frozenset({"improvement"})

@@ -20,6 +20,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("confidence", 1.5, "confidence must be in (0.0, 1.0), got 1.5"),
     ("guard_floor", -0.1, "guard_floor must be in [0.0, 1.0), got -0.1"),
     ("max_inflation", 0.5, "max_inflation must be in [1.0, inf], got 0.5"),
+    ("generation_cap", -1.0, "generation_cap must be in [0.0, inf], got -1.0"),
 ]
 IDS = [row[0] for row in BAD]
 

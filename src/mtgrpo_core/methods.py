@@ -8,6 +8,7 @@ of weighting rules they name.
 "iwu-only[:lam]"      IWU weights, DAPO dynamic sampling (ablation: IWU without RPS)
 "rps-only"            uniform weights, RP-SAMPLER (ablation: RPS with fixed uniform z)
 "mt-grpo[:lam]"       IWU weights + RP-SAMPLER (the paper's method; lam defaults to 0.2)
+"mt-grpo-scaled[:lam]" IWU with I_k and J_k on a common scale (weighting.scaled) + RP-SAMPLER (lam 2)
 "mt-grpo-paper[:lam]" IWU + RP-SAMPLER with the paper's Algorithm 2 as written: paper planner, strictly on-policy
 "mt-grpo-noinfl[:lam]" IWU + the paper's Algorithm 2 without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
@@ -24,7 +25,8 @@ the reference presets keep the paper planner, strictly on-policy, without a per-
 method the paper's Algorithm 2.
 
 Rules are built by name through `build_rule`, in the manner of verl's `register_adv_est` (built in: "iwu",
-"iwu-ref" (the reference code's variant: `reference.scoring.ReferenceIWURule`), "minimax", "sec", "uniform",
+"iwu-ref" (the reference code's variant: `reference.scoring.ReferenceIWURule`), "iwu-scaled"
+(`weighting.scaled.ScaledIWURule`), "minimax", "sec", "uniform",
 "fixed"); a name of the form "package.module:Class" imports a user's rule that is not registered.
 
     @register_rule("my-rule")
@@ -43,11 +45,13 @@ from mtgrpo_core.protocols import SIGNAL_NEEDS, WeightingRule
 from mtgrpo_core.reference.presets import REFERENCE_PRESETS, ReferencePreset
 from mtgrpo_core.reference.scoring import ReferenceIWURule
 from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
+from mtgrpo_core.weighting.scaled import SCALED_DEFAULT_LAM, ScaledIWURule
 
 # the built-in rules; `register_rule` adds more
 RULES: dict[str, type[Any]] = {
     "iwu": IWURule,
     "iwu-ref": ReferenceIWURule,
+    "iwu-scaled": ScaledIWURule,
     "minimax": MinimaxRule,
     "uniform": UniformRule,
     "fixed": FixedRule,
@@ -129,6 +133,7 @@ _TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
     "iwu-only": ("iwu", "lam", 0.2, _DAPO),
     "rps-only": ("uniform", None, None, LEAN),
     "mt-grpo": ("iwu", "lam", 0.2, LEAN),
+    "mt-grpo-scaled": ("iwu-scaled", "lam", SCALED_DEFAULT_LAM, LEAN),
     "mt-grpo-paper": ("iwu", "lam", 0.2, _PAPER),
     "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_PAPER, "acceptance_aware": False}),
     "minimax": ("minimax", None, None, LEAN),

@@ -27,14 +27,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.methods import register_rule
 from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.weighting.rules import IWURule, _checked_signals, _required
 
 SCALED_DEFAULT_LAM = 2.0
 
 
-@register_rule("iwu-scaled")
 class ScaledIWURule(IWURule):
     """IWU with I_k and J_k on a common scale (module docstring); IWURule's options plus spread_decay, the moving
     average's decay of the cross-task variances. improvement_clip, when given, is in units of sigma_I."""

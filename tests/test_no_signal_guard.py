@@ -35,9 +35,10 @@ def test_window_follows_the_floor_and_miss_probability() -> None:
 
 
 def test_a_task_without_signal_stops_draining_generation() -> None:
-    _, unguarded = _run([*PAPER_RATES, 1.0], 40, guard_floor=0.0)
-    ctrl, guarded = _run([*PAPER_RATES, 1.0], 40)
-    _, baseline = _run(PAPER_RATES, 40)
+    """The guard alone (no generation cap, which would also bound the drain: see the next test)."""
+    _, unguarded = _run([*PAPER_RATES, 1.0], 40, guard_floor=0.0, generation_cap=0.0)
+    ctrl, guarded = _run([*PAPER_RATES, 1.0], 40, generation_cap=0.0)
+    _, baseline = _run(PAPER_RATES, 40, generation_cap=0.0)
     late = slice(20, 40)
     gen = {
         name: np.mean([r.generated.sum() for r in reps[late]])
@@ -50,6 +51,14 @@ def test_a_task_without_signal_stops_draining_generation() -> None:
     z = ctrl.weights
     assert all(r.realized_counts.sum() == 32 and r.weights[3] == 0.0 for r in guarded[late])
     assert z[3] < 0.5  # the rule stopped raising the dead task's weight once it was barren
+
+
+def test_the_default_cap_bounds_the_drain_and_the_guard_still_acts() -> None:
+    _, unguarded = _run([*PAPER_RATES, 1.0], 40, guard_floor=0.0)
+    _, guarded = _run([*PAPER_RATES, 1.0], 40)
+    assert all(r.generated.sum() <= 96 for r in unguarded + guarded)  # 3 B
+    assert all(r.capped and r.budget_exhausted for r in unguarded[20:])
+    assert all(r.barren_tasks == (3,) and r.generated[3] == 8 for r in guarded[20:])  # probes, within the cap
 
 
 def test_a_hard_task_at_the_floor_is_rarely_hidden() -> None:

@@ -107,7 +107,8 @@ class SamplerConfig:
             requested = getattr(self, name) * self.batch_size
             if requested > MAX_ROUND_PROMPTS:
                 raise ValueError(
-                    f"{name} * batch_size must be <= {MAX_ROUND_PROMPTS} prompts, got "
+                    f"{name} * batch_size must be <= {MAX_ROUND_PROMPTS} prompts in one "
+                    f"{'step' if name == 'generation_cap' else 'round'}, got "
                     f"{getattr(self, name)!r} * {self.batch_size} = {requested:.3g}"
                 )
         if self.filtering != "none" and self.group_size < 2:

@@ -41,8 +41,9 @@ class FakeActor:
         self.calls.append("load")
 
 
-def _trainer(folder: Path, tasks: str = "[a,b,c]", resume: str = "auto") -> MTGRPOTrainer:
+def _trainer(folder: Path, tasks: str = "[a,b,c]", resume: str = "auto", *extra: str) -> MTGRPOTrainer:
     overrides = [
+        *extra,
         "mtgrpo.method=minimax",
         f"mtgrpo.tasks={tasks}",
         "data.train_batch_size=6",
@@ -78,20 +79,25 @@ def _advance(trainer: MTGRPOTrainer, steps: int) -> None:
 
 def test_state_round_trips_through_verls_save_and_load(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path)
-    _advance(trainer, 3)
-    trainer.global_steps = 3
+    ctrl = trainer.buffer.controller
+    assert ctrl is not None
+    step = 0
+    while step < 10 and (step == 0 or not ctrl.kept_payloads()):  # until carry-over keeps a group for next step
+        _advance(trainer, 1)
+        step += 1
+    trainer.global_steps = step
     trainer._save_checkpoint()
     saved = trainer.buffer.state_dict()
-    assert json.loads((tmp_path / "global_step_3" / STATE_FILE).read_text()) == saved
-    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "3"
+    assert json.loads((tmp_path / f"global_step_{step}" / STATE_FILE).read_text()) == saved
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == str(step)
 
     resumed = _trainer(tmp_path)
     resumed._load_checkpoint()
-    assert resumed.global_steps == 3 and resumed.actor_rollout_wg.calls == ["load"]
+    assert resumed.global_steps == step and resumed.actor_rollout_wg.calls == ["load"]
     state = resumed.buffer.state_dict()
     assert state["prompt_pool"] == saved["prompt_pool"] and state["tasks"] == saved["tasks"]
     assert state["controller"]["rule"] == saved["controller"]["rule"]
-    assert resumed.buffer.controller is not None and resumed.buffer.controller.step == 3
+    assert resumed.buffer.controller is not None and resumed.buffer.controller.step == step
     # TransferQueue does not survive a restart: the kept groups are released, and said so
     assert (
         saved["kept_uids"] and state["kept_uids"] == [] and resumed.buffer.released_at_resume == len(saved["kept_uids"])
@@ -134,3 +140,25 @@ def test_a_state_file_of_another_step_is_refused(tmp_path: Path) -> None:
     trainer._save_checkpoint()
     with pytest.raises(ValueError, match="controller after 2 steps but the checkpoint is of global step 1"):
         _trainer(tmp_path)._load_checkpoint()
+
+
+def test_a_resume_path_verl_cannot_read_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    _advance(trainer, 1)
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    refused = [
+        ("my_run", ValueError, r"trainer\.resume_from_path='.*/my_run': expected .* ending in global_step_<N>"),
+        ("global_step_1/", ValueError, r"resume_from_path='.*/global_step_1/': .*with no trailing '/'"),
+        ("global_step_x", ValueError, r"resume_from_path='.*/global_step_x': expected"),
+        ("global_step_7", FileNotFoundError, r"resume_from_path='.*/global_step_7': no such folder .*expected an"),
+    ]
+    resumed = _trainer(tmp_path, "[a,b,c]", "resume_path")
+    for path, error, message in refused:
+        resumed.config.trainer.resume_from_path = f"{tmp_path}/{path}"
+        with pytest.raises(error, match=message):
+            resumed._load_checkpoint()
+    assert resumed.actor_rollout_wg.calls == [] and resumed.buffer.controller.step == 0  # type: ignore[union-attr]
+    resumed.config.trainer.resume_from_path = f"{tmp_path}/global_step_1"
+    resumed._load_checkpoint()
+    assert resumed.global_steps == 1 and resumed.actor_rollout_wg.calls == ["load"]

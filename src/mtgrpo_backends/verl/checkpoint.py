@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -25,19 +26,46 @@ def step_folder(trainer_config: Any, global_steps: int) -> str:
     return os.path.join(str(trainer_config.default_local_dir), f"global_step_{global_steps}")
 
 
-def resume_folder(trainer_config: Any) -> str | None:
-    """The checkpoint folder verl's `_load_checkpoint` will load (trainer.resume_mode), or None (fresh start)."""
+def resume_folder(trainer_config: Any) -> tuple[str, int] | None:
+    """The checkpoint folder verl's `_load_checkpoint` will load (trainer.resume_mode) and its global step, or None
+    (fresh start). A `trainer.resume_from_path` that does not end in `global_step_<N>` or does not exist is refused
+    naming the setting, before verl reads it."""
     mode = OmegaConf.select(trainer_config, "resume_mode", default="auto")
     if mode == "disable":
         return None
     if mode == "auto":
         folder = str(trainer_config.default_local_dir)
         latest = find_latest_ckpt_path(folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder))
-        return None if latest is None else str(latest)
+        return None if latest is None else (str(latest), _step_of(str(latest), "the latest checkpoint"))
     if mode == "resume_path":
-        path = str(trainer_config.resume_from_path)
-        return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+        value = OmegaConf.select(trainer_config, "resume_from_path", default=None)
+        setting = f"trainer.resume_from_path={value!r}"
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                f"{setting} with trainer.resume_mode=resume_path: expected the path of a checkpoint folder, "
+                "<trainer.default_local_dir>/global_step_<N>"
+            )
+        step = _step_of(value, setting)
+        path = value if os.path.isabs(value) else os.path.join(os.getcwd(), value)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{setting}: no such folder ({path}); expected an existing checkpoint folder "
+                "<trainer.default_local_dir>/global_step_<N> written by this run, or trainer.resume_mode=auto / "
+                "disable"
+            )
+        return path, step
     raise ValueError(f"trainer.resume_mode is {mode!r}, expected 'auto', 'disable' or 'resume_path'")
+
+
+def _step_of(path: str, what: str) -> int:
+    """The global step verl reads from a checkpoint path: the digits after its last `global_step_`."""
+    match = re.search(r"global_step_(\d+)$", path)
+    if match is None:
+        raise ValueError(
+            f"{what}: expected the path of one checkpoint folder, ending in global_step_<N> with no trailing '/' "
+            "(verl reads the step to resume from the path's end), e.g. checkpoints/my_run/global_step_100"
+        )
+    return int(match.group(1))
 
 
 def save(folder: str, state: dict[str, Any]) -> None:

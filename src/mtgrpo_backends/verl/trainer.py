@@ -130,9 +130,9 @@ class MTGRPOTrainer(PPOTrainerSync):
     def _load_checkpoint(self) -> None:
         """Restore MT-GRPO's state from the folder verl will resume, before verl loads anything: a checkpoint
         without it, or of other tasks or another method, is refused with the model untouched."""
-        folder = checkpoint.resume_folder(self.config.trainer)
-        if folder is not None:
-            step = int(folder.rstrip("/").split("global_step_")[-1])
+        found = checkpoint.resume_folder(self.config.trainer)
+        if found is not None:
+            folder, step = found
             self.buffer.load_state_dict(checkpoint.read(folder, step), f"checkpoint {folder!r}")
             if self.buffer.released_at_resume:
                 logger.warning(

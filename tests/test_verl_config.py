@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,15 +16,17 @@ pytest.importorskip("transfer_queue")
 
 from datasets import Dataset
 from hydra import compose, initialize_config_module
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from mtgrpo_backends.verl.config import (
     MTGRPOSettings,
     check_trainer_config,
+    check_transfer_queue_cpus,
     check_verl_version,
     surrogate_level,
 )
-from mtgrpo_backends.verl.main import CONFIG_NAME
+from mtgrpo_backends.verl.main import CONFIG_NAME, check_config
 from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
 from mtgrpo_backends.verl.trainer import MTGRPOTrainer, dataset_tasks
 
@@ -116,3 +121,44 @@ def test_versions_and_losses_outside_the_supported_range_are_refused() -> None:
     assert surrogate_level(_compose("actor_rollout_ref.actor.policy_loss.loss_mode=gspo")) == "sequence"
     with pytest.raises(ValueError, match=r"loss_mode is 'cispo'.*\['gspo', 'vanilla'\]"):
         surrogate_level(_compose("actor_rollout_ref.actor.policy_loss.loss_mode=cispo"))
+
+
+def _documented_command() -> list[str]:
+    """The overrides of the launch command in docs/verl.md, as a shell would split them."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "verl.md").read_text()
+    match = re.search(r"```bash\n(python -m mtgrpo_backends\.verl\.main .*?)```", text, re.S)
+    assert match is not None, "docs/verl.md has no launch command"
+    words = shlex.split(match.group(1).replace("\\\n", " "))
+    assert words[:3] == ["python", "-m", "mtgrpo_backends.verl.main"]
+    return words[3:]
+
+
+def _compose_plain(overrides: list[str]) -> DictConfig:
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(CONFIG_NAME, overrides=overrides)
+
+
+def test_the_documented_command_passes_verls_validate_config() -> None:
+    """What `launch` checks before Ray starts: ours, then verl's `validate_config` (micro-batch sizes)."""
+    command = _documented_command()
+    check_config(_compose_plain(command))
+    check_config(_compose_plain([*command, "actor_rollout_ref.actor.use_kl_loss=true"]))  # the ref's is read too
+    without = [word for word in command if "micro_batch_size" not in word]
+    with pytest.raises(InstantiationException, match=r"Please set at least one of .*ppo_micro_batch_size_per_gpu"):
+        check_config(_compose_plain(without))  # what a new user hit: verl's own check, now run by CI
+
+
+def test_a_transfer_queue_that_cannot_start_is_refused_with_the_fix() -> None:
+    config = _compose_plain(["mtgrpo.tasks=[a,b]"])
+    message = (
+        r"num_data_storage_units=8 needs 9 logical CPUs in Ray .* the Ray cluster has 2: .*wait forever.*"
+        r"num_data_storage_units=1 and/or ray_kwargs\.ray_init\.num_cpus to at least 9"
+    )
+    with pytest.raises(ValueError, match=message):
+        check_transfer_queue_cpus(config.transfer_queue, 2.0)
+    check_transfer_queue_cpus(config.transfer_queue, 9.0)
+    small = _compose_plain(["mtgrpo.tasks=[a,b]", "transfer_queue.backend.SimpleStorage.num_data_storage_units=1"])
+    check_transfer_queue_cpus(small.transfer_queue, 2.0)
+    command = _documented_command()
+    with pytest.raises(ValueError, match=r"needs 9 logical CPUs in Ray .* has 2"):
+        check_config(_compose_plain([*command, "ray_kwargs.ray_init.num_cpus=2"]))  # refused before Ray starts

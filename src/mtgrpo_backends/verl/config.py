@@ -31,7 +31,8 @@ def check_verl_version(version: str) -> None:
     if not low <= Version(version) < high:
         raise ImportError(
             f"mtgrpo_backends.verl supports verl>={low},<{high} (it subclasses the v1 ReplayBuffer and sync "
-            f"trainer); found verl {version}. Install a supported release: pip install 'mtgrpo[verl]'"
+            f"trainer); found verl {version}. Install a supported release: pip install -e '.[verl]' in the mtgrpo "
+            "checkout (docs/verl.md)"
         )
 
 
@@ -194,3 +195,21 @@ def surrogate_level(config: Any) -> str:
             "rule does not need I_k (e.g. 'rps-only', 'dapo')"
         )
     return SURROGATE_LEVELS[mode]
+
+
+def check_transfer_queue_cpus(tq_config: Any, cluster_cpus: float) -> None:
+    """Refuse a TransferQueue that cannot start on this Ray cluster: its controller and each SimpleStorage unit
+    hold one logical CPU, and Ray waits silently (forever) for CPUs the cluster does not have."""
+    backend = OmegaConf.select(tq_config, "backend.storage_backend", default="SimpleStorage")
+    if backend != "SimpleStorage":
+        return
+    units = OmegaConf.select(tq_config, "backend.SimpleStorage.num_data_storage_units", default=8)
+    needed = int(units) + 1
+    if cluster_cpus < needed:
+        raise ValueError(
+            f"transfer_queue.backend.SimpleStorage.num_data_storage_units={units} needs {needed} logical CPUs in "
+            f"Ray (one per storage unit, one for TransferQueue's controller) but the Ray cluster has "
+            f"{cluster_cpus:g}: TransferQueue's start would wait forever. On a small host set "
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1 and/or ray_kwargs.ray_init.num_cpus "
+            f"to at least {needed} (logical CPUs, not cores; verl's agent-loop and reward workers need more)"
+        )

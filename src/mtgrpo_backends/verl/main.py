@@ -18,7 +18,13 @@ import ray
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from mtgrpo_backends.verl.config import BUFFER_NAME, BUFFER_PATH, MTGRPOSettings, check_trainer_config
+from mtgrpo_backends.verl.config import (
+    BUFFER_NAME,
+    BUFFER_PATH,
+    MTGRPOSettings,
+    check_trainer_config,
+    check_transfer_queue_cpus,
+)
 
 CONFIG_NAME = "mtgrpo_ppo"
 VERL_CONFIG = "pkg://verl.trainer.config"
@@ -61,6 +67,7 @@ class MTGRPOTaskRunner:
         configure_verl_logging()
         config.transfer_queue.enable = True
         OmegaConf.resolve(config)
+        check_transfer_queue_cpus(config.transfer_queue, float(ray.cluster_resources().get("CPU", 0.0)))
         tq.init(config.transfer_queue)
         trainer = None
         succeeded = False
@@ -86,17 +93,27 @@ class MTGRPOTaskRunner:
                 tq.close()
 
 
-def launch(config: DictConfig) -> None:
-    """Check the config, then run verl's `run_ppo` with the MT-GRPO task runner."""
-    from verl.trainer.main_ppo import run_ppo
+def check_config(config: DictConfig) -> None:
+    """What `launch` checks before Ray starts: MT-GRPO's constraints on verl's settings, the `mtgrpo` group, and
+    verl's own `validate_config` (micro-batch sizes, divisibility), as verl's `run_ppo` would check it later."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
-    from verl.utils.device import auto_set_device
 
     check_trainer_config(config)
     MTGRPOSettings.from_config(config.mtgrpo)
-    auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    cpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_cpus", default=None)
+    if cpus is not None:  # a local Ray start with this many CPUs: refuse now rather than hang in TransferQueue
+        check_transfer_queue_cpus(config.transfer_queue, float(cpus))
+
+
+def launch(config: DictConfig) -> None:
+    """Check the config, then run verl's `run_ppo` with the MT-GRPO task runner."""
+    from verl.trainer.main_ppo import run_ppo
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    check_config(config)
     run_ppo(config, task_runner_class=MTGRPOTaskRunner)
 
 

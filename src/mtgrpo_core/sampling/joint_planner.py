@@ -60,9 +60,10 @@ class _FillTable:
         self.width = np.zeros(n, dtype=np.int64)
         self.complete = np.zeros(n, dtype=np.bool_)
         self._current: list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]] | None = None
-        # first width: where most rows settle, by the pmf's tail, about f^-(a+1) beyond d + c: 1.5 (d + c)
-        # 10^(16.5 / (a + 1)), every row within it up to 32 rows, else 9 rows in 10 (fewer passes cost less)
-        settle = np.minimum(1.5 * (d + beta) * 10.0 ** (16.5 / (alpha + 1.0)), span + 1.0)
+        # first width: a third of where most rows settle (the pmf's tail, about f^-(a+1) beyond d + c, is below
+        # 10^-16.5 at 1.5 (d + c) 10^(16.5 / (a + 1))): the gains the plan takes end well before, and a row grows
+        # only when they may reach its last column. Every row within it up to 32 rows, else 9 rows in 10.
+        settle = np.minimum(0.5 * (d + beta) * 10.0 ** (16.5 / (alpha + 1.0)), span + 1.0)
         width = float(settle.max() if n <= 32 else np.sort(settle)[(9 * (n - 1)) // 10])
         self.grow(np.arange(n), 16 * max(math.ceil(width / 16.0), 1))
 
@@ -150,6 +151,10 @@ def joint_requests(
     return r
 
 
+# per grid: rows, gains, positive gains in the constraint, gains in the constraint
+_Cells = list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]]
+
+
 def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: float) -> NDArray[np.int64]:
     """Extra requests per task: the largest marginal gains first until they add up to `target` (all of them when
     they never do).
@@ -157,50 +162,74 @@ def _greedy_increments(table: _FillTable, hopeless: NDArray[np.bool_], target: f
     Marginal gains of one more prompt per task, made non-increasing (a lower bound on the true gains), so taking
     the largest gains first takes each task's increments in order: greedy is exact for concave log P_k and
     conservative (the joint probability only exceeds the goal) where it is not concave. Ties go to the lower task,
-    then the lower increment. Only the gains >= a threshold whose gains reach the goal are sorted (the first cells
-    of the order over all gains); a row not computed that far grows first. A gain of 0 stays 0 for the task's
-    later increments: only positive gains can count before the goal is met.
+    then the lower increment. Only the computed gains >= a threshold whose gains reach the goal are sorted (the
+    first cells of the order over all gains); a row whose uncomputed gains could still be among the gains taken
+    (its last computed gain reaches the smallest one taken) grows and the order is taken again. A gain of 0 stays
+    0 for the task's later increments: only positive gains can count before the goal is met.
     """
     span = table.span
     while True:
-        cells = []
+        cells: _Cells = []
         for rows, logp, gains in table.current():
             valid = (np.arange(1, logp.shape[1])[None, :] <= span[rows][:, None]) & ~hopeless[rows][:, None]
             cells.append((rows, gains, valid & (gains > 0), valid))
         few = sum(gains.size for _, gains, _, _ in cells) <= _SORT_ALL
         positive = np.zeros(0) if few else np.concatenate([gains[mask] for _, gains, mask, _ in cells])
-        all_complete = bool(table.complete[~hopeless].all())
-        grown = False
         for threshold in _thresholds(positive, target):
-            short = np.zeros(span.shape[0], dtype=np.bool_)  # incomplete rows whose next gains may pass it
-            for rows, gains, _, _ in cells if not all_complete else ():
-                if gains.shape[1]:
-                    short[rows] = ~table.complete[rows] & ~hopeless[rows] & (gains[:, -1] > 0)
-                    short[rows] &= gains[:, -1] >= threshold
-            if short.any():
-                tasks = np.flatnonzero(short)
-                table.grow(tasks, 4 * int(table.width[tasks].max()))
-                grown = True
-                break
-            task_parts, step_parts, gain_parts = [], [], []
-            for rows, gains, mask, _ in cells:
-                row, step = np.nonzero(mask & (gains >= threshold)) if threshold > 0 else np.nonzero(mask)
-                task_parts.append(rows[row])
-                step_parts.append(step)
-                gain_parts.append(gains[row, step])
-            task, gain = task_parts[0], gain_parts[0]
-            if len(cells) > 1:  # one grid lists its cells by task, then increment, already
-                task, gain = np.concatenate(task_parts), np.concatenate(gain_parts)
-                by_cell = np.lexsort((np.concatenate(step_parts), task))
-                task, gain = task[by_cell], gain[by_cell]
+            task, gain = _cells_from(cells, threshold)
             order = np.argsort(-gain, kind="stable")
             taken = np.cumsum(gain[order])
             count = int(np.searchsorted(taken, target)) + 1  # the fewest increments reaching the goal
+            if count > taken.size and threshold > 0:
+                continue
+            smallest = float(gain[order[count - 1]]) if count <= taken.size else 0.0
+            short = _short_rows(table, cells, hopeless, smallest)
+            if short.size:
+                table.grow(short, 4 * int(table.width[short].max()))
+                break
             if count <= taken.size:
                 return np.bincount(task[order[:count]], minlength=span.shape[0]).astype(np.int64)
-        if not grown:
-            break
-    # the goal is out of reach: every task in the constraint takes all its finite gains (0 past its grid)
+            return _all_gains(cells, span, hopeless)  # the goal is out of reach
+
+
+def _cells_from(cells: _Cells, threshold: float) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Task and gain of the positive cells >= threshold, by task, then increment."""
+    task_parts, step_parts, gain_parts = [], [], []
+    for rows, gains, mask, _ in cells:
+        row, step = np.nonzero(mask & (gains >= threshold)) if threshold > 0 else np.nonzero(mask)
+        task_parts.append(rows[row])
+        step_parts.append(step)
+        gain_parts.append(gains[row, step])
+    if len(cells) == 1:  # one grid lists its cells by task, then increment, already
+        return task_parts[0], gain_parts[0]
+    task, gain = np.concatenate(task_parts), np.concatenate(gain_parts)
+    by_cell = np.lexsort((np.concatenate(step_parts), task))
+    return task[by_cell], gain[by_cell]
+
+
+def _short_rows(
+    table: _FillTable,
+    cells: _Cells,
+    hopeless: NDArray[np.bool_],
+    smallest: float,
+) -> NDArray[np.int64]:
+    """Incomplete rows in the constraint whose later gains may be positive and >= `smallest`."""
+    short = np.zeros(table.span.shape[0], dtype=np.bool_)
+    if table.complete[~hopeless].all():
+        return np.flatnonzero(short)
+    for rows, gains, _, _ in cells:
+        if gains.shape[1]:
+            last = gains[:, -1]
+            short[rows] = ~table.complete[rows] & ~hopeless[rows] & (last > 0) & (last >= smallest)
+    return np.flatnonzero(short)
+
+
+def _all_gains(
+    cells: _Cells,
+    span: NDArray[np.int64],
+    hopeless: NDArray[np.bool_],
+) -> NDArray[np.int64]:
+    """Every task in the constraint takes all its finite gains (0 past its grid)."""
     usable = np.zeros(span.shape[0], dtype=np.int64)
     for rows, gains, _, valid in cells:
         beyond = np.maximum(span[rows] - gains.shape[1], 0)

@@ -118,7 +118,7 @@ def test_resume_with_the_same_settings_skips_the_warm_up(
         ([*DEMO, "--eval-samples", "0"], "--eval-samples 0: eval_samples must be >= 1, got 0"),
         ([*TRAIN, "--suite", "tiny4"], "suite must be one of ['tiny3', 'tiny9'], got 'tiny4'"),
         ([*DEMO, "--suite", "tiny4"], "suite must be one of ['tiny3', 'tiny9'], got 'tiny4'"),
-        ([*BENCH, "--suite", "tiny4"], "['paper3', 'paper3-pool', 'paper9', 'paper9-pool', 'scale300']"),
+        ([*BENCH, "--suite", "tiny4"], "['paper3', 'paper3-pool', 'paper9', 'paper9-pool', 'scale1000', 'scale300']"),
         ([*TRAIN, "--method", "bogus"], "method must be one of"),
         ([*TRAIN, "--pool-size", "-2"], "--pool-size -2: pool_size must be >= 0, got -2"),
         ([*TRAIN, "--pool-size", "20000"], "'reverse-easy' yields fewer than pool_size=20000 distinct prompts"),

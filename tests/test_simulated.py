@@ -166,7 +166,7 @@ def test_suite_loader_names_the_field_and_the_problem(
 
 
 def test_suite_files_and_names(tmp_path: Path) -> None:
-    assert {"paper3", "paper9", "scale300"} <= set(builtin_suites())
+    assert {"paper3", "paper9", "scale300", "scale1000"} <= set(builtin_suites())
     assert load_suite("paper9").num_tasks == 9
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(_suite_dict()))
@@ -278,7 +278,7 @@ def test_bench_cli_bad_names_list_the_valid_ones(capsys: pytest.CaptureFixture[s
     assert _bench("--methods", "grpo,mt-grpo-typo") == 2
     assert "method must be one of ['grpo', 'dapo'," in capsys.readouterr().err
     assert main(["bench", "--suite", "paper99"]) == 2
-    suites = "['paper3', 'paper3-pool', 'paper9', 'paper9-pool', 'scale300']"
+    suites = "['paper3', 'paper3-pool', 'paper9', 'paper9-pool', 'scale1000', 'scale300']"
     assert f"suite must be one of {suites}" in capsys.readouterr().err
     assert _bench("--methods", "no_such_module:Rule") == 2
     assert "rule 'no_such_module:Rule': cannot import 'Rule' from 'no_such_module'" in capsys.readouterr().err

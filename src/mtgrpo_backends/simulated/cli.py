@@ -38,7 +38,7 @@ class BenchArgs:
     """`mtgrpo bench`; run settings left unset take the suite's defaults."""
 
     suite: str = "paper3"
-    """built-in suite (paper3, paper9, scale300, scale1000, paper3-pool, paper9-pool) or the path of a suite .json file"""
+    """built-in suite (paper3, paper9, scale300, scale1000, paper3-pool, paper9-pool) or a suite .json file"""
     steps: Annotated[int | None, SUITES] = None
     """training steps per run"""
     batch_size: Annotated[int | None, SUITES] = None

@@ -303,6 +303,30 @@ def checked_zero_gradient_mask(r: NDArray[np.float64], filter: str, correct_rewa
     return strict
 
 
+def reported_groups(
+    n: int,
+    group_size: int,
+    rewards: ArrayLike | None,
+    informative: ArrayLike | None,
+    filter: str,
+    correct_reward: float,
+) -> tuple[NDArray[np.float64] | None, NDArray[np.bool_]]:
+    """A report's n groups: (rewards (n, N) or None, informative (n,)), from exactly one of the rewards (the
+    `filter`, checked by the sampler's config, decides; "none" judges as "lenient") or the caller's bool flags."""
+    if (rewards is None) == (informative is None):
+        raise ValueError("pass exactly one of rewards (n, N) or informative (n,)")
+    if rewards is not None:
+        r = v.finite_array("rewards", rewards, ndim=2)
+        if r.shape != (n, group_size):
+            raise ValueError(f"rewards must have shape ({n}, {group_size}), got {r.shape}")
+        strict = filter == "strict"
+        return r, ~checked_zero_gradient_mask(r, "strict" if strict else "lenient", float(correct_reward))
+    info = np.asarray(informative)
+    if info.dtype != np.bool_ or info.shape != (n,):
+        raise ValueError(f"informative must be a bool array of shape ({n},), got dtype {info.dtype} shape {info.shape}")
+    return None, info
+
+
 def ragged_zero_gradient_mask(
     rewards: ArrayLike,
     group_ids: ArrayLike,

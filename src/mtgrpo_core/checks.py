@@ -6,6 +6,7 @@ expected. Nothing is clipped or repaired here: a bad input is refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -141,3 +142,11 @@ def state_matches(state: Any, kind: str, num_tasks: int) -> None:
     got_k = state.get("num_tasks")
     if got_k != num_tasks:
         raise ValueError(f"state['num_tasks'] is {got_k!r}, expected {num_tasks}: a state dict for another K")
+
+
+def one_per_group(name: str, items: Any, n: int) -> tuple[Any, ...]:
+    """A sequence (not a string) of n opaque objects, one per reported group, as a tuple."""
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence) or len(items) != n:
+        shown = type(items).__name__ if not isinstance(items, Sequence) else f"{len(items)} items"
+        raise ValueError(f"{name} must be a sequence of {n} objects (one per group), got {shown}")
+    return tuple(items)

@@ -84,6 +84,9 @@ class SamplerSettings:
     generation_cap: float | None = None
     """at most this times B prompts generated per step, rounds and guard probes included (0: no cap; else >= 1);
     a short step fills from other tasks' surplus and is reported capped (unset: the method's: 3 lean, else 0)"""
+    steps_ahead: int | None = None
+    """streaming mode: groups of the next steps_ahead batches are generated while a batch trains (needs carry-over
+    >= steps_ahead, the age bound; docs/sampler.md) (unset: 0, synchronous)"""
 
     def given(self) -> dict[str, Any]:
         """The settings given, as SamplerConfig keywords."""
@@ -93,7 +96,10 @@ class SamplerSettings:
         """Each setting given, alone, by SamplerConfig's own checks; refusals name it with `label(name)`."""
         for name, value in self.given().items():
             try:
-                alone = {"planner": "joint"} if name == "carry_over" else {}  # carry-over needs such a planner
+                alone: dict[str, Any] = {"planner": "joint"} if name == "carry_over" else {}  # such a planner
+                if name == "steps_ahead":
+                    long_enough = value if isinstance(value, int) and value > 0 else 0  # the age bound it needs
+                    alone = {"planner": "joint", "carry_over": long_enough}
                 SamplerConfig(batch_size=1, group_size=2, **{**alone, name: value})
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{label(name)} {value!r}: {err}") from None

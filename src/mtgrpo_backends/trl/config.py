@@ -97,6 +97,12 @@ class MTGRPOConfig(GRPOConfig):
             raise TypeError(f"rule_kwargs must be a dict or JSON object, got {self.rule_kwargs!r}")
         # kept JSON-native (TrainingArguments serialises its fields): the settings given, checked by the core
         self.sampler = SamplerSettings.from_mapping(self.sampler or {}, "sampler").given()
+        if self.sampler.get("steps_ahead"):
+            raise ValueError(
+                f"sampler {{'steps_ahead': {self.sampler['steps_ahead']!r}}}: TRL's GRPOTrainer generates inside the "
+                "step, so nothing can be generated while it trains (docs/trl.md, Asynchronous generation); leave "
+                "steps_ahead unset, or use the PyTorch loop or verl for the streaming mode"
+            )
         if self.selection is not None:
             self.selection = SelectionSettings.from_mapping(self.selection, "selection").given()
         if self.improvement not in IMPROVEMENT_SIGNALS:

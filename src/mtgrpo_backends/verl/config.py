@@ -167,6 +167,12 @@ def check_trainer_config(config: Any) -> None:
             f"trainer.v1.sampler.custom_sampler is (path={path!r}, name={name!r}); set path={BUFFER_PATH} and "
             f"name={BUFFER_NAME} (the mtgrpo_ppo config does)"
         )
+    ahead = get("mtgrpo.sampler.steps_ahead")
+    if ahead:
+        problems.append(
+            f"mtgrpo.sampler.steps_ahead is {ahead!r}: the streaming mode needs an asynchronous trainer, and this "
+            "backend runs verl's sync trainer only; leave mtgrpo.sampler.steps_ahead unset"
+        )
     group = get("mtgrpo")
     batch_size, group_size = get("data.train_batch_size"), get("actor_rollout_ref.rollout.n")
     if group is not None and isinstance(batch_size, int) and isinstance(group_size, int):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +63,13 @@ class PlannerConfig(Protocol):
     def confidence(self) -> float: ...
 
 
+def read_only(arr: NDArray[Any]) -> NDArray[Any]:
+    """A view of arr that a planner cannot write through."""
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
 @dataclass(frozen=True)
 class PlanView:
     """What a planner may read about the conversation. Arrays have one entry per task.
@@ -93,10 +100,10 @@ class Planner(Protocol):
         ...
 
     def select(
-        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, staleness: Counts
     ) -> Counts:
         """Report positions forming the batch, from `accepted` (report positions, ascending) of groups `tasks`;
-        carried (n,) marks groups kept from an earlier step."""
+        staleness (n,) is each group's age in steps (> 0: generated at an earlier step)."""
         ...
 
 
@@ -173,9 +180,9 @@ class PaperPlanner:
         return oversampled_request(self.scheme, deficit * view.inflation, self.total, rng)  # step 5
 
     def select(
-        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, staleness: Counts
     ) -> Counts:
-        return select_by_ratio(tasks, accepted, targets, self.batch_size, rng, carried)
+        return select_by_ratio(tasks, accepted, targets, self.batch_size, rng, staleness)
 
 
 class PosteriorPlanner(PaperPlanner):
@@ -219,12 +226,12 @@ class DapoPlanner(PaperPlanner):
     fewer than B groups are accepted; the batch is the first B accepted groups in report order."""
 
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:
-        if view.round > 0 and int(view.accepted.sum()) >= self.batch_size:
+        if int(view.accepted.sum()) >= int(view.targets.sum()):  # the batch (or groups kept for it) is complete
             return None
         return oversampled_request(self.scheme, view.weights * view.inflation, self.total, rng)
 
     def select(
-        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, staleness: Counts
     ) -> Counts:
         return select_first(accepted, self.batch_size)
 
@@ -240,10 +247,12 @@ class NoFilterPlanner:
         return cls(config.batch_size)
 
     def plan(self, view: PlanView, rng: np.random.Generator) -> Counts | None:
-        return view.targets.copy() if view.round == 0 else None
+        if view.round > 0 or int(view.accepted.sum()) >= int(view.targets.sum()):  # kept groups fill the batch
+            return None
+        return view.deficit
 
     def select(
-        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, carried: Flags
+        self, tasks: Counts, accepted: Counts, targets: Counts, rng: np.random.Generator, staleness: Counts
     ) -> Counts:
         return select_first(accepted, self.batch_size)
 

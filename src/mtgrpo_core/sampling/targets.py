@@ -130,21 +130,22 @@ def select_by_ratio(
     targets: NDArray[np.int64],
     batch_size: int,
     rng: np.random.Generator,
-    carried: NDArray[np.bool_] | None = None,
+    staleness: NDArray[np.int64] | None = None,
 ) -> NDArray[np.int64]:
     """Algorithm 2, step 6: with at most B accepted groups keep them all; otherwise keep a uniform random subset of
     at most n_k accepted groups of each task k, then fill up to exactly B with a uniform random subset of the
-    remaining accepted groups. Beyond the paper: groups carried from an earlier step come first within their task
-    (they would expire), in random order among themselves.
+    remaining accepted groups. Beyond the paper: groups generated at an earlier step come first within their task,
+    oldest first (they would expire), in random order among groups of one age.
 
-    tasks: (n,) task of every reported group. accepted: (a,) report positions. targets: (K,) n. carried: (n,).
+    tasks: (n,) task of every reported group. accepted: (a,) report positions. targets: (K,) n. staleness: (n,).
     """
     if accepted.shape[0] <= batch_size:
         return accepted[:batch_size]
     t = tasks[accepted]
-    late = 1.0 if carried is None else np.where(carried[accepted], 0.0, 1.0)
-    priority = (late + rng.random(accepted.shape[0])) / 2  # carried in [0, 0.5), fresh in [0.5, 1)
-    order = np.argsort(t + priority, kind="stable")  # by task, carried first, random within each
+    age = np.zeros(accepted.shape[0]) if staleness is None else staleness[accepted].astype(np.float64)
+    oldest = max(1.0, float(age.max(initial=0.0)))
+    priority = (oldest - age + rng.random(accepted.shape[0])) / (oldest + 1)  # in [0, 1): the older, the smaller
+    order = np.argsort(t + priority, kind="stable")  # by task, oldest first, random within an age
     sorted_t = t[order]
     starts = np.concatenate(([0], np.cumsum(np.bincount(sorted_t, minlength=targets.shape[0]))[:-1]))
     rank = np.arange(sorted_t.shape[0]) - starts[sorted_t]
@@ -155,6 +156,16 @@ def select_by_ratio(
     if fill > 0:  # a uniform random subset of the rest: the `fill` smallest of fresh uniform priorities
         keep[rest[np.argpartition(rng.random(rest.shape[0]), fill - 1)[:fill]]] = True
     return accepted[keep]
+
+
+def within_cap(
+    plan: NDArray[np.int64], probes: NDArray[np.int64], room: int, weights: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], bool]:
+    """A round's plan plus the guard's probes fitted into the `room` the generation cap leaves: probes first (evenly),
+    then the plan by `fair_share` on the weights; also whether anything was cut."""
+    fitted_probes = fair_share(probes, room, np.ones(plan.shape[0]))
+    fitted = fair_share(plan, room - int(fitted_probes.sum()), weights)
+    return fitted + fitted_probes, int(fitted.sum() + fitted_probes.sum()) < int(plan.sum() + probes.sum())
 
 
 def guard_window(floor: float, miss: float) -> int:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
-from mtgrpo_backends.torch.loop import _training_tensors, train, train_step
+from mtgrpo_backends.torch.loop import train, train_step
 from mtgrpo_backends.torch.model import CharGPT, completion_logprobs
+from mtgrpo_backends.torch.rollout import training_tensors
 from mtgrpo_backends.torch.state import make_state
 from tests.test_torch_loop import TINY, TOK, _config, _suite
 
@@ -34,7 +35,7 @@ def test_kept_groups_carry_the_generating_policys_log_probs_and_are_trained_once
             state.controller.kept_payloads().values()
         ):  # kept this step: log-probs of the policy before this step's update
             assert group.old_logp is not None and group.old_logp.shape == group.completions.shape
-            ids, mask, start = _training_tensors([group], TOK.pad_id, "cpu")
+            ids, mask, start = training_tensors([group], TOK.pad_id, "cpu")
             with torch.no_grad():
                 want = completion_logprobs(snapshot, ids, mask, start, config.temperature)
             torch.testing.assert_close(group.old_logp, want[:, : group.completions.shape[1]])

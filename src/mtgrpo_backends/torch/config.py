@@ -97,11 +97,6 @@ class TrainConfig(TrainSettings):
             raise ValueError(f"minibatches must be <= batch_size * group_size, got {self.minibatches}")
         v.positive_int("pool_size", self.pool_size, minimum=0)
         self.sampler = self.settings.sampler  # a mapping given becomes SamplerSettings
-        if self.sampler.steps_ahead:
-            raise ValueError(
-                f"sampler.steps_ahead {self.sampler.steps_ahead!r}: the PyTorch loop generates synchronously; leave "
-                "it unset (the simulator, `mtgrpo bench`, runs the streaming mode)"
-            )
         self.selection = self.settings.selection
         if self.selection is not None and self.pool_size == 0:
             raise ValueError(

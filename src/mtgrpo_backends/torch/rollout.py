@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtgrpo_backends.torch.model import sample
+from mtgrpo_backends.torch.model import completion_logprobs, sample
 from mtgrpo_backends.torch.tasks import CharTokenizer, Problem, RewardError, Suite, left_pad, score
 from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import CORRECT, UNFORMATTED
@@ -24,6 +24,34 @@ class GeneratedGroup:
     masks: torch.Tensor  # (N, C)
     rewards: np.ndarray  # (N,)
     old_logp: torch.Tensor | None = None  # (N, C): the generating policy's log-probs, kept for carry-over
+
+
+def training_tensors(groups: list[GeneratedGroup], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows of all groups' completions: ids and mask (R, P + C) and the completion start P."""
+    n = groups[0].completions.shape[0]
+    p_ids, p_mask = left_pad([g.prompt for g in groups for _ in range(n)], pad_id)
+    width = max(g.completions.shape[1] for g in groups)
+    pad = torch.nn.functional.pad
+    c_ids = torch.cat([pad(g.completions, (0, width - g.completions.shape[1]), value=pad_id) for g in groups])
+    c_mask = torch.cat([pad(g.masks, (0, width - g.masks.shape[1]), value=0) for g in groups])
+    ids = torch.cat([torch.from_numpy(p_ids).to(device), c_ids.to(device)], dim=1)
+    mask = torch.cat([torch.from_numpy(p_mask).to(device), c_mask.to(device)], dim=1)
+    return ids, mask, p_ids.shape[1]
+
+
+def store_logprobs(
+    model: torch.nn.Module, groups: list[GeneratedGroup], pad_id: int, temperature: float, device: str
+) -> None:
+    """Give each group `model`'s log-probs of its completions (one forward pass over them): the generating policy's,
+    against which the group is trained at a later step (carried over, or generated ahead)."""
+    if not groups:
+        return
+    ids, mask, start = training_tensors(groups, pad_id, device)
+    with torch.no_grad():
+        logp = completion_logprobs(model, ids, mask, start, temperature).cpu()
+    n = groups[0].completions.shape[0]
+    for j, g in enumerate(groups):
+        g.old_logp = logp[j * n : (j + 1) * n, : g.completions.shape[1]].clone()
 
 
 def generate_groups(

@@ -11,6 +11,8 @@ import torch
 
 from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import check_vocab
+from mtgrpo_backends.torch.pipeline import GenerationWorker
+from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
 from mtgrpo_backends.torch.training_set import TrainingSet
 from mtgrpo_core import Controller
@@ -28,15 +30,30 @@ class TrainState:
     ref_model: torch.nn.Module | None = None
     step: int = 0
     training_set: TrainingSet | None = None  # the finite training set (pool_size > 0) and its pool
+    worker: GenerationWorker | None = None  # the pipelined loop's generation worker (sampler.steps_ahead >= 1)
+    ahead: dict[int, list[GeneratedGroup]] = field(default_factory=dict)  # generated ahead by step, not reported
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokenizer: CharTokenizer) -> TrainState:
-    """Fresh state: controller for the method, Adam on the model, generators seeded by config.seed."""
+    """Fresh state: controller for the method, Adam on the model, generators seeded by config.seed; a generation
+    worker in streaming mode."""
     model.to(config.device).eval()  # dropout off during RL: rollouts, old and new log-probs use one policy
     check_vocab(model, tokenizer.vocab_size)
     controller = make_controller(config, suite)
+    worker = None
+    if controller.sampler.config.steps_ahead:
+        worker = GenerationWorker(
+            model,
+            suite,
+            tokenizer,
+            seed=config.seed,
+            group_size=config.group_size,
+            temperature=config.temperature,
+            errors_as_zero=config.reward_errors_as_zero,
+            device=config.device,
+        )
     return TrainState(
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
@@ -45,6 +62,7 @@ def make_state(config: TrainConfig, model: torch.nn.Module, suite: Suite, tokeni
         generator=torch.Generator(device=config.device).manual_seed(config.seed),
         ref_model=copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None,
         training_set=make_training_set(config, suite, controller),
+        worker=worker,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 
@@ -85,31 +86,45 @@ def run(weights: np.ndarray, rates: np.ndarray, batch: int, variant: dict, known
     }
 
 
-def controller_step_ms(method: str, k: int, b: int, steps: int, group_size: int = 8) -> float:
-    """CPU ms per step inside the Controller (begin_step, the conversation's calls, finish, end_step(StepFacts)),
-    the simulated trainer's work excluded: generation (rewards Bernoulli(p_k), p_k ~ U[0.05, 0.9]) and a policy
-    update (random advantages and surrogate values for every trained sample)."""
-    ctrl = Controller.from_method(method, k, b, group_size, seed=0)
+def controller_step_ms(method: str, k: int, b: int, steps: int, group_size: int = 8, ahead: int = 0) -> float:
+    """CPU ms per step inside the Controller (begin_step, the conversation's calls, finish, ahead with steps_ahead,
+    end_step(StepFacts)), the simulated trainer's work excluded: generation (rewards Bernoulli(p_k), p_k ~ U[0.05,
+    0.9]) and a policy update (random advantages and surrogate values for every trained sample). ahead > 0: the
+    streaming mode with carry-over ahead + 1, each ahead request reported at the next step."""
+    streaming: dict[str, Any] = {"steps_ahead": ahead, "carry_over": ahead + 1} if ahead else {}
+    ctrl = Controller.from_method(method, k, b, group_size, seed=0, **streaming)
     rng = np.random.default_rng(1)
     p = rng.uniform(0.05, 0.9, size=k)
     next_key, core, clock = 0, 0.0, time.process_time
-    for _ in range(steps):
+    due: dict[int, list[tuple[int, np.ndarray]]] = {}
+
+    def generate(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal next_key
+        tasks = rng.permutation(np.repeat(np.arange(k), counts))
+        keys = np.arange(next_key, next_key + tasks.size)
+        next_key += tasks.size
+        return tasks, keys, (rng.random((tasks.size, group_size)) < p[tasks, None]).astype(float)
+
+    for step in range(steps):
+        reports = [(version, *generate(counts)) for version, counts in due.pop(step, [])]
         t0 = clock()
         builder = ctrl.begin_step()
+        for version, tasks, keys, rewards in reports:
+            builder.report_arrays(tasks, keys, rewards=rewards, version=version)
         req = builder.next_request()
         core += clock() - t0
         while req is not None:
-            tasks = rng.permutation(np.repeat(np.arange(k), req.counts))
-            keys = np.arange(next_key, next_key + tasks.size)
-            next_key += tasks.size
-            rewards = (rng.random((tasks.size, group_size)) < p[tasks, None]).astype(float)
+            tasks, keys, rewards = generate(req.counts)
             t0 = clock()
             builder.report_arrays(tasks, keys, rewards=rewards)
             req = builder.next_request()
             core += clock() - t0
         t0 = clock()
         batch = builder.finish()
+        request = builder.ahead() if ahead else None
         core += clock() - t0
+        if request is not None:
+            due.setdefault(step + ahead, []).append((step, request.counts))
         sample_task = np.repeat(batch.tasks, group_size)
         before = rng.normal(size=sample_task.size)
         facts = StepFacts(
@@ -124,22 +139,25 @@ def controller_step_ms(method: str, k: int, b: int, steps: int, group_size: int 
     return 1000 * core / steps
 
 
-CORE_METHODS = {"lean default": "mt-grpo:0.2", "paper planner": "mt-grpo-paper:0.2"}
+CORE_METHODS = {"lean default": ("mt-grpo:0.2", 0), "paper planner": ("mt-grpo-paper:0.2", 0)}
+CORE_METHODS["streaming"] = ("mt-grpo:0.2", 1)
 CORE_CASES = ((9, 256, 300), (1000, 4096, 20))  # K, B, steps per repeat
 
 
 def core_table(repeats: int) -> None:
-    """The lean default against the paper planner, interleaved repeats in one process, median per cell."""
+    """The lean default against the paper planner and the streaming mode, interleaved repeats in one process,
+    median per cell."""
     print("\n## Core time per controller step (CPU ms, begin_step to end_step, median of", repeats, "repeats)")
-    print("| K | B | lean default (mt-grpo:0.2) | paper planner (mt-grpo-paper:0.2) | lean / paper |")
-    print("|---|---|---|---|---|")
+    print("| K | B | lean default (mt-grpo:0.2) | paper planner (mt-grpo-paper:0.2) | lean / paper |", end="")
+    print(" streaming (steps_ahead 1, carry-over 2) | streaming / lean |")
+    print("|---|---|---|---|---|---|---|")
     for k, b, steps in CORE_CASES:
         times: dict[str, list[float]] = {name: [] for name in CORE_METHODS}
         for _ in range(repeats):
-            for name, method in CORE_METHODS.items():
-                times[name].append(controller_step_ms(method, k, b, steps))
-        lean, paper = (float(np.median(times[name])) for name in CORE_METHODS)
-        print(f"| {k} | {b} | {lean:.2f} | {paper:.2f} | {lean / paper:.2f} |")
+            for name, (method, ahead) in CORE_METHODS.items():
+                times[name].append(controller_step_ms(method, k, b, steps, ahead=ahead))
+        lean, paper, stream = (float(np.median(times[name])) for name in CORE_METHODS)
+        print(f"| {k} | {b} | {lean:.2f} | {paper:.2f} | {lean / paper:.2f} | {stream:.2f} | {stream / lean:.2f} |")
 
 
 def main() -> None:

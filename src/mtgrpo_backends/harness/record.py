@@ -36,6 +36,7 @@ class RunRecord:
     wall_s: float
     metrics: dict[str, float] = field(default_factory=dict)
     log: dict[str, Any] | None = None
+    seconds: NDArray[np.float64] | None = None  # (T,) wall-clock at the end of each step, where the backend has one
 
     def __post_init__(self) -> None:
         t, k = self.weights.shape
@@ -45,8 +46,8 @@ class RunRecord:
                 f"run {self.method!r} seed {self.seed}: accuracy {self.accuracy.shape} must be (E={e}, K={k}) and "
                 f"shares {self.shares.shape} must be (T={t}, K={k})"
             )
-        for name in ("rounds", "generated", "rollouts", "trained", "budget_exhausted"):
-            if getattr(self, name).shape != (t,):
+        for name in ("rounds", "generated", "rollouts", "trained", "budget_exhausted", "seconds"):
+            if getattr(self, name) is not None and getattr(self, name).shape != (t,):
                 raise ValueError(f"run {self.method!r} seed {self.seed}: {name} must have shape ({t},)")
         if e == 0 or self.eval_steps[0] != 0 or np.any(np.diff(self.eval_steps) <= 0) or self.eval_steps[-1] > t:
             raise ValueError(f"eval_steps must rise from 0 to at most {t}, got {self.eval_steps.tolist()}")
@@ -68,6 +69,13 @@ class RunRecord:
     def within_budget(self, rollouts: int) -> int:
         """Index of the last evaluation taken with at most `rollouts` generated rollouts (0 at least)."""
         return int(np.flatnonzero(self.rollouts_at_evals <= rollouts)[-1])
+
+    def within_seconds(self, seconds: float) -> int:
+        """Index of the last evaluation taken within `seconds` of wall-clock (0 at least); needs `seconds`."""
+        if self.seconds is None:
+            raise ValueError(f"run {self.method!r} seed {self.seed} has no clock (seconds is None)")
+        at = np.concatenate([[0.0], self.seconds])[self.eval_steps]
+        return int(np.flatnonzero(at <= seconds)[-1])
 
 
 class Runner(Protocol):

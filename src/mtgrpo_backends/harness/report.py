@@ -50,6 +50,17 @@ def format_table(summary: dict[str, Any], task_names: Sequence[str]) -> str:
         f"equal budget: {budget['rollouts']:,} generated rollouts (the fewest of any run: {budget['method']}, "
         f"seed {budget['seed']}); @budget = each run's last evaluation within it\n" + _columns(head, lines)
     )
+    clock = summary.get("clock")
+    if clock is not None:
+        head = ["method", "worst %@clock", "avg %@clock", "step@clock"]
+        timed = [
+            [m, _pm(r["clock"]["worst"], 100), _pm(r["clock"]["average"], 100), _pm(r["clock"]["step"], digits=0)]
+            for m, r in rows.items()
+        ]
+        text += (
+            f"\n\nequal wall-clock: {clock['seconds'] / 3600:,.2f} simulated hours (the shortest run: "
+            f"{clock['method']}); @clock = each run's last evaluation within it\n" + _columns(head, timed)
+        )
     names = list(first["metrics"])
     cost_head = ["method", "rounds", "groups/step", "TV(share,z)", "max z", "budget-exhausted steps", *names]
     cost = [
@@ -123,6 +134,8 @@ def write_json(
             "wall_s": round(r.wall_s, 3),
             "metrics": r.metrics,
         }
+        if r.seconds is not None:
+            run["seconds_at_evals"] = _round(np.concatenate([[0.0], r.seconds])[r.eval_steps])
         if r.log is not None:
             run["log"] = r.log
         entry = methods.setdefault(r.method, {"runs": [], "summary": summary["methods"].get(r.method)})

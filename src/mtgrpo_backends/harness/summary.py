@@ -39,6 +39,14 @@ def equal_budget(records: Sequence[RunRecord]) -> dict[str, Any]:
     return {"rollouts": int(low.rollouts.sum()), "method": low.method, "seed": low.seed}
 
 
+def equal_clock(records: Sequence[RunRecord]) -> dict[str, Any] | None:
+    """The comparison's equal wall-clock: the shortest run's simulated seconds (None unless every run has a clock)."""
+    if any(r.seconds is None for r in records):
+        return None
+    low = min(records, key=lambda r: float(r.seconds[-1]) if r.seconds is not None else 0.0)
+    return {"seconds": float(low.seconds[-1]) if low.seconds is not None else 0.0, "method": low.method}
+
+
 def _share_distance(r: RunRecord) -> float:
     """Mean over all steps of TV(realized shares, z); a step with an empty batch counts 0."""
     tv = [metrics.share_distance(s, z) for s, z, n in zip(r.shares, r.weights, r.trained, strict=True) if n]
@@ -59,9 +67,10 @@ def summarize(
     """Per method, mean±std over its seeds: final worst-task and average accuracy (equal training steps) and the
     same at the equal generation budget (each run's last evaluation within it, and the step it was taken at),
     Delta_m% vs the reference method paired by seed, steps to each worst-task threshold, mean rounds, generated
-    groups per step, TV(realized share, z), max weight, mean weights and shares, and the backend's metrics."""
+    groups per step, TV(realized share, z), max weight, mean weights and shares, and the backend's metrics; with a
+    clock on every run, the same at the equal wall-clock (the shortest run's seconds)."""
     groups = by_method(records)
-    budget = equal_budget(records)
+    budget, clock = equal_budget(records), equal_clock(records)
     ref_runs = groups.get(reference or "", [])
     ref_final = {r.seed: r.final_accuracy for r in ref_runs}
     ref_budget = {r.seed: r.accuracy[r.within_budget(budget["rollouts"])] for r in ref_runs}
@@ -99,6 +108,17 @@ def summarize(
             "wall_s": spread([r.wall_s for r in runs]),
             "metrics": {k: spread([r.metrics[k] for r in runs]) for k in runs[0].metrics},
         }
+        if clock is not None:
+            at_clock = [r.within_seconds(clock["seconds"]) for r in runs]
+            row["clock"] = {
+                "worst": spread(
+                    [metrics.worst_task_accuracy(r.accuracy[i]) for r, i in zip(runs, at_clock, strict=True)]
+                ),
+                "average": spread(
+                    [metrics.average_accuracy(r.accuracy[i]) for r, i in zip(runs, at_clock, strict=True)]
+                ),
+                "step": spread([float(r.eval_steps[i]) for r, i in zip(runs, at_clock, strict=True)]),
+            }
         for thr in thresholds:
             hit = [metrics.steps_to_threshold(r.accuracy, thr, r.eval_steps) for r in runs]
             reached = [h for h in hit if h is not None]
@@ -108,4 +128,4 @@ def summarize(
                 **(spread(reached) if reached else {"mean": None, "std": None}),
             }
         out[method] = row
-    return {"reference": reference if ref_runs else None, "budget": budget, "methods": out}
+    return {"reference": reference if ref_runs else None, "budget": budget, "clock": clock, "methods": out}

@@ -254,7 +254,8 @@ class BatchBuilder:
         if self._guard is not None:
             self._guard.update(ledger.generated, informative)
         short = np.flatnonzero(realized < self.targets)
-        complete = idx.shape[0] == cfg.batch_size and (not cfg.ratio_constraint or short.size == 0)
+        exact = cfg.ratio_constraint and cfg.filtering != "none"  # GRPO trains what was requested (ahead)
+        complete = idx.shape[0] == cfg.batch_size and (not exact or short.size == 0)
         report = BatchReport(
             weights=self.weights.copy(),
             target_counts=self.targets.copy(),

@@ -14,6 +14,7 @@ pytest.importorskip("transfer_queue")
 
 from mtgrpo_backends.verl import checkpoint
 from mtgrpo_backends.verl.config import MTGRPOSettings, check_trainer_config
+from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
 from tests.test_verl_config import _compose
 
 
@@ -69,3 +70,25 @@ def test_a_state_file_without_a_field_is_refused_naming_it(tmp_path: Path) -> No
     folder = _state_file(tmp_path, json.dumps({"format": 1, "tasks": ["a"], "prompt_pool": {}}))
     with pytest.raises(ValueError, match=r"mtgrpo_state\.json: field 'controller' must be the controller's state"):
         checkpoint.read(folder, 3)
+
+
+@pytest.mark.parametrize(
+    "ahead",
+    [
+        {"0": ["u1"]},
+        [[0, ["u1", "u2"], [0]]],  # a task per uid
+        [[0, ["u1"], [2]]],  # task ids < K
+        [[1, ["u1"], [0]], [1, ["u2"], [1]]],  # versions increase
+        [["0", ["u1"], [0]]],
+    ],
+)
+def test_a_state_with_bad_ahead_requests_is_refused_and_changes_nothing(ahead: Any) -> None:
+    buffer = MTGRPOReplayBuffer("colocate_async", {}, 8, "drop", {"tasks": ["a", "b"], "sampler": {"steps_ahead": 1}})
+    buffer.attach(["a", "b"] * 4, 4, 2, lambda rows: [])
+    state = buffer.state_dict()
+    with pytest.raises(ValueError, match=r"the state: 'ahead' must be a list of \[version, \[uid, \.\.\.\], \[task"):
+        buffer.load_state_dict({**state, "ahead": ahead})
+    assert buffer.state_dict() == state
+    with pytest.raises(ValueError, match=r"'ahead' holds \[1, 1\] groups per task in flight but the controller awaits"):
+        buffer.load_state_dict({**state, "ahead": [[0, ["u1", "u2"], [1, 0]]]})  # nothing was requested ahead
+    assert buffer.state_dict() == state

@@ -18,6 +18,7 @@ from datasets import Dataset
 from hydra import compose, initialize_config_module
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from mtgrpo_backends.verl.config import (
     MTGRPOSettings,
@@ -28,7 +29,7 @@ from mtgrpo_backends.verl.config import (
 )
 from mtgrpo_backends.verl.main import CONFIG_NAME, check_config
 from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
-from mtgrpo_backends.verl.trainer import MTGRPOTrainer, dataset_tasks
+from mtgrpo_backends.verl.trainer import MTGRPOTrainer, dataset_tasks, trainer_class
 
 
 def _compose(*overrides: str) -> DictConfig:
@@ -57,10 +58,7 @@ def test_hydra_composes_verls_config_with_the_mtgrpo_group() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (
-            "trainer.v1.trainer_mode=colocate_async",
-            r"trainer_mode is 'colocate_async'.*set trainer\.v1\.trainer_mode=sync",
-        ),
+        ("trainer.v1.trainer_mode=fully_async", r"trainer_mode is 'fully_async', expected one of \['sync', "),
         ("trainer.use_v1=false", r"trainer\.use_v1 is false"),
         ("+trainer.v1.sync.parameter_sync_step=2", r"parameter_sync_step is 2"),
         ("algorithm.filter_groups.enable=true", r"set algorithm\.filter_groups\.enable=false"),
@@ -71,6 +69,61 @@ def test_hydra_composes_verls_config_with_the_mtgrpo_group() -> None:
 def test_verl_settings_that_break_the_step_conversation_are_refused(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_trainer_config(_compose(override))
+
+
+COLOCATE = ["trainer.v1.trainer_mode=colocate_async", "+mtgrpo.sampler.steps_ahead=1"]
+SEPARATE = [
+    "trainer.v1.trainer_mode=separate_async",
+    "+mtgrpo.sampler.steps_ahead=1",
+    "data.train_batch_size=8",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # verl's default parameter_sync_step is 4
+    "actor_rollout_ref.rollout.nnodes=1",
+    "actor_rollout_ref.rollout.n_gpus_per_node=8",
+    "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl",
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.v1.trainer_mode=colocate_async"], r"'colocate_async' but mtgrpo\.sampler\.steps_ahead is None: an"),
+        (["+mtgrpo.sampler.steps_ahead=1"], r"steps_ahead is 1 under trainer\.v1\.trainer_mode=sync: .*separate_async"),
+        ([*COLOCATE, "+mtgrpo.sampler.carry_over=0"], r"sampler\.steps_ahead 1: steps_ahead=1 needs carry_over >= 1"),
+        (
+            [*COLOCATE, "trainer.v1.colocate_async.num_warmup_batches=1"],
+            r"num_warmup_batches is 1: .*set trainer\.v1\.colocate_async\.num_warmup_batches=0",
+        ),
+        (
+            [*COLOCATE, "+trainer.v1.colocate_async.parameter_sync_step=2"],
+            r"colocate_async\.parameter_sync_step is 2: .*trainer_mode=separate_async",
+        ),
+        (
+            [*SEPARATE, "actor_rollout_ref.actor.ppo_mini_batch_size=8"],
+            r"train_batch_size=8 must equal .*parameter_sync_step=4 x .*ppo_mini_batch_size=8: .*ppo_mini_batch_size=2",
+        ),
+        ([*SEPARATE, "data.train_batch_size=6"], r"train_batch_size=6 must equal .*divisible by parameter_sync_step"),
+        ([*SEPARATE, "actor_rollout_ref.rollout.nnodes=0"], r"nnodes=0, .*standalone rollout replicas"),
+        (
+            [*SEPARATE, "trainer.v1.separate_async.hybrid_rollout.enable_switch=true"],
+            r"hybrid_rollout\.enable_switch is true: .*enable_switch=false",
+        ),
+    ],
+)
+def test_async_configs_that_disagree_with_their_mode_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_trainer_config(_compose(*overrides))
+
+
+@pytest.mark.parametrize("mode", ["colocate_async", "separate_async"])
+def test_the_async_trainers_build_from_the_config(mode: str) -> None:
+    mode_overrides = SEPARATE if mode == "separate_async" else COLOCATE
+    config = _compose(*mode_overrides, "data.train_batch_size=8", "actor_rollout_ref.rollout.n=5")
+    check_trainer_config(config)
+    trainer = trainer_class(mode)(config)  # verl's own constructor and checks
+    assert isinstance(trainer, PPOTrainer) and trainer.trainer_mode == mode
+    assert trainer.buffer.mini_batches == (4 if mode == "separate_async" else 1)
+    trainer.buffer.attach(["gsm8k", "math"] * 8, 8, 5, lambda rows: [])
+    assert trainer.buffer.controller is not None and trainer.buffer.controller.sampler.config.steps_ahead == 1
 
 
 @pytest.mark.parametrize(
@@ -106,8 +159,8 @@ def test_bad_data_is_refused_at_start() -> None:
         buffer.attach(["a", "b", "c"], 4, 2, lambda rows: [])
     with pytest.raises(ValueError, match=r"data\.train_batch_size=1 is below the 2 tasks"):
         buffer.attach(["a", "b"], 1, 2, lambda rows: [])
-    with pytest.raises(ValueError, match="needs 'sync'"):
-        MTGRPOReplayBuffer("colocate_async", {}, 8, "drop", {})
+    with pytest.raises(ValueError, match=r"trainer_mode='colocate_async' with mtgrpo\.sampler\.steps_ahead=0: the"):
+        MTGRPOReplayBuffer("colocate_async", {}, 8, "drop", {}).attach(["a", "b"], 4, 2, lambda rows: [])
     with pytest.raises(RuntimeError, match=r"before attach\(\)"):
         buffer.sample(global_steps=1, partition_id="train", batch_size=4)
 

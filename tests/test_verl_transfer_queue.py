@@ -183,7 +183,7 @@ def _trained_facts(record: Any, keys: list[str]) -> Any:
     return step_facts(record.group_task, record.rewards, record.fresh, groups, zeros, valid, (zeros, zeros))
 
 
-def test_a_resume_releases_the_groups_kept_at_the_checkpoint(clean_queue: None) -> None:
+def test_a_resume_restores_the_kept_groups_and_can_release_them(clean_queue: None) -> None:
     producer = FakeProducer(group_size=2, filter_rate=[0.0, 0.6], seed=3)
     buffer = _buffer(8, 2, producer, method="mt-grpo:0.2")
     assert buffer.controller is not None
@@ -197,7 +197,9 @@ def test_a_resume_releases_the_groups_kept_at_the_checkpoint(clean_queue: None) 
     assert kept and len(state["kept_uids"]) == kept
     fresh = _buffer(8, 2, FakeProducer(group_size=2, filter_rate=[0.0, 0.6], seed=4), method="mt-grpo:0.2")
     fresh.load_state_dict(state)
-    assert fresh.controller is not None and fresh.controller.kept_payloads() == {} and fresh.released_at_resume == kept
+    assert fresh.state_dict() == state  # restored whole; the sync trainer then releases them (TransferQueue is new)
+    fresh.release_held()
+    assert fresh.controller is not None and fresh.controller.kept_payloads() == {} and fresh.held_uids() == []
     meta, _ = fresh.sample(global_steps=4, partition_id="train", batch_size=8)  # plans without the lost groups
     assert fresh.take_step().batch.staleness.max() == 0  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="'kept_uids' must be a list of \\[key, uid\\] pairs"):

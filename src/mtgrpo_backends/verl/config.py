@@ -7,7 +7,8 @@ cannot run, each with the setting's name and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
@@ -18,7 +19,9 @@ from mtgrpo_core import checks as v
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.settings import SamplerSettings, Settings
 
+logger = logging.getLogger(__name__)
 SUPPORTED_VERL = (Version("0.9.1"), Version("0.10.0"))
+TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 BUFFER_PATH = "pkg://mtgrpo_backends.verl.replay_buffer"
 BUFFER_NAME = "MTGRPOReplayBuffer"
 # verl policy losses whose per-sample clipped surrogate the driver can recompute for I_k, and its ratio level
@@ -141,15 +144,7 @@ def check_trainer_config(config: Any) -> None:
     problems = []
     if not get("trainer.use_v1", False):
         problems.append("trainer.use_v1 is false: the backend plugs into verl's v1 trainer; set trainer.use_v1=true")
-    mode = get("trainer.v1.trainer_mode")
-    if mode != "sync":
-        problems.append(
-            f"trainer.v1.trainer_mode is {mode!r}: async modes prefetch batches generated before the weights of "
-            "this step were known, which breaks the per-step batch conversation; set trainer.v1.trainer_mode=sync"
-        )
-    sync_steps = get("trainer.v1.sync.parameter_sync_step", 1)
-    if sync_steps != 1:
-        problems.append(f"trainer.v1.sync.parameter_sync_step is {sync_steps!r}: one controller step needs 1")
+    problems += _mode_problems(get)
     if get("algorithm.filter_groups.enable", False):
         problems.append(
             "algorithm.filter_groups.enable is true: MT-GRPO's sampler does the filtering (method 'dapo' is DAPO's "
@@ -167,12 +162,6 @@ def check_trainer_config(config: Any) -> None:
             f"trainer.v1.sampler.custom_sampler is (path={path!r}, name={name!r}); set path={BUFFER_PATH} and "
             f"name={BUFFER_NAME} (the mtgrpo_ppo config does)"
         )
-    ahead = get("mtgrpo.sampler.steps_ahead")
-    if ahead:
-        problems.append(
-            f"mtgrpo.sampler.steps_ahead is {ahead!r}: the streaming mode needs an asynchronous trainer, and this "
-            "backend runs verl's sync trainer only; leave mtgrpo.sampler.steps_ahead unset"
-        )
     group = get("mtgrpo")
     batch_size, group_size = get("data.train_batch_size"), get("actor_rollout_ref.rollout.n")
     if group is not None and isinstance(batch_size, int) and isinstance(group_size, int):
@@ -189,6 +178,91 @@ def check_trainer_config(config: Any) -> None:
             problems.append(str(err))
     if problems:
         raise ValueError("verl config not usable with MT-GRPO:\n- " + "\n- ".join(problems))
+
+
+def _mode_problems(get: Callable[..., Any]) -> list[str]:
+    """What `trainer.v1.trainer_mode` asks of the other settings: sync runs the synchronous conversation; the async
+    modes run the streaming mode (`mtgrpo.sampler.steps_ahead`) with MT-GRPO's requests instead of verl's warm-up,
+    separate_async one mini-batch of B / parameter_sync_step groups per `sample()` call (docs/verl.md)."""
+    mode = get("trainer.v1.trainer_mode")
+    if mode not in TRAINER_MODES:
+        return [f"trainer.v1.trainer_mode is {mode!r}, expected one of {list(TRAINER_MODES)}"]
+    ahead = get("mtgrpo.sampler.steps_ahead")
+    sync_steps = get(f"trainer.v1.{mode}.parameter_sync_step", 1)
+    if mode == "sync":
+        problems = [] if sync_steps == 1 else [f"trainer.v1.sync.parameter_sync_step is {sync_steps!r}: use 1"]
+        if ahead:
+            problems.append(
+                f"mtgrpo.sampler.steps_ahead is {ahead!r} under trainer.v1.trainer_mode=sync: the streaming mode "
+                "generates the next batches while one trains, which needs an asynchronous trainer; set "
+                "trainer.v1.trainer_mode=separate_async (or colocate_async), or leave mtgrpo.sampler.steps_ahead unset"
+            )
+        return problems
+    problems = []
+    if not ahead:
+        problems.append(
+            f"trainer.v1.trainer_mode is {mode!r} but mtgrpo.sampler.steps_ahead is {ahead!r}: an asynchronous "
+            "trainer runs the streaming mode (the next batch's groups are requested while this one trains); set "
+            "+mtgrpo.sampler.steps_ahead=1 (with mtgrpo.sampler.carry_over >= 1), or trainer.v1.trainer_mode=sync"
+        )
+    warmup = get(f"trainer.v1.{mode}.num_warmup_batches", 0)
+    if warmup:
+        problems.append(
+            f"trainer.v1.{mode}.num_warmup_batches is {warmup!r}: verl's warm-up submits dataloader prompts the "
+            f"controller never planned (its ahead requests take their place); set trainer.v1.{mode}."
+            "num_warmup_batches=0 (the mtgrpo_ppo config does)"
+        )
+    if mode == "colocate_async" and sync_steps != 1:
+        problems.append(
+            f"trainer.v1.colocate_async.parameter_sync_step is {sync_steps!r}: colocate_async computes a mini-batch's "
+            "old log-probs with the weights the step's earlier mini-batches updated; use 1, or "
+            "trainer.v1.trainer_mode=separate_async (which restores the step's starting weights)"
+        )
+    if mode == "separate_async":
+        problems += _separate_async_problems(get, sync_steps)
+    if get("actor_rollout_ref.rollout.calculate_log_probs", True) is False:
+        logger.warning(
+            "mtgrpo: actor_rollout_ref.rollout.calculate_log_probs=false under trainer_mode=%s: groups generated "
+            "ahead by older weights are trained against this step's old log-probs with no correction for the "
+            "policy that generated them; set it true to use algorithm.rollout_correction (docs/verl.md)",
+            mode,
+        )
+    return problems
+
+
+def _separate_async_problems(get: Callable[..., Any], sync_steps: Any) -> list[str]:
+    """separate_async: one mini-batch of B / parameter_sync_step groups per `sample()` call, standalone rollout
+    replicas, and no lending of the trainer's GPUs to generation."""
+    problems = []
+    batch_size, mini = get("data.train_batch_size"), get("actor_rollout_ref.actor.ppo_mini_batch_size")
+    if not isinstance(sync_steps, int) or isinstance(sync_steps, bool) or sync_steps < 1:
+        problems.append(f"trainer.v1.separate_async.parameter_sync_step is {sync_steps!r}: expected an int >= 1")
+    elif batch_size != sync_steps * mini:
+        fix = (
+            f"set actor_rollout_ref.actor.ppo_mini_batch_size={batch_size // sync_steps}"
+            if isinstance(batch_size, int) and batch_size % sync_steps == 0
+            else "use a data.train_batch_size divisible by parameter_sync_step"
+        )
+        problems.append(
+            f"data.train_batch_size={batch_size} must equal trainer.v1.separate_async.parameter_sync_step="
+            f"{sync_steps} x actor_rollout_ref.actor.ppo_mini_batch_size={mini}: separate_async trains one "
+            f"mini-batch of B / parameter_sync_step groups per sample() call; {fix}"
+        )
+    rollout = {key: get(f"actor_rollout_ref.rollout.{key}") for key in ("nnodes", "n_gpus_per_node")}
+    backend = get("actor_rollout_ref.rollout.checkpoint_engine.backend")
+    if not all(isinstance(n, int) and n > 0 for n in rollout.values()) or backend == "naive":
+        problems.append(
+            f"actor_rollout_ref.rollout nnodes={rollout['nnodes']!r}, n_gpus_per_node={rollout['n_gpus_per_node']!r}, "
+            f"checkpoint_engine.backend={backend!r}: separate_async generates on standalone rollout replicas; set "
+            "nnodes and n_gpus_per_node > 0 and a checkpoint engine other than 'naive' (e.g. nccl)"
+        )
+    if get("trainer.v1.separate_async.hybrid_rollout.enable_switch", False):
+        problems.append(
+            "trainer.v1.separate_async.hybrid_rollout.enable_switch is true: it lends the trainer's GPUs to "
+            "generation until enough groups are sampleable, a count the step's conversation does not expose; "
+            "set trainer.v1.separate_async.hybrid_rollout.enable_switch=false"
+        )
+    return problems
 
 
 def surrogate_level(config: Any) -> str:

@@ -1,11 +1,12 @@
-"""Hydra entry point: verl's `ppo_trainer.yaml` plus the `mtgrpo` group, run with `MTGRPOTrainer`.
+"""Hydra entry point: verl's `ppo_trainer.yaml` plus the `mtgrpo` group, run with MT-GRPO's trainer of the mode.
 
     python -m mtgrpo_backends.verl.main mtgrpo.method=mt-grpo:0.2 mtgrpo.tasks=[gsm8k,math] data.train_files=...
 
 The config `mtgrpo_ppo` (registered in Hydra's ConfigStore) composes verl's `ppo_trainer` and adds the `mtgrpo`
 group (`MTGRPOSettings`), names `MTGRPOReplayBuffer` as verl's custom sampler and passes it `mtgrpo` as its
-`sampler_kwargs`. verl picks its trainer by `trainer.v1.trainer_mode`, so a custom trainer needs its own task
-runner (`MTGRPOTaskRunner`, verl's `TaskRunnerV1.run` with `MTGRPOTrainer`).
+`sampler_kwargs`, and turns off verl's async warm-up (the controller's ahead requests replace it). verl picks its
+trainer by `trainer.v1.trainer_mode`, so custom trainers need their own task runner (`MTGRPOTaskRunner`, verl's
+`TaskRunnerV1.run` with `trainer_class(trainer_mode)`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def config_node() -> dict[str, Any]:
         "trainer": {
             "v1": {
                 "trainer_mode": "sync",
+                "colocate_async": {"num_warmup_batches": 0},
+                "separate_async": {"num_warmup_batches": 0},
                 "sampler": {
                     "custom_sampler": {"path": BUFFER_PATH, "name": BUFFER_NAME},
                     "sampler_kwargs": "${mtgrpo}",
@@ -54,7 +57,7 @@ def register_config() -> None:
 
 @ray.remote
 class MTGRPOTaskRunner:
-    """verl's TaskRunnerV1 with MTGRPOTrainer: TransferQueue, the trainer, the agent loop manager, fit."""
+    """verl's TaskRunnerV1 with MT-GRPO's trainer: TransferQueue, the trainer, the agent loop manager, fit."""
 
     def run(self, config: DictConfig) -> None:
         import transfer_queue as tq
@@ -62,7 +65,7 @@ class MTGRPOTaskRunner:
         from verl.utils.import_utils import load_class_from_fqn
         from verl.utils.logging_utils import configure_verl_logging
 
-        from mtgrpo_backends.verl.trainer import MTGRPOTrainer
+        from mtgrpo_backends.verl.trainer import trainer_class
 
         configure_verl_logging()
         config.transfer_queue.enable = True
@@ -72,7 +75,7 @@ class MTGRPOTaskRunner:
         trainer = None
         succeeded = False
         try:
-            trainer = MTGRPOTrainer(config=config)
+            trainer = trainer_class(config.trainer.v1.trainer_mode)(config=config)
             trainer.init()
             fqn = OmegaConf.select(config, "actor_rollout_ref.rollout.agent.agent_loop_manager_class")
             manager_cls: Any = load_class_from_fqn(fqn, "AgentLoopManager") if fqn else AgentLoopManagerTQ

@@ -1,14 +1,17 @@
 """What the verl backend logs each step, as verl's flat metric dict: per task the weight, filtered rate, batch share,
-reward, accuracy and I_k; per step the rounds, generated and failed groups and the shortfall. A value that does
-not exist this step (a task without rollouts) is left out rather than logged as NaN."""
+reward, accuracy and I_k; per step the rounds, generated and failed groups and the shortfall; in streaming mode the age
+of the trained groups per task and the groups requested ahead. A value that does not exist this step (a task
+without rollouts) is left out rather than logged as NaN."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.sampling.sampler import BatchReport
+from mtgrpo_core.sampling.sampler import Batch, BatchReport
 
 
 def batch_metrics(task_names: Sequence[str], report: BatchReport, shortfall: int, failed: int) -> dict[str, float]:
@@ -32,6 +35,19 @@ def batch_metrics(task_names: Sequence[str], report: BatchReport, shortfall: int
         out["mtgrpo/carried_groups"] = float(report.carried_counts.sum())
         out["mtgrpo/kept_groups"] = float(report.kept_counts.sum())
     out["mtgrpo/budget_exhausted"] = float(report.budget_exhausted)
+    return out
+
+
+def streaming_metrics(task_names: Sequence[str], batch: Batch, requested: int, in_flight: int) -> dict[str, float]:
+    """The streaming mode's figures: the mean age in steps of each task's trained groups (`mtgrpo/staleness/<task>`,
+    the core's staleness: step - version of the request), the groups requested ahead this step and those in flight
+    after it."""
+    out: dict[str, float] = {"mtgrpo/ahead_groups": float(requested), "mtgrpo/in_flight_groups": float(in_flight)}
+    assert batch.staleness is not None
+    for k, name in enumerate(task_names):
+        mine = batch.staleness[batch.tasks == k]
+        if mine.size:
+            out[f"mtgrpo/staleness/{name}"] = float(np.mean(mine))
     return out
 
 

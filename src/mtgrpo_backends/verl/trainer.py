@@ -1,10 +1,12 @@
-"""`MTGRPOTrainer`: verl's sync v1 trainer with MT-GRPO task weighting and ratio-preserving dynamic sampling.
+"""MT-GRPO's trainers for verl's three v1 trainer modes: sync, colocate_async and separate_async.
 
-One verl step is one controller step (Algorithm 1). `prepare_step` submits nothing: the replay buffer's `sample()`
-draws every round from the prompt pool with the current weights (zero lag) and submits it through
-`_submit_rows`. After verl's update the step's facts (every rollout's reward; each trained row's advantage and,
-if the rule needs I_k, its clipped surrogate around the update) go through the core's signal path, and
-`end_step` makes the next weights. The controller and prompt pool are saved with every checkpoint.
+One verl step is one controller step (Algorithm 1). `prepare_step` submits nothing: the replay buffer's first
+`sample()` of the step draws every round from the prompt pool with the current weights and submits it through
+`_submit_rows` (in the async modes, after reporting the groups requested ahead at an earlier step, and before
+submitting the next ahead request). After verl's update (all `parameter_sync_step` mini-batches) the step's facts
+(every reported rollout's reward; each trained row's advantage and, if the rule needs I_k, its clipped surrogate
+around the update) go through the core's signal path, and `end_step` makes the next weights. The controller, the
+prompt pool and the groups kept or in flight are saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import uuid
 from typing import Any, cast
 
 import numpy as np
+import transfer_queue as tq
 import verl
 from numpy.typing import NDArray
 from omegaconf import OmegaConf
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import collate_fn
@@ -26,6 +32,7 @@ from verl.utils.debug import marked_timer
 from mtgrpo_backends.verl import checkpoint
 from mtgrpo_backends.verl.batch_rows import SurrogateSettings, read_rows
 from mtgrpo_backends.verl.config import check_trainer_config, check_verl_version, surrogate_level
+from mtgrpo_backends.verl.groups import PARTITION
 from mtgrpo_backends.verl.metrics import signal_metrics
 from mtgrpo_backends.verl.replay_buffer import MTGRPOReplayBuffer
 from mtgrpo_backends.verl.step_facts import row_groups, step_facts
@@ -48,8 +55,8 @@ def dataset_tasks(dataset: Any, task_field: str) -> list[Any]:
     return list(table[task_field])
 
 
-class MTGRPOTrainer(PPOTrainerSync):
-    """The sync trainer whose batches follow MT-GRPO's task weights; built by `mtgrpo_backends.verl.main`."""
+class MTGRPOTrainerMixin(PPOTrainer):
+    """What MT-GRPO changes in each of verl's v1 trainers; `trainer_class` picks the trainer by mode."""
 
     def __init__(self, config: Any) -> None:
         check_trainer_config(config)
@@ -129,16 +136,57 @@ class MTGRPOTrainer(PPOTrainerSync):
 
     def _load_checkpoint(self) -> None:
         """Restore MT-GRPO's state from the folder verl will resume, before verl loads anything: a checkpoint
-        without it, or of other tasks or another method, is refused with the model untouched."""
+        without it, or of other tasks or another method, is refused with the model untouched. The groups kept or
+        requested ahead at the checkpoint stay if verl restored them in TransferQueue (async modes), else all are
+        released with a warning."""
         found = checkpoint.resume_folder(self.config.trainer)
         if found is not None:
             folder, step = found
             self.buffer.load_state_dict(checkpoint.read(folder, step), f"checkpoint {folder!r}")
-            if self.buffer.released_at_resume:
-                logger.warning(
-                    "mtgrpo: %d groups kept for step %d by carry-over are dropped: their TransferQueue data did not "
-                    "survive the restart",
-                    self.buffer.released_at_resume,
-                    step + 1,
-                )
         super()._load_checkpoint()
+        if found is None:
+            return
+        held = self.buffer.held_uids()
+        restored = self.trainer_mode != "sync"  # verl saves TransferQueue with the checkpoint in its async modes
+        queued = set((tq.kv_list(partition_id=PARTITION) or {}).get(PARTITION, {})) if restored else set()
+        missing = [uid for uid in held if uid not in queued]
+        if missing:
+            self.buffer.release_held()
+            logger.warning(
+                "mtgrpo: %d groups kept or requested ahead at step %d are dropped: %d of them are not in "
+                "TransferQueue after the restart (verl saves it only in its async modes)",
+                len(held),
+                found[1],
+                len(missing),
+            )
+        if restored:
+            self.buffer.clear_unheld()
+
+
+class MTGRPOTrainer(MTGRPOTrainerMixin, PPOTrainerSync):
+    """verl's sync trainer with MT-GRPO: the synchronous conversation, one step per controller step."""
+
+
+class MTGRPOColocateAsyncTrainer(MTGRPOTrainerMixin, PPOTrainerColocateAsync):
+    """verl's colocate_async trainer with MT-GRPO's streaming mode: the ahead request is submitted before verl
+    aborts and sleeps the rollout replicas, and generates under the new weights once they resume."""
+
+
+class MTGRPOSeparateAsyncTrainer(MTGRPOTrainerMixin, PPOTrainerSeparateAsync):
+    """verl's separate_async trainer with MT-GRPO's streaming mode: the ahead request generates on the standalone
+    replicas while the step trains (across the step's weight sync), and the batch trains in parameter_sync_step
+    mini-batches."""
+
+
+TRAINERS: dict[str, type[MTGRPOTrainerMixin]] = {
+    "sync": MTGRPOTrainer,
+    "colocate_async": MTGRPOColocateAsyncTrainer,
+    "separate_async": MTGRPOSeparateAsyncTrainer,
+}
+
+
+def trainer_class(mode: str) -> type[MTGRPOTrainerMixin]:
+    """The MT-GRPO trainer of `trainer.v1.trainer_mode`."""
+    if mode not in TRAINERS:
+        raise ValueError(f"trainer.v1.trainer_mode is {mode!r}, expected one of {sorted(TRAINERS)}")
+    return TRAINERS[mode]

@@ -176,12 +176,13 @@ def test_versions_and_losses_outside_the_supported_range_are_refused() -> None:
         surrogate_level(_compose("actor_rollout_ref.actor.policy_loss.loss_mode=cispo"))
 
 
-def _documented_command() -> list[str]:
-    """The overrides of the launch command in docs/verl.md, as a shell would split them."""
+def _documented_command(index: int = 0) -> list[str]:
+    """The overrides of a launch command in docs/verl.md (0: the sync one, 1: the async one), as a shell would split
+    them."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "verl.md").read_text()
-    match = re.search(r"```bash\n(python -m mtgrpo_backends\.verl\.main .*?)```", text, re.S)
-    assert match is not None, "docs/verl.md has no launch command"
-    words = shlex.split(match.group(1).replace("\\\n", " "))
+    commands = re.findall(r"```bash\n(python -m mtgrpo_backends\.verl\.main .*?)```", text, re.S)
+    assert len(commands) == 2, "docs/verl.md should hold the sync and the async launch commands"
+    words = shlex.split(commands[index].replace("\\\n", " "))
     assert words[:3] == ["python", "-m", "mtgrpo_backends.verl.main"]
     return words[3:]
 
@@ -199,6 +200,12 @@ def test_the_documented_command_passes_verls_validate_config() -> None:
     without = [word for word in command if "micro_batch_size" not in word]
     with pytest.raises(InstantiationException, match=r"Please set at least one of .*ppo_micro_batch_size_per_gpu"):
         check_config(_compose_plain(without))  # what a new user hit: verl's own check, now run by CI
+
+
+def test_the_documented_async_command_passes_verls_validate_config() -> None:
+    config = _compose_plain(_documented_command(1))
+    check_config(config)
+    assert config.trainer.v1.trainer_mode == "separate_async" and config.mtgrpo.sampler.steps_ahead == 1
 
 
 def test_a_transfer_queue_that_cannot_start_is_refused_with_the_fix() -> None:

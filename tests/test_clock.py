@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtgrpo_backends.simulated.bench import SimulatedRunner
-from mtgrpo_backends.simulated.clock import Clock, ClockModel
+from mtgrpo_backends.simulated.clock import ClockModel, Engine
 from mtgrpo_backends.simulated.suites import load_suite
 
 
@@ -27,12 +27,26 @@ def test_the_mean_length_is_the_truncated_lognormal_mean() -> None:
     assert ClockModel(tail=0.0, median_tokens=10.0, max_tokens=5.0).mean_tokens() == 5.0
 
 
-def test_the_generator_serves_one_request_at_a_time() -> None:
-    clock = Clock(ClockModel(), seed=0)
-    first = clock.generate(64, start=0.0)
-    second = clock.generate(64, start=0.0)  # queued behind the first
-    assert 0.0 < first < second
-    assert clock.generate(0, start=5.0) == 5.0
+def test_the_engine_runs_a_lone_request_as_decode_seconds_and_shares_itself_between_requests() -> None:
+    model = ClockModel()
+    rng = np.random.default_rng(0)
+    first, second = model.lengths(rng, 256), model.lengths(rng, 2048)
+    alone = Engine(model)
+    alone.submit(1, first, at=3.0)
+    assert alone.finished(1) == pytest.approx(3.0 + model.decode_seconds(first))
+    shared = Engine(model)
+    shared.submit(1, first, at=0.0)
+    shared.submit(2, second, at=10.0)  # arrives while the first request's rollouts decode: both slow down
+    both = sorted([shared.finished(2), shared.finished(1)])
+    assert model.decode_seconds(first) < shared.finished(1)
+    assert both[1] == pytest.approx(max(shared.finished(1), shared.finished(2)))
+    serial = model.decode_seconds(first) + model.decode_seconds(second)
+    assert max(both) < 10.0 + serial  # overlapping requests finish sooner than one after the other
+    total = (first.sum() + second.sum()) / model.generation_tps
+    assert max(both) >= total - 1e-9  # but never faster than the engine's throughput
+    empty = Engine(model)
+    empty.submit(1, np.zeros(0), at=5.0)
+    assert empty.finished(1) == 5.0
 
 
 @pytest.mark.parametrize(("name", "value"), [("tail", -0.1), ("decode_tps", 0.0), ("median_tokens", float("nan"))])
@@ -65,3 +79,47 @@ def test_the_clock_leaves_a_synchronous_run_unchanged() -> None:
     b = SimulatedRunner(load_suite("paper3"), 40, 32, 8, 10, clock=ClockModel(decode_tps=80.0))("mt-grpo:0.2", 1)
     assert np.array_equal(a.accuracy, b.accuracy) and np.array_equal(a.generated, b.generated)
     assert a.seconds is not None and b.seconds is not None and b.seconds[-1] < a.seconds[-1]
+
+
+def _reference_finish_times(model: ClockModel, arrivals: list[tuple[float, np.ndarray]]) -> list[float]:
+    """One event at a time: the active rollouts' remaining tokens, the next finish or arrival, all advance."""
+    t, left, owner, done = 0.0, np.zeros(0), np.zeros(0, dtype=int), {}
+    pending = sorted(range(len(arrivals)), key=lambda i: arrivals[i][0])
+    while pending or left.size:
+        speed = min(model.decode_tps, model.generation_tps / left.size) if left.size else 0.0
+        finish = t + left.min() / speed if left.size else np.inf
+        arrive = arrivals[pending[0]][0] if pending else np.inf
+        step_to = min(finish, arrive)
+        left = left - speed * (step_to - t)
+        t = step_to
+        if arrive <= finish:
+            i = pending.pop(0)
+            left, owner = (
+                np.concatenate([left, arrivals[i][1]]),
+                np.concatenate([owner, np.full(arrivals[i][1].size, i)]),
+            )
+        gone = left <= 1e-9
+        for i in set(owner[gone].tolist()):
+            if not (owner[~gone] == i).any():
+                done[i] = t
+        left, owner = left[~gone], owner[~gone]
+    return [done[i] for i in range(len(arrivals))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_engine_matches_an_event_by_event_reference(seed: int) -> None:
+    model = ClockModel(decode_tps=40.0, generation_tps=2_000.0)
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.uniform(0, 60, size=rng.integers(1, 5)))
+    arrivals = [(float(t), model.lengths(rng, int(rng.integers(1, 300)))) for t in times]
+    engine = Engine(model)
+    for i, (at, lengths) in enumerate(arrivals):
+        engine.submit(i, lengths, at)
+    got = [engine.finished(i) for i in rng.permutation(len(arrivals))]
+    order = list(rng.permutation(len(arrivals)))
+    engine2 = Engine(model)
+    for i, (at, lengths) in enumerate(arrivals):
+        engine2.submit(i, lengths, at)
+    want = _reference_finish_times(model, arrivals)
+    assert [engine2.finished(i) for i in order] == pytest.approx([want[i] for i in order], rel=1e-9)
+    assert sorted(got) == pytest.approx(sorted(want), rel=1e-9)

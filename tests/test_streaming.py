@@ -209,3 +209,30 @@ def test_settings_take_steps_ahead_and_name_it_when_refused() -> None:
         Settings("mt-grpo", SamplerSettings(steps_ahead=-1))
     with pytest.raises(ValueError, match=r"steps_ahead=2 needs carry_over >= 2"):
         Settings("mt-grpo", SamplerSettings(steps_ahead=2)).check(3, 32, 8)
+
+
+def test_the_cap_covers_a_steps_own_rounds_and_ahead_request_not_the_ahead_groups_it_receives() -> None:
+    """Per step, the prompts it asks for (rounds and ahead request) stay within the generation cap; the ahead
+    groups reported to it were charged to the step that asked (they count in its report's `generated`, not in its
+    cap)."""
+    sampler, rng = _sampler(ahead=1, carry=2, generation_cap=1.5), np.random.default_rng(5)  # 48 prompts (B = 32)
+    due: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    key = 0
+    for t in range(40):
+        builder = sampler.begin(WEIGHTS, t)
+        for tasks, keys, info in due:
+            builder.report_arrays(tasks, keys, informative=info, version=t - 1)
+        received = sum(d[0].shape[0] for d in due)
+        own = 0
+        while (request := builder.next_request()) is not None:
+            own += request.total
+            tasks, keys, info = _groups(rng, request.counts, key)
+            key += tasks.shape[0]
+            builder.report_arrays(tasks, keys, informative=info)
+        batch = builder.finish()
+        assert int(batch.report.generated.sum()) == received + own
+        ahead = builder.ahead()
+        asked = own + (0 if ahead is None else ahead.total)
+        assert asked <= 48
+        due = [] if ahead is None else [_groups(rng, ahead.counts, key)]
+        key += 0 if ahead is None else ahead.total

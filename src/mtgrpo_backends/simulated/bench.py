@@ -69,7 +69,7 @@ def step_facts(
     )
 
 
-Due = dict[int, list[tuple[int, Groups, float]]]  # step -> ahead groups it reports: (version, groups, done at)
+Due = dict[int, list[tuple[int, Groups, int]]]  # step -> ahead groups it reports: (version, groups, clock ticket)
 
 
 def _train_step(
@@ -83,20 +83,20 @@ def _train_step(
     builder = ctrl.begin_step()
     step = ctrl.step
     parts: list[Groups] = []
-    for version, g, done in due.pop(step, []):
-        clock.wait(done)
+    for version, g, ticket in due.pop(step, []):
+        clock.wait(clock.finished(ticket))
         builder.report_arrays(g.task, rewards=g.rewards, payloads=[(g, i) for i in range(len(g))], version=version)
         parts.append(g)
     while (request := builder.next_request()) is not None:
         g = policy.generate(request.counts) if feed is None else feed(request.counts)
-        clock.wait(clock.generate(len(g) * policy.group_size, clock.now))
+        clock.wait(clock.finished(clock.submit(len(g) * policy.group_size)))
         builder.report_arrays(g.task, rewards=g.rewards, payloads=[(g, i) for i in range(len(g))])
         parts.append(g)
     batch = builder.finish()
     if ahead and (request := builder.ahead()) is not None:
         g = policy.generate(request.counts) if feed is None else feed(request.counts)
-        done = clock.generate(len(g) * policy.group_size, clock.now)  # beside the update below
-        due.setdefault(step + ctrl.sampler.config.steps_ahead, []).append((step, g, done))
+        ticket = clock.submit(len(g) * policy.group_size)  # generates beside the update below
+        due.setdefault(step + ctrl.sampler.config.steps_ahead, []).append((step, g, ticket))
     generated = Groups.concat(parts) if parts else Groups.empty(policy.group_size)
     trained = _gather(batch.payloads or (), policy.group_size)
     clock.train(len(trained) * policy.group_size)

@@ -202,20 +202,22 @@ class BatchBuilder:
 
     def ahead(self) -> Request | None:
         """Streaming mode, after finish(): the groups to generate now, with this step's policy while it trains, for
-        the next `steps_ahead` batches: the planner's request for their expected targets less the kept groups, less
-        the requests still in flight, at most a 1 / steps_ahead share of it, within the cap. Report them at a
-        later step with `version=request.version`. None when nothing is needed."""
+        the batch `steps_ahead` steps from now (the batches before it have theirs in flight): the planner's request
+        for one batch's targets (ceil(B z) where the batch keeps exact per-task counts) less the kept groups beyond
+        what those batches may take, within what the step's cap leaves. Report them at a later step with
+        `version=request.version`. None when nothing is needed."""
         if not self.config.steps_ahead or self._carry is None:
             raise ValueError("ahead() needs the streaming mode: SamplerConfig.steps_ahead >= 1")
         if not self._finished or self._ahead_asked:
             raise ValueError("ahead() is called once per step, after finish()")
-        self._ahead_asked, cfg, carry, ahead = True, self.config, self._carry, self.config.steps_ahead
-        need = draw_counts(cfg.targets, self.weights, ahead * cfg.batch_size, self._rng)
-        kept = np.bincount(carry.offer().tasks, minlength=self._k)
+        self._ahead_asked, cfg, carry = True, self.config, self._carry
+        need = draw_counts(cfg.targets, self.weights, cfg.batch_size, self._rng)  # the batch steps_ahead from now
+        if cfg.ratio_constraint and cfg.filtering != "none":  # exact per-task counts: cover either rounding of B z
+            need = np.ceil(cfg.batch_size * self.weights).astype(np.int64)
+        kept = np.bincount(carry.offer().tasks, minlength=self._k)  # credit: beyond what the batches before it take
+        credit = np.maximum(kept - (cfg.steps_ahead - 1) * need, 0)
         weights, _, inflated = self._views
-        plan = self._planner.plan(PlanView(0, weights, read_only(need), inflated, kept, self._estimator), self._rng)
-        # requests in flight are made already; at most a 1 / steps_ahead share of the plan a step (no ringing)
-        counts = None if plan is None else np.minimum(np.maximum(plan - carry.in_flight(), 0), -(-plan // ahead))
+        counts = self._planner.plan(PlanView(0, weights, read_only(need), inflated, credit, self._estimator), self._rng)
         if counts is not None and self._cap is not None:  # the step's cap covers its own rounds and ahead request
             counts = fair_share(counts, self._cap - self._asked, self.weights)
         if counts is None or not counts.any():

@@ -11,11 +11,22 @@ from mtgrpo_backends.simulated.clock import ClockModel, Engine
 from mtgrpo_backends.simulated.suites import load_suite
 
 
+def _alone(model: ClockModel, lengths: np.ndarray) -> float:
+    """Seconds a lone request takes: between consecutive finishes (lengths sorted) the `active` rollouts left
+    advance together at min(decode_tps, generation_tps / active) tokens per second."""
+    ordered = np.sort(lengths)
+    speed = np.minimum(model.decode_tps, model.generation_tps / np.arange(ordered.shape[0], 0, -1))
+    return float((np.diff(ordered, prepend=0.0) / speed).sum())
+
+
 @pytest.mark.parametrize("rollouts", [1, 8, 256, 2048, 20_000])
 def test_a_request_takes_between_its_throughput_and_straggler_bounds_and_their_sum(rollouts: int) -> None:
     model = ClockModel()
     lengths = model.lengths(np.random.default_rng(rollouts), rollouts)
-    seconds = model.decode_seconds(lengths)
+    engine = Engine(model)
+    engine.submit(1, lengths, at=0.0)
+    seconds = engine.finished(1)
+    assert seconds == pytest.approx(_alone(model, lengths), rel=1e-9)
     throughput, straggler = lengths.sum() / model.generation_tps, lengths.max() / model.decode_tps
     assert max(throughput, straggler) - 1e-9 <= seconds <= throughput + straggler + 1e-9
 
@@ -27,20 +38,20 @@ def test_the_mean_length_is_the_truncated_lognormal_mean() -> None:
     assert ClockModel(tail=0.0, median_tokens=10.0, max_tokens=5.0).mean_tokens() == 5.0
 
 
-def test_the_engine_runs_a_lone_request_as_decode_seconds_and_shares_itself_between_requests() -> None:
+def test_the_engine_shares_itself_between_requests() -> None:
     model = ClockModel()
     rng = np.random.default_rng(0)
     first, second = model.lengths(rng, 256), model.lengths(rng, 2048)
     alone = Engine(model)
     alone.submit(1, first, at=3.0)
-    assert alone.finished(1) == pytest.approx(3.0 + model.decode_seconds(first))
+    assert alone.finished(1) == pytest.approx(3.0 + _alone(model, first))
     shared = Engine(model)
     shared.submit(1, first, at=0.0)
     shared.submit(2, second, at=10.0)  # arrives while the first request's rollouts decode: both slow down
     both = sorted([shared.finished(2), shared.finished(1)])
-    assert model.decode_seconds(first) < shared.finished(1)
+    assert _alone(model, first) < shared.finished(1)
     assert both[1] == pytest.approx(max(shared.finished(1), shared.finished(2)))
-    serial = model.decode_seconds(first) + model.decode_seconds(second)
+    serial = _alone(model, first) + _alone(model, second)
     assert max(both) < 10.0 + serial  # overlapping requests finish sooner than one after the other
     total = (first.sum() + second.sum()) / model.generation_tps
     assert max(both) >= total - 1e-9  # but never faster than the engine's throughput

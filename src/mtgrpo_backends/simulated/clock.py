@@ -48,14 +48,6 @@ class ClockModel:
         """Token lengths of `rollouts` rollouts."""
         return np.minimum(self.max_tokens, self.median_tokens * np.exp(self.tail * rng.standard_normal(rollouts)))
 
-    def decode_seconds(self, lengths: NDArray[np.float64]) -> float:
-        """Seconds until the last rollout is done: between consecutive finishes (lengths sorted) the `active`
-        rollouts left advance together at min(decode_tps, generation_tps / active) tokens per second."""
-        ordered = np.sort(lengths)
-        active = np.arange(ordered.shape[0], 0, -1)
-        speed = np.minimum(self.decode_tps, self.generation_tps / active)
-        return float((np.diff(ordered, prepend=0.0) / speed).sum())
-
     def mean_tokens(self) -> float:
         """E[L] of the truncated log-normal length (closed form)."""
         from scipy.stats import norm

@@ -85,8 +85,8 @@ class SamplerSettings:
     """at most this times B prompts generated per step, rounds and guard probes included (0: no cap; else >= 1);
     a short step fills from other tasks' surplus and is reported capped (unset: the method's: 3 lean, else 0)"""
     steps_ahead: int | None = None
-    """streaming mode: groups of the next steps_ahead batches are generated while a batch trains (needs carry-over
-    >= steps_ahead, the age bound; docs/sampler.md) (unset: 0, synchronous)"""
+    """streaming mode: the groups of the batch steps_ahead steps later are generated while a batch trains (needs
+    carry-over >= steps_ahead, the age bound; docs/sampler.md) (unset: 0, synchronous)"""
 
     def given(self) -> dict[str, Any]:
         """The settings given, as SamplerConfig keywords."""

@@ -1,6 +1,6 @@
 """The pipelined loop (streaming mode, `sampler.steps_ahead` >= 1): generation for later steps overlaps the update.
 
-After a step's batch is finished, the controller asks for the groups of the next steps_ahead batches
+After a step's batch is finished, the controller asks for the groups of the batch steps_ahead steps later
 (`BatchBuilder.ahead`). The loop draws their prompts and hands them to the `GenerationWorker`, which samples and
 scores them on its own thread with its own copy of the policy, refreshed from the trainer's weights before the
 update starts, and computes their generating log-probabilities with that copy. The update runs meanwhile (torch ops

@@ -77,6 +77,23 @@ def _parquet(path: Path, rows: int, offset: int) -> str:
     return str(path)
 
 
+def data_overrides(tmp_path: Path, val_rows: int) -> list[str]:
+    """The tiny model, the train and validation parquet files, B = 4, N = 2 and the fake servers' settings (they
+    write no rollout log-probs)."""
+    return [
+        f"actor_rollout_ref.model.path={_model_folder(tmp_path / 'model')}",
+        f"data.train_files={_parquet(tmp_path / 'train.parquet', 24, 0)}",
+        f"data.val_files={_parquet(tmp_path / 'val.parquet', val_rows, 100)}",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=32",
+        "data.dataloader_num_workers=0",
+        "data.filter_overlong_prompts_workers=1",
+        "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.rollout.val_kwargs.n=2",
+        "actor_rollout_ref.rollout.calculate_log_probs=false",
+    ]
+
+
 class FakeAgentLoop:
     """Plays verl's `AgentLoopManagerTQ` + `AgentLoopWorkerTQ`: each prompt's chat template through the tokenizer,
     N sessions (val_kwargs.n when validating), written to TransferQueue under `{uid}_{session}_{index}` with the
@@ -172,16 +189,7 @@ def _trainer(tmp_path: Path) -> MTGRPOTrainer:
         "mtgrpo.tasks=[easy,hard]",
         "mtgrpo.poll_interval=0.02",
         "mtgrpo.round_timeout_s=60",
-        f"actor_rollout_ref.model.path={_model_folder(tmp_path / 'model')}",
-        f"data.train_files={_parquet(tmp_path / 'train.parquet', 24, 0)}",
-        f"data.val_files={_parquet(tmp_path / 'val.parquet', VAL_ROWS, 100)}",
-        "data.train_batch_size=4",
-        "data.max_prompt_length=32",
-        "data.dataloader_num_workers=0",
-        "data.filter_overlong_prompts_workers=1",
-        "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.rollout.val_kwargs.n=2",
-        "actor_rollout_ref.rollout.calculate_log_probs=false",
+        *data_overrides(tmp_path, VAL_ROWS),
         "actor_rollout_ref.actor.ppo_mini_batch_size=4",
         f"trainer.total_training_steps={STEPS}",
         "trainer.test_freq=2",

@@ -11,6 +11,9 @@ numbers must be finite JSON numbers (no strings, no booleans), counts JSON integ
      "transfer": [[1.0]]}
 
 Instead of "tasks" (and "transfer") a suite may give a "recipe" (`RecipeSpec`) that generates many tasks.
+"families" (optional, with "tasks") names task families, e.g. {"countdown": ["countdown-easy", ...], ...}: every
+task in exactly one family, by its name; a recipe's families come from its family_size. The family rule
+(mt-grpo-family) reads them.
 "pool_size" (optional, on every task or on none) makes the training prompts a finite pool drawn once per seed; the
 pools of all tasks hold at most MAX_POOL_PROMPTS (10,000,000) prompts together.
 What the loader solves from the observables is in suites.py (`solve_task`).
@@ -156,6 +159,7 @@ class SuiteSpec(_Schema):
     tasks: Omittable[Annotated[list[TaskSpec], Field(min_length=1)]] = None
     recipe: Omittable[RecipeSpec] = None
     transfer: Omittable[list[list[Effect]]] = None  # row k = effect on task k; ones on the diagonal
+    families: Omittable[dict[str, Annotated[list[str], Field(min_length=1)]]] = None  # family -> its task names
 
     @field_validator("tasks")
     @classmethod
@@ -191,6 +195,32 @@ class SuiteSpec(_Schema):
             if rows[i][i] != 1.0:
                 raise ValueError(f"expected 1 on the diagonal (a task's own gradient), got [{i}][{i}] = {rows[i][i]}")
         return rows
+
+    @field_validator("families")
+    @classmethod
+    def _each_task_in_one_family(cls, families: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        if info.data.get("recipe") is not None:
+            raise ValueError("a recipe suite's families come from its family_size; remove 'families'")
+        tasks = info.data.get("tasks")
+        if tasks is None:
+            return families
+        if "" in families:
+            raise ValueError(f"expected non-empty family names, got '' among {list(families)}")
+        names = [t.name for t in tasks]
+        listed = [(f, x) for f, members in families.items() for x in members]
+        unknown = sorted({x for _, x in listed if x not in names})
+        if unknown:
+            raise ValueError(f"expected task names of this suite ({names}), got unknown name(s) {unknown}")
+        seen: dict[str, list[str]] = {}
+        for f, x in listed:
+            seen.setdefault(x, []).append(f)
+        twice = {x: fs for x, fs in seen.items() if len(fs) > 1}
+        if twice:
+            raise ValueError(f"expected every task in exactly one family, got task(s) in several: {twice}")
+        missing = [x for x in names if x not in seen]
+        if missing:
+            raise ValueError(f"expected every task in exactly one family, got task(s) in none: {missing}")
+        return families
 
     @model_validator(mode="before")
     @classmethod

@@ -38,6 +38,7 @@ class Suite:
     defaults: SuiteDefaults
     grpo_accuracy: tuple[float | None, ...] = ()
     pool_sizes: tuple[int, ...] | None = None  # prompts of each task's finite training pool (None: fresh prompts)
+    families: tuple[int, ...] | None = None  # each task's family index (None: the suite names no families)
 
     @property
     def num_tasks(self) -> int:
@@ -137,6 +138,7 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
         tasks, transfer = _generate(f"{where}.recipe", spec.recipe, n_obs)
         grpo: tuple[float | None, ...] = ()
         pools = None
+        families: tuple[int, ...] | None = tuple(i // spec.recipe.family_size for i in range(spec.recipe.num_tasks))
     else:
         assert spec.tasks is not None  # the schema requires exactly one of tasks / recipe
         tasks = []
@@ -148,7 +150,16 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
         sizes = [t.pool_size for t in spec.tasks if t.pool_size is not None]
         pools = tuple(sizes) if sizes else None
         transfer = np.eye(len(tasks)) if spec.transfer is None else np.array(spec.transfer, dtype=np.float64)
-    return Suite(spec.name, spec.description, tuple(tasks), transfer, spec.heldout_size, spec.defaults, grpo, pools)
+        families = None if spec.families is None else _family_of_each(spec.families, [t.name for t in spec.tasks])
+    return Suite(
+        spec.name, spec.description, tuple(tasks), transfer, spec.heldout_size, spec.defaults, grpo, pools, families
+    )
+
+
+def _family_of_each(families: dict[str, list[str]], names: list[str]) -> tuple[int, ...]:
+    """Each task's family index (families in the file's order), from the schema-checked `families` field."""
+    index = {name: f for f, members in enumerate(families.values()) for name in members}
+    return tuple(index[name] for name in names)
 
 
 def builtin_suites() -> list[str]:

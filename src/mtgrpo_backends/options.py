@@ -13,7 +13,7 @@ import inspect
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -197,6 +197,9 @@ class RuleOptions:
     """SEC bandit: EMA rate of Q_k"""
     temperature: Annotated[float | None, unset("the rule's: 0.2")] = None
     """SEC bandit: softmax temperature of p = softmax(Q / T)"""
+    within: Annotated[float | None, unset("the rule's: 1.0")] = None
+    """family rule (mt-grpo-family): how far a family's weight follows its own IWU over its tasks (1) rather than
+    spreading evenly (0)"""
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -206,8 +209,9 @@ class RuleOptions:
         accepted = rule_parameters(method)
         return {k: x for k, x in self.given().items() if accepted is None or k in accepted}
 
-    def check(self, methods: Sequence[str], num_tasks: int) -> None:
-        """Refuse an option that no chosen method's rule takes, or a value a rule refuses; messages name the flag."""
+    def check(self, methods: Sequence[str], num_tasks: int, supplied: Mapping[str, Any] | None = None) -> None:
+        """Refuse an option that no chosen method's rule takes, or a value a rule refuses; messages name the flag.
+        supplied: what the backend passes to every rule that takes it (the simulator: the suite's families)."""
         for name, value in self.given().items():
             takers = [m for m in methods if name in self.kwargs_for(m)]
             if not takers:
@@ -216,9 +220,9 @@ class RuleOptions:
                 )
             for method in takers:
                 try:
-                    build_rule(
-                        parse_method(method).rule, num_tasks, **{**parse_method(method).rule_kwargs, name: value}
-                    )
+                    spec = parse_method(method)
+                    extra = {k: x for k, x in (supplied or {}).items() if k in (rule_parameters(method) or ())}
+                    build_rule(spec.rule, num_tasks, **{**spec.rule_kwargs, **extra, name: value})
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"{flag(name, 'rule.')} {value!r} (method {method!r}): {err}") from None
 

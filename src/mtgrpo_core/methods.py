@@ -9,6 +9,8 @@ of weighting rules they name.
 "rps-only"            uniform weights, RP-SAMPLER (ablation: RPS with fixed uniform z)
 "mt-grpo[:lam]"       IWU weights + RP-SAMPLER (the paper's method; lam defaults to 0.2)
 "mt-grpo-scaled[:lam]" IWU with I_k and J_k on a common scale (weighting.scaled) + RP-SAMPLER (lam 2)
+"mt-grpo-family[:lam]" IWU over task families, then within each family (weighting.scaled; the rule needs each
+                      task's family: the simulator passes the suite's) + RP-SAMPLER (lam 0.2)
 "mt-grpo-paper[:lam]" IWU + RP-SAMPLER with the paper's Algorithm 2 as written: paper planner, strictly on-policy
 "mt-grpo-noinfl[:lam]" IWU + the paper's Algorithm 2 without acceptance-aware inflation (ablation)
 "minimax"             reward-only minimax weights (Eq. 6-7) + RP-SAMPLER
@@ -26,7 +28,7 @@ method the paper's Algorithm 2.
 
 Rules are built by name through `build_rule`, in the manner of verl's `register_adv_est` (built in: "iwu",
 "iwu-ref" (the reference code's variant: `reference.scoring.ReferenceIWURule`), "iwu-scaled"
-(`weighting.scaled.ScaledIWURule`), "minimax", "sec", "uniform",
+(`weighting.scaled.ScaledIWURule`), "iwu-family" (`weighting.scaled.FamilyIWURule`), "minimax", "sec", "uniform",
 "fixed"); a name of the form "package.module:Class" imports a user's rule that is not registered.
 
     @register_rule("my-rule")
@@ -45,13 +47,14 @@ from mtgrpo_core.protocols import SIGNAL_NEEDS, WeightingRule
 from mtgrpo_core.reference.presets import REFERENCE_PRESETS, ReferencePreset
 from mtgrpo_core.reference.scoring import ReferenceIWURule
 from mtgrpo_core.weighting.rules import FixedRule, IWURule, MinimaxRule, SECRule, UniformRule
-from mtgrpo_core.weighting.scaled import SCALED_DEFAULT_LAM, ScaledIWURule
+from mtgrpo_core.weighting.scaled import SCALED_DEFAULT_LAM, FamilyIWURule, ScaledIWURule
 
 # the built-in rules; `register_rule` adds more
 RULES: dict[str, type[Any]] = {
     "iwu": IWURule,
     "iwu-ref": ReferenceIWURule,
     "iwu-scaled": ScaledIWURule,
+    "iwu-family": FamilyIWURule,
     "minimax": MinimaxRule,
     "uniform": UniformRule,
     "fixed": FixedRule,
@@ -134,6 +137,7 @@ _TABLE: dict[str, tuple[str, str | None, float | None, dict[str, Any]]] = {
     "rps-only": ("uniform", None, None, LEAN),
     "mt-grpo": ("iwu", "lam", 0.2, LEAN),
     "mt-grpo-scaled": ("iwu-scaled", "lam", SCALED_DEFAULT_LAM, LEAN),
+    "mt-grpo-family": ("iwu-family", "lam", 0.2, LEAN),
     "mt-grpo-paper": ("iwu", "lam", 0.2, _PAPER),
     "mt-grpo-noinfl": ("iwu", "lam", 0.2, {**_PAPER, "acceptance_aware": False}),
     "minimax": ("minimax", None, None, LEAN),

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_backends.harness.record import RunRecord
-from mtgrpo_backends.options import RuleOptions
+from mtgrpo_backends.options import RuleOptions, rule_parameters
 from mtgrpo_backends.simulated.clock import Clock, ClockModel
 from mtgrpo_backends.simulated.policy import Groups, SimulatedPolicy
 from mtgrpo_backends.simulated.pool_feed import SKIPS, PoolFeed, Skip
@@ -158,10 +158,22 @@ class SimulatedRunner:
         settings = Settings(
             method,
             SamplerSettings(**self.sampler_for(method)),
-            self.rule.kwargs_for(method),
+            {**self.rule.kwargs_for(method), **self.supplied(method)},
             improvement_reduce=self.improvement_reduce,
         )
         return settings.controller(self.suite.num_tasks, self.batch_size, self.group_size, seed)
+
+    def supplied(self, method: str) -> dict[str, Any]:
+        """What the suite gives the method's rule: the task families to a rule that takes `families` (refused when
+        the suite names none)."""
+        if "families" not in (rule_parameters(method) or ()):
+            return {}
+        if self.suite.families is None:
+            raise ValueError(
+                f"method {method!r} weights task families, but suite {self.suite.name!r} names none; expected a "
+                "suite with a recipe (family_size) or a 'families' field (e.g. paper9, scale300, scale1000)"
+            )
+        return {"families": list(self.suite.families)}
 
     def sampler_for(self, method: str) -> dict[str, Any]:
         """The sampler overrides of a run: the suite's N_rs unless the method is a reference preset (which sets its

@@ -80,7 +80,8 @@ def run_bench(args: BenchArgs) -> int:
     methods, swept = chosen_methods(args.harness, DEFAULT_METHODS)
     args.harness.reference_for(methods)
     seeds = list(args.harness.seeds) or list(range(d.seeds))
-    args.rule.check(methods, suite.num_tasks)
+    families = {} if suite.families is None else {"families": list(suite.families)}
+    args.rule.check(methods, suite.num_tasks, families)
     runner = SimulatedRunner(
         suite,
         steps,

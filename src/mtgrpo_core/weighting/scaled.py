@@ -1,4 +1,7 @@
-"""IWU on a common scale (beyond the paper): I_k and J_k divided by their own running spread across tasks.
+"""IWU variants beyond the paper: `ScaledIWURule` puts I_k and J_k on a common scale; `FamilyIWURule` weights task
+families, then the tasks within them.
+
+IWU on a common scale: I_k and J_k divided by their own running spread across tasks.
 
 The paper's score s_k = I_k + lam J_k adds two signals of unrelated size. How large I_k is depends on how it is
 reduced (a task's mean or sum surrogate change), on the batch size and on the learning rate; J_k lies in [0, 1].
@@ -19,7 +22,8 @@ measures no spread (the gradient is zero there anyway); before the first measure
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +32,7 @@ from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
 from mtgrpo_core.protocols import TaskSignals
-from mtgrpo_core.weighting.rules import IWURule, _checked_signals, _required
+from mtgrpo_core.weighting.rules import IWURule, _check_config, _checked_signals, _required
 
 SCALED_DEFAULT_LAM = 2.0
 
@@ -100,3 +104,128 @@ class ScaledIWURule(IWURule):
         if variance.shape != (2,) or (variance < 0).any():
             raise ValueError(f"state['spread_variance'] must be 2 values >= 0, got {variance.tolist()}")
         return variance.copy(), v.positive_int("state['spread_steps']", state["spread_steps"], minimum=0)
+
+
+class FamilyIWURule:
+    """IWU over task families, then within each family (beyond the paper; issue 20 item 3, docs/weighting.md).
+
+    With many tasks each task has a few groups a step. The family rule splits the weight in two levels:
+
+        w = IWU over the F families, on family-pooled signals  J_f = mean_{k in f} J_k,  I_f = mean_{k in f} I_k
+        u^f = IWU over the tasks of family f, on their own J_k, I_k (gradient centred within the family)
+        z_k = w_f(k) ((1 - within) / n_f + within u^f_k)
+
+    Each level is an `IWURule` with the same options (lam, lr, optimizer, weight_decay, improvement_clip), means
+    over the tasks present this step. within in [0, 1] is how far a family's weight follows its own IWU (1) rather
+    than spreading evenly over its n_f tasks (0). families: one label (int or str) per task, e.g. the suite's.
+    With one task per family, or one family and within = 1, this is `IWURule` step for step.
+    """
+
+    kind = "iwu-family"
+    needs = frozenset({"improvement"})
+
+    def __init__(
+        self,
+        num_tasks: int,
+        families: Sequence[int | str] | None = None,
+        lam: float = 0.2,
+        lr: float = 0.025,
+        optimizer: str = "adamw",
+        weight_decay: float = 1e-5,
+        improvement_clip: float | None = 0.2,
+        within: float = 1.0,
+    ) -> None:
+        self._k = v.positive_int("num_tasks", num_tasks)
+        self._family = family_index(families, self._k)
+        self.within = v.real_in_range("within", within, 0.0, 1.0)
+        options = {"lam": lam, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay}
+        options["improvement_clip"] = improvement_clip
+        sizes = np.bincount(self._family)
+        self._top = IWURule(len(sizes), **options)  # type: ignore[arg-type]
+        self._members = [np.flatnonzero(self._family == f) for f in range(len(sizes))]
+        self._inner = [IWURule(len(m), **options) for m in self._members]  # type: ignore[arg-type]
+
+    @property
+    def num_tasks(self) -> int:
+        return self._k
+
+    @property
+    def families(self) -> NDArray[np.int64]:
+        """Each task's family index, numbered in order of first appearance (a copy)."""
+        return self._family.copy()
+
+    @property
+    def weights(self) -> NDArray[np.float64]:
+        w, z = self._top.weights, np.zeros(self._k)
+        for f, (members, inner) in enumerate(zip(self._members, self._inner, strict=True)):
+            z[members] = w[f] * ((1.0 - self.within) / len(members) + self.within * inner.weights)
+        return z
+
+    def update(self, signals: TaskSignals) -> NDArray[np.float64]:
+        s = _checked_signals(signals, self._k)
+        improvement = _required("improvement", s.improvement, "FamilyIWURule")
+        v.finite_array("signals.improvement at present tasks", improvement[s.present])
+        saved = self.state_dict()
+        try:
+            self._top.update(family_signals(s.reward, improvement, s.present, self._family))
+            for members, inner in zip(self._members, self._inner, strict=True):
+                inner.update(TaskSignals.build(s.reward[members], s.present[members], improvement[members]))
+        except ValueError:
+            self.load_state_dict(saved)  # a refused step leaves the rule unchanged
+            raise
+        return self.weights
+
+    def _config(self) -> dict[str, Any]:
+        return {**self._top._config(), "within": self.within, "families": self._family.tolist()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "num_tasks": self._k,
+            "config": self._config(),
+            "families": self._top.state_dict(),
+            "tasks": [inner.state_dict() for inner in self._inner],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        v.state_matches(state, self.kind, self._k)
+        _check_config(state, self._config())
+        inner = state.get("tasks")
+        if not isinstance(inner, list) or len(inner) != len(self._inner):
+            raise ValueError(f"state['tasks'] must list {len(self._inner)} per-family states, got {inner!r:.80}")
+        top, rules = copy.deepcopy(self._top), copy.deepcopy(self._inner)
+        top.load_state_dict(state.get("families", {}))
+        for rule, part in zip(rules, inner, strict=True):
+            rule.load_state_dict(part)
+        self._top, self._inner = top, rules
+
+
+def family_index(families: Any, num_tasks: int) -> NDArray[np.int64]:
+    """Each task's family as an index 0..F-1 in order of first appearance; `families` holds one label (int or
+    str) per task. Refuses None, another length and other label types, naming `families`."""
+    if families is None:
+        raise ValueError(
+            "families is None: the family rule (iwu-family, mt-grpo-family) needs each task's family, one label "
+            f"per task ({num_tasks}); the simulator takes them from the suite (a recipe's family_size or a "
+            "'families' field); elsewhere pass rule_kwargs={'families': [...]}"
+        )
+    if isinstance(families, str | bytes) or not isinstance(families, Sequence | np.ndarray):
+        raise TypeError(f"families must be a sequence of {num_tasks} labels (int or str), got {families!r:.80}")
+    labels = list(families)
+    if len(labels) != num_tasks:
+        raise ValueError(f"families must hold one label per task ({num_tasks}), got {len(labels)}")
+    bad = [x for x in labels if isinstance(x, bool) or not isinstance(x, int | str | np.integer)]
+    if bad:
+        raise TypeError(f"families must hold int or str labels, got {bad[0]!r} of type {type(bad[0]).__name__}")
+    order: dict[Any, int] = {}
+    return np.array([order.setdefault(x.item() if isinstance(x, np.integer) else x, len(order)) for x in labels])
+
+
+def family_signals(
+    reward: NDArray[np.float64], improvement: NDArray[np.float64], present: NDArray[np.bool_], family: NDArray[np.int64]
+) -> TaskSignals:
+    """Family-pooled signals: J_f and I_f the means of J_k and I_k over family f's present tasks; a family is
+    present when any of its tasks is. Shapes (K,) in, (F,) out."""
+    count = np.bincount(family, weights=present.astype(np.float64))
+    reward_f, improvement_f = (np.bincount(family, weights=np.where(present, x, 0.0)) for x in (reward, improvement))
+    return TaskSignals.build(reward_f / np.maximum(count, 1.0), count > 0, improvement_f / np.maximum(count, 1.0))

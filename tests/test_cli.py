@@ -55,6 +55,11 @@ def test_list_flags_take_commas_or_spaces() -> None:
         (["--sampler.planner", "psychic"], "--sampler.planner 'psychic': planner must be one of"),
         (["--rule.lr", "0"], "--rule.lr 0.0 (method 'mt-grpo:0.2'): lr must be"),
         (["--rule.alpha", "0.3", "--methods", "mt-grpo:0.2"], "--rule.alpha 0.3: no chosen method's rule takes"),
+        (
+            ["--rule.lam-start", "0.5", "--methods", "mt-grpo-scaled:3"],
+            "--rule.lam-start 0.5 (method 'mt-grpo-scaled:3'): lam_start and lam_ramp go together",
+        ),
+        (["--rule.lam-ramp", "0", "--rule.lam-start", "1", "--methods", "mt-grpo-scaled"], "lam_ramp=0"),
         (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
         (["--seeds", "1,1"], "--seeds must be distinct integers >= 0, got [1, 1]"),
         (["--thresholds", "1.5"], "--thresholds must lie in (0, 1], got [1.5]"),

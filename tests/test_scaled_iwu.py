@@ -98,3 +98,52 @@ def test_bad_settings_are_refused_by_name(kwargs: dict[str, object], message: st
 def test_it_is_built_by_name() -> None:
     rule = build_rule("iwu-scaled", 3, lam=0.5)
     assert isinstance(rule, ScaledIWURule) and rule.lam == 0.5 and rule.needs == frozenset({"improvement"})
+
+
+def test_a_lam_ramp_steps_like_fixed_rules_at_its_current_lam() -> None:
+    """Along a ramp from 0.5 to 3 over 4 updates, each step equals a step of a fixed-lam rule holding the same
+    state with lam at that point; after the ramp lam stays at its end."""
+    rng = np.random.default_rng(3)
+    ramp = ScaledIWURule(4, lam=3.0, lam_start=0.5, lam_ramp=4)
+    for t, lam in enumerate((0.5, 1.125, 1.75, 2.375, 3.0, 3.0)):
+        fixed = ScaledIWURule(4, lam=lam)
+        state = {k: x for k, x in ramp.state_dict().items() if k != "lam_updates"}
+        fixed.load_state_dict({**state, "config": fixed.state_dict()["config"]})
+        signals = _signals(rng, 4)
+        assert np.array_equal(ramp.update(signals), fixed.update(signals)), t
+    assert ramp.state_dict()["lam_updates"] == 6
+
+
+def test_a_lam_ramp_resumes_exactly_and_refuses_a_state_without_its_clock() -> None:
+    rule = ScaledIWURule(3, lam=2.0, lam_start=0.0, lam_ramp=10)
+    _run(rule, steps=4)
+    state = json.loads(json.dumps(rule.state_dict()))
+    twin = ScaledIWURule(3, lam=2.0, lam_start=0.0, lam_ramp=10)
+    twin.load_state_dict(state)
+    rng = np.random.default_rng(11)
+    for _ in range(8):
+        s = _signals(rng, 3)
+        assert np.array_equal(rule.update(s), twin.update(s))
+    del state["lam_updates"]
+    with pytest.raises(ValueError, match="lam_updates"):
+        ScaledIWURule(3, lam=2.0, lam_start=0.0, lam_ramp=10).load_state_dict(state)
+    with pytest.raises(ValueError, match="config"):  # a rule without the ramp is another rule
+        ScaledIWURule(3, lam=2.0).load_state_dict(rule.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lam_start": 0.5}, "lam_start and lam_ramp go together"),
+        ({"lam_ramp": 10}, "lam_start and lam_ramp go together"),
+        ({"lam_start": -1.0, "lam_ramp": 10}, "lam_start"),
+        ({"lam_start": math.nan, "lam_ramp": 10}, "lam_start"),
+        ({"lam_start": math.inf, "lam_ramp": 10}, "lam_start"),
+        ({"lam_start": 0.5, "lam_ramp": -3}, "lam_ramp"),
+        ({"lam_start": 0.5, "lam_ramp": 2.5}, "lam_ramp"),
+        ({"lam_start": "0.5", "lam_ramp": 10}, "lam_start"),
+    ],
+)
+def test_bad_lam_ramps_are_refused_naming_the_setting(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        build_rule("iwu-scaled", 3, **kwargs)

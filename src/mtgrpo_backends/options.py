@@ -197,6 +197,11 @@ class RuleOptions:
     """SEC bandit: EMA rate of Q_k"""
     temperature: Annotated[float | None, unset("the rule's: 0.2")] = None
     """SEC bandit: softmax temperature of p = softmax(Q / T)"""
+    lam_start: Annotated[float | None, unset("no ramp: lam throughout")] = None
+    """scaled rule (mt-grpo-scaled): lam at the first weight update, moving linearly to the method's lam over
+    --rule.lam-ramp updates"""
+    lam_ramp: Annotated[int | None, unset("the rule's: 0, no ramp")] = None
+    """scaled rule: weight updates over which lam moves from --rule.lam-start to the method's lam"""
     within: Annotated[float | None, unset("the rule's: 1.0")] = None
     """family rule (mt-grpo-family): how far a family's weight follows its own IWU over its tasks (1) rather than
     spreading evenly (0)"""
@@ -213,18 +218,20 @@ class RuleOptions:
         """Refuse an option that no chosen method's rule takes, or a value a rule refuses; messages name the flag.
         supplied: what the backend passes to every rule that takes it (the simulator: the suite's families)."""
         for name, value in self.given().items():
-            takers = [m for m in methods if name in self.kwargs_for(m)]
-            if not takers:
+            if not any(name in self.kwargs_for(m) for m in methods):
                 raise ValueError(
                     f"{flag(name, 'rule.')} {value!r}: no chosen method's rule takes {name!r} (methods {list(methods)})"
                 )
-            for method in takers:
-                try:
-                    spec = parse_method(method)
-                    extra = {k: x for k, x in (supplied or {}).items() if k in (rule_parameters(method) or ())}
-                    build_rule(spec.rule, num_tasks, **{**spec.rule_kwargs, **extra, name: value})
-                except (TypeError, ValueError) as err:
-                    raise ValueError(f"{flag(name, 'rule.')} {value!r} (method {method!r}): {err}") from None
+        for method in methods:  # the options a rule takes go in together (lam_start needs lam_ramp)
+            if not (given := self.kwargs_for(method)):
+                continue
+            try:
+                spec = parse_method(method)
+                extra = {k: x for k, x in (supplied or {}).items() if k in (rule_parameters(method) or ())}
+                build_rule(spec.rule, num_tasks, **{**spec.rule_kwargs, **extra, **given})
+            except (TypeError, ValueError) as err:
+                flags = ", ".join(f"{flag(k, 'rule.')} {x!r}" for k, x in given.items())
+                raise ValueError(f"{flags} (method {method!r}): {err}") from None
 
 
 @dataclass(frozen=True)

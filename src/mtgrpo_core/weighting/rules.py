@@ -140,6 +140,10 @@ class IWURule(_LogitRule):
     def _commit(self, reward_state: Any) -> None:
         """Keep what `_reward_term` computed once the step succeeded (nothing for the paper's J_k)."""
 
+    def _lam(self) -> float:
+        """The lam of the next step (constant here)."""
+        return self.lam
+
     def _steps(self, s: TaskSignals, rows: NDArray[np.float64], rows_checked: bool) -> NDArray[np.float64]:
         """The steps of `update_minibatches` on checked signals and rows (M, K). The rule's own state (finite
         logits and moments of shape (K,)) is not checked again; what a step computes (score, gradient, logits) is,
@@ -149,7 +153,7 @@ class IWURule(_LogitRule):
             v.finite_array("improvements at present tasks", rows[:, s.present])
         if not s.present.any():
             return self.weights
-        lam = v.real_in_range("lam", self.lam, 0.0)
+        lam = v.real_in_range("lam", self._lam(), 0.0)
         settings: tuple[float, ...] | None = None
         logits, adam = self._logits, self._adam
         # Absent tasks trained no sample: I_k = 0 (their entries may be NaN; the gradient ignores them unless the

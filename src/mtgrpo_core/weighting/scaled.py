@@ -18,6 +18,9 @@ lam is then the weight of a task's reward deficit against its lack of improvemen
 differ in each: lam = 1 weighs them alike, large lam tends to the reward-only (worst-task) update, small lam to
 balanced improvement, whatever the reduction, batch size or task count. A step with fewer than two present tasks
 measures no spread (the gradient is zero there anyway); before the first measurement the scale is 1.
+
+A lam ramp (lam_start, lam_ramp) moves lam linearly from lam_start to lam over the first lam_ramp weight updates,
+then holds it: average progress first, the worst task later (docs/weighting.md, measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ SCALED_DEFAULT_LAM = 2.0
 
 class ScaledIWURule(IWURule):
     """IWU with I_k and J_k on a common scale (module docstring); IWURule's options plus spread_decay, the moving
-    average's decay of the cross-task variances. improvement_clip, when given, is in units of sigma_I."""
+    average's decay of the cross-task variances, and an optional lam ramp: lam_start (None: lam throughout) moving
+    linearly to lam over lam_ramp weight updates. improvement_clip, when given, is in units of sigma_I."""
 
     kind = "iwu-scaled"
 
@@ -52,18 +56,28 @@ class ScaledIWURule(IWURule):
         weight_decay: float = 1e-5,
         improvement_clip: float | None = None,
         spread_decay: float = 0.9,
+        lam_start: float | None = None,
+        lam_ramp: int = 0,
     ) -> None:
         super().__init__(num_tasks, lam, lr, optimizer, weight_decay, improvement_clip)
         self.spread_decay = v.real_in_range("spread_decay", spread_decay, 0.0, 1.0, high_open=True)
+        self.lam_start = None if lam_start is None else v.real_in_range("lam_start", lam_start, 0.0)
+        self.lam_ramp = v.positive_int("lam_ramp", lam_ramp, minimum=0)
+        if (self.lam_start is None) != (self.lam_ramp == 0):
+            raise ValueError(
+                f"lam_start and lam_ramp go together (lam moves from lam_start to lam over lam_ramp >= 1 weight "
+                f"updates), got lam_start={lam_start!r}, lam_ramp={lam_ramp!r}"
+            )
         self._spread = (np.zeros(2), 0)  # (v_I, v_J), steps that measured them
-        self._pending: tuple[NDArray[np.float64], int] | None = None
+        self._updates = 0  # weight updates made: the ramp's clock
+        self._pending: tuple[NDArray[np.float64], int, int] | None = None
 
     def update(self, signals: TaskSignals) -> NDArray[np.float64]:
         s = _checked_signals(signals, self._k)
         improvement = _required("improvement", s.improvement, "ScaledIWURule")
         v.finite_array("signals.improvement at present tasks", improvement[s.present])
-        self._pending = self._measured_spread(improvement, s)
-        sigma_i, sigma_j = self._sigma(*self._pending)
+        self._pending = (*self._measured_spread(improvement, s), self._updates + 1)
+        sigma_i, sigma_j = self._sigma(*self._pending[:2])
         scaled = replace(s, reward=s.reward / sigma_j)
         return self._steps(scaled, (improvement / sigma_i)[None, :], rows_checked=True)
 
@@ -88,14 +102,23 @@ class ScaledIWURule(IWURule):
 
     def _commit(self, reward_state: Any) -> None:
         if reward_state is not None:
-            self._spread = reward_state
+            *spread, self._updates = reward_state
+            self._spread = (spread[0], spread[1])
+
+    def _lam(self) -> float:
+        """lam, or on the ramp lam_start + (lam - lam_start) min(t / lam_ramp, 1) at weight update t."""
+        if self.lam_start is None:
+            return self.lam
+        return self.lam_start + (self.lam - self.lam_start) * min(self._updates / self.lam_ramp, 1.0)
 
     def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "spread_decay": self.spread_decay}
+        ramp = {} if self.lam_start is None else {"lam_start": self.lam_start, "lam_ramp": self.lam_ramp}
+        return {**super()._config(), "spread_decay": self.spread_decay, **ramp}
 
     def _extra_state(self) -> dict[str, Any]:
         variance, steps = self._spread
-        return {"spread_variance": variance.tolist(), "spread_steps": steps}
+        ramp = {} if self.lam_start is None else {"lam_updates": self._updates}
+        return {"spread_variance": variance.tolist(), "spread_steps": steps, **ramp}
 
     def _load_extra(self, state: Mapping[str, Any]) -> Any:
         if "spread_variance" not in state or "spread_steps" not in state:
@@ -103,7 +126,12 @@ class ScaledIWURule(IWURule):
         variance = v.finite_array("state['spread_variance']", state["spread_variance"], ndim=1)
         if variance.shape != (2,) or (variance < 0).any():
             raise ValueError(f"state['spread_variance'] must be 2 values >= 0, got {variance.tolist()}")
-        return variance.copy(), v.positive_int("state['spread_steps']", state["spread_steps"], minimum=0)
+        steps = v.positive_int("state['spread_steps']", state["spread_steps"], minimum=0)
+        if self.lam_start is None:
+            return variance.copy(), steps, 0
+        if "lam_updates" not in state:
+            raise ValueError("state lacks 'lam_updates' (ScaledIWURule's lam ramp: weight updates made)")
+        return variance.copy(), steps, v.positive_int("state['lam_updates']", state["lam_updates"], minimum=0)
 
 
 class FamilyIWURule:

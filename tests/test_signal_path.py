@@ -75,7 +75,7 @@ def _simulated() -> StepFacts:
         correct=REWARDS == 1.0,
         formatted=REWARDS == 0.1,
     )
-    return simulated_facts(everything, everything.take(TRAINED), adv, adv, after)
+    return simulated_facts(everything.rollouts(), everything.take(TRAINED), adv, adv, after)
 
 
 def _torch() -> StepFacts:

@@ -146,9 +146,8 @@ class Controller:
             self._open.unused_keys(key_arr)  # not reported (or carried) in the open step
         r, info = reported_groups(t.shape[0], cfg.group_size, rewards, informative, cfg.filtering, cfg.correct_reward)
         held = None if payloads is None else v.one_per_group("payloads", payloads, t.shape[0])
-        if t.shape[0]:
-            carry.hold(HeldGroups(version, t, key_arr, r, None if r is not None else info, held))
-            self.sampler.keys.next += t.shape[0] if keys is None else 0
+        carry.hold(HeldGroups(version, t, key_arr, r, None if r is not None else info, held))
+        self.sampler.keys.next += t.shape[0] if keys is None else 0
         return key_arr
 
     def ahead_due(self) -> dict[int, NDArray[np.int64]]:

@@ -145,7 +145,8 @@ class CarryPool:
             raise ValueError(
                 f"keys {kept[:5]} belong to groups kept from an earlier step; expected keys never used before"
             )
-        self._held.append(groups)
+        if len(groups.tasks):
+            self._held.append(groups)
 
     def due(self, last_version: int) -> list[HeldGroups]:
         """Remove and return the held groups of versions up to `last_version`, by version, then in report order."""

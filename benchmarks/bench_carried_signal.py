@@ -43,7 +43,7 @@ def left_out(suite_name: str, method: str, seed: int, steps: int | None) -> np.n
         pool = Groups.concat([kept, generated])
         pool_keys = np.concatenate([kept_keys, np.arange(first, next_key)])
         trained = pool.take(np.searchsorted(pool_keys, np.asarray(batch.keys, dtype=np.int64)))
-        facts = step_facts(generated, trained, *policy.train_step(trained))
+        facts = step_facts(generated.rollouts(), trained, *policy.train_step(trained))
         if hasattr(ctrl, "last_signals"):  # this version: the controller computes and applies the signals
             ctrl.end_step(facts)
             present = ctrl.last_signals.present

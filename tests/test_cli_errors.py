@@ -53,11 +53,11 @@ def checkpoint(tmp_path: Path) -> Path:
 def test_resume_of_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    line = refused(capsys, [*TRAIN, "--resume", str(text)], f"--resume '{text}': not a mtgrpo-torch-train/3 checkpoint")
+    line = refused(capsys, [*TRAIN, "--resume", str(text)], f"--resume '{text}': not a mtgrpo-torch-train/4 checkpoint")
     assert "torch.load" in line
     other = tmp_path / "other.pt"
     torch.save({"weights": {}}, other)
-    refused(capsys, [*TRAIN, "--resume", str(other)], "not a mtgrpo-torch-train/3 checkpoint (found format None)")
+    refused(capsys, [*TRAIN, "--resume", str(other)], "not a mtgrpo-torch-train/4 checkpoint (found format None)")
 
 
 def test_resume_of_an_empty_or_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,7 +75,7 @@ def _simulated() -> StepFacts:
         correct=REWARDS == 1.0,
         formatted=REWARDS == 0.1,
     )
-    return simulated_facts(everything, everything.take(TRAINED), adv, adv, after)
+    return simulated_facts(everything.rollouts(), everything.take(TRAINED), adv, adv, after)
 
 
 def _torch() -> StepFacts:
@@ -85,7 +85,8 @@ def _torch() -> StepFacts:
         for t, r in zip(GROUP_TASK, REWARDS, strict=True)
     ]
     row_task = torch.tensor(np.repeat(GROUP_TASK[TRAINED], N))
-    return torch_facts(groups, row_task, torch.from_numpy(adv.ravel()), before.ravel(), after.ravel())
+    rollouts = np.concatenate([np.full(N, g.task) for g in groups]), np.concatenate([g.rewards for g in groups])
+    return torch_facts(rollouts, row_task, torch.from_numpy(adv.ravel()), before.ravel(), after.ravel())
 
 
 def _trl() -> StepFacts:

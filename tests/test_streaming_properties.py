@@ -3,19 +3,21 @@
 their version, after a drawn delay, sometimes past the age bound), shortfall rounds, finish, ahead. The test keeps
 its own books of every key (`_Books`) and checks each step: exactly B groups in the target ratio when the supply
 allowed it, no group trained twice, no group older than carry_over, every group trained, kept or freed exactly once,
-and the same decisions from a sampler restored from JSON with ahead requests in flight."""
+and the same decisions from a sampler restored from JSON with ahead requests in flight. The held path (groups
+reported through `Controller.report_ahead` as soon as generated, or between steps when late, and held by the core
+until their due step, across a JSON resume) decides exactly as reports made inside the step."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from mtgrpo_core import RatioPreservingSampler, SamplerConfig
+from mtgrpo_core import Controller, FixedRule, RatioPreservingSampler, SamplerConfig, StepFacts
 from mtgrpo_core.sampling.sampler import Batch
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,3 +177,53 @@ def test_streaming_is_deterministic_and_resumes_exactly_with_groups_in_flight(ca
         assert a.staleness is not None and b.staleness is not None
         assert a.staleness.tolist() == b.staleness.tolist()
         assert first.state_dict() == second.state_dict()
+
+
+class HeldDriver(Driver):
+    """The same trainer on the held path: an ahead request's groups go to `Controller.report_ahead` right after
+    generation (in two parts) when their delay is steps_ahead, else between steps, before the step they join."""
+
+    def step_held(self, ctrl: Controller, t: int) -> Batch:
+        for _, version, tasks, keys, info in [d for d in self.due if d[0] <= t]:
+            ctrl.report_ahead(version, tasks, keys, informative=info, payloads=[f"k{k}" for k in keys.tolist()])
+        self.due = [d for d in self.due if d[0] > t]
+        builder = ctrl.begin_step()
+        while (request := builder.next_request()) is not None:
+            tasks, keys, info = self.generate(request.counts, t)
+            builder.report_arrays(tasks, keys, informative=info)
+        batch = builder.finish()
+        ahead = builder.ahead()
+        if ahead is not None:
+            delay = self.case.delays[self.n_ahead % len(self.case.delays)]
+            self.n_ahead += 1
+            tasks, keys, info = self.generate(ahead.counts, t)
+            if delay > self.case.steps_ahead:
+                self.due.append((t + delay, t, tasks, keys, info))
+            for part in (
+                (slice(0, tasks.size // 2), slice(tasks.size // 2, None)) if delay == self.case.steps_ahead else ()
+            ):
+                pay = [f"k{k}" for k in keys[part].tolist()]
+                ctrl.report_ahead(t, tasks[part], keys[part], informative=info[part], payloads=pay)
+        ctrl.end_step(StepFacts(rollout_task=np.zeros(0, np.int64), rollout_reward=np.zeros(0)))
+        return batch
+
+
+@given(cases())
+@SETTINGS
+def test_groups_held_by_the_core_decide_as_groups_reported_in_the_step(case: Case) -> None:
+    case = replace(case, delays=tuple(max(d, case.steps_ahead) for d in case.delays))  # none before its due step
+    ctrl = Controller(FixedRule(case.k, np.full(case.k, 1.0 / case.k)), _sampler(case))
+    sampler, in_step, held = _sampler(case), Driver(case), HeldDriver(case)
+    for t in range(case.steps):
+        if t == min(case.snapshot, case.steps - 1):  # resume from JSON with held groups and their payloads
+            state, payloads = json.loads(json.dumps(ctrl.state_dict())), ctrl.kept_payloads()
+            ctrl = Controller(FixedRule(case.k, np.full(case.k, 1.0 / case.k)), _sampler(case))
+            ctrl.load_state_dict(state, payloads)
+        a, b = in_step.step(sampler, ctrl.weights, t), held.step_held(ctrl, t)
+        _check(case, a, t, in_step.books)
+        for got, want in [(b.keys, a.keys), (b.staleness, a.staleness), (b.kept, a.kept), (b.released, a.released)]:
+            assert np.asarray(got).tolist() == np.asarray(want).tolist()
+        assert all(
+            p is None or p == f"k{k}" for p, k in zip(b.payloads or [None] * len(b), b.keys.tolist(), strict=True)
+        )
+    assert ctrl.sampler.state_dict()["carry"]["in_flight"] == sampler.state_dict()["carry"]["in_flight"]

@@ -57,8 +57,9 @@ def test_ahead_groups_are_trained_a_step_later_against_their_generating_log_prob
         snapshots[step] = copy.deepcopy(state.model)  # the policy of this step, which generates its ahead groups
         row = train_step(state, config, _suite(), TOK)
         assert np.isfinite(row["loss"]) and sum(row["realized_counts"]) == 4
-        assert set(state.ahead) == {step}  # collected before the step ends, reported at the next one
-        groups = state.ahead[step]
+        held = _held(state)  # collected before the step ends, held by the controller until the next one
+        assert set(held) == {step}
+        groups = held[step]
         width = groups[0].completions.shape[1]  # one generation: one width
         want = _logp(snapshots[step], groups)[:, :width]
         torch.testing.assert_close(torch.cat([g.old_logp for g in groups if g.old_logp is not None]), want)
@@ -74,6 +75,15 @@ def test_ahead_groups_are_trained_a_step_later_against_their_generating_log_prob
             assert row["mean_staleness"] > 0
     assert stale > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
+
+
+def _held(state: Any) -> dict[int, list[GeneratedGroup]]:
+    """The groups generated ahead that the controller holds, by version (the step that generated them)."""
+    payloads = state.controller.kept_payloads()
+    held: dict[int, list[GeneratedGroup]] = {}
+    for entry in state.controller.state_dict()["sampler"]["carry"]["held"]:
+        held.setdefault(entry["version"], []).extend(payloads[key] for key in entry["keys"])
+    return held
 
 
 def _same_run(a: Any, b: Any) -> None:
@@ -94,8 +104,11 @@ def test_a_resume_with_groups_in_flight_continues_bit_for_bit(tmp_path: Path, me
     _same_run(train(_pipelined(5, method, ahead, ahead), CharGPT(TINY, seed=0), _suite(), TOK), whole)
     ckpt = tmp_path / "run.pt"
     first = train(_pipelined(2, method, ahead, ahead), CharGPT(TINY, seed=0), _suite(), TOK, checkpoint=ckpt)
-    assert sorted(first.ahead) == list(range(2 - ahead, 2))  # generated, not reported yet
-    assert len(torch.load(ckpt, weights_only=True)["ahead"]) == ahead
+    assert sorted(_held(first)) == list(range(2 - ahead, 2))  # generated, held until their step
+    saved = torch.load(ckpt, weights_only=True)
+    held = json.loads(saved["controller"])["sampler"]["carry"]["held"]
+    assert {h["version"] for h in held} == set(range(2 - ahead, 2))
+    assert {k for h in held for k in h["keys"]} <= {key for key, _ in saved["kept"]}  # their groups, as payloads
     _same_run(train(_pipelined(5, method, ahead, ahead), CharGPT(TINY, seed=0), _suite(), TOK, resume=ckpt), whole)
 
 
@@ -103,12 +116,13 @@ def test_a_checkpoint_without_its_groups_in_flight_is_refused(tmp_path: Path) ->
     ckpt = tmp_path / "run.pt"
     train(_pipelined(2), CharGPT(TINY, seed=0), _suite(), TOK, checkpoint=ckpt)
     payload = torch.load(ckpt, weights_only=True)
-    awaited = payload["ahead"][0]
-    payload["ahead"] = []  # a checkpoint that lost the groups generated ahead
+    held = {k for h in json.loads(payload["controller"])["sampler"]["carry"]["held"] for k in h["keys"]}
+    kept = payload["kept"]
+    payload["kept"] = [[key, group] for key, group in kept if key not in held]  # lost the groups generated ahead
     torch.save(payload, ckpt)
-    with pytest.raises(ValueError, match=r"entry 'ahead' holds the groups generated ahead \{\} .* awaits \{'1': "):
+    with pytest.raises(ValueError, match=r"entry 'controller' does not load \(state\['held'\]\[0\]\['payloads'\]"):
         train(_pipelined(4), CharGPT(TINY, seed=0), _suite(), TOK, resume=ckpt)
-    payload["ahead"] = [awaited]
+    payload["kept"] = kept
     payload["ahead_generator"] = None
     torch.save(payload, ckpt)
     with pytest.raises(ValueError, match="holds no 'ahead_generator' entry, but this run generates ahead"):

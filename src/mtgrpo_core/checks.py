@@ -6,7 +6,7 @@ expected. Nothing is clipped or repaired here: a bad input is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -150,3 +150,30 @@ def one_per_group(name: str, items: Any, n: int) -> tuple[Any, ...]:
         shown = type(items).__name__ if not isinstance(items, Sequence) else f"{len(items)} items"
         raise ValueError(f"{name} must be a sequence of {n} objects (one per group), got {shown}")
     return tuple(items)
+
+
+def state_keys(state: Mapping[str, Any], name: str, dtype_name: str) -> NDArray[np.integer[Any]]:
+    """state[name] as an array of state[dtype_name], an integer dtype; every entry must be an int (a float such as
+    3.0 or 3.5, a bool or a string is refused, not truncated)."""
+    raw, dtype_value = state.get(name, []), state.get(dtype_name, "int64")
+    try:
+        dtype = np.dtype(dtype_value)
+    except TypeError as err:
+        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name") from err
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name")
+    items = raw.tolist() if isinstance(raw, np.ndarray) else raw
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        raise TypeError(f"state[{name!r}] must be a list of integers, got {_show(raw)}")
+    for i, key in enumerate(items):
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+            raise TypeError(
+                f"state[{name!r}] must hold integers, got {key!r} of type {type(key).__name__} at index {i}"
+            )
+    try:
+        keys = np.array(items, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"state[{name!r}] do not fit state[{dtype_name!r}] {dtype_value!r}: {err}") from err
+    if keys.ndim != 1:
+        raise ValueError(f"state[{name!r}] must be a list of integers, got shape {keys.shape}")
+    return keys

@@ -3,20 +3,25 @@
 Per step: `begin_step()` hands out the batch conversation built from the current weights; after the caller's
 policy update, `end_step(facts)` turns what the step observed into the per-task signals (J_k, accuracy, I_k with
 the method's reduction, SEC's r_k) and makes the next weights. No trainer chooses a reduction or a filter value.
+In streaming mode the trainer reports the groups of an ahead request as soon as they are generated
+(`report_ahead`); the controller holds them, with their payloads, and reports them at the step they are due at.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
+from mtgrpo_core.advantages import reported_groups
 from mtgrpo_core.methods import parse_method
 from mtgrpo_core.protocols import TaskSignals, WeightingRule
+from mtgrpo_core.sampling.batch import KeyArray, as_key_array
+from mtgrpo_core.sampling.carry_pool import HeldGroups
 from mtgrpo_core.sampling.config import SamplerConfig
 from mtgrpo_core.sampling.sampler import BatchBuilder, RatioPreservingSampler
 from mtgrpo_core.signals import DEFAULT_IMPROVEMENT_REDUCE, IMPROVEMENT_REDUCTIONS, StepFacts, step_signals
@@ -98,9 +103,60 @@ class Controller:
         return frozenset(self.rule.needs)
 
     def begin_step(self) -> BatchBuilder:
-        """Algorithm 1, line 1: the RP-SAMPLER conversation for this step's batch."""
-        self._open = self.sampler.begin(self.weights, self.step)
-        return self._open
+        """Algorithm 1, line 1: the RP-SAMPLER conversation for this step's batch. In streaming mode the ahead
+        groups held for it (`report_ahead`) are reported first, each with its version, oldest version first."""
+        builder = self.sampler.begin(self.weights, self.step)
+        carry, ahead = self.sampler.carry, self.sampler.config.steps_ahead
+        for h in carry.due(self.step - ahead) if ahead and carry is not None else ():
+            builder.report_arrays(h.tasks, h.keys, h.rewards, h.informative, h.payloads, h.version)
+        self._open = builder
+        return builder
+
+    def report_ahead(
+        self,
+        version: int,
+        tasks: ArrayLike,
+        keys: ArrayLike | None = None,
+        rewards: ArrayLike | None = None,
+        informative: ArrayLike | None = None,
+        payloads: Sequence[Any] | None = None,
+    ) -> KeyArray:
+        """Streaming mode: report groups answering the `ahead()` request of step `version` as soon as they are
+        generated, in one or several parts, before the step they are due at (version + steps_ahead) begins (or,
+        between steps, after it: they then enter the next step). The controller holds them, payloads included
+        (`kept_payloads`, `state_dict`), and that step's `begin_step()` reports them exactly as
+        `builder.report_arrays(..., version=version)` would there. Arguments and checks as `report_arrays`;
+        keys None numbers the groups now. A refused report changes nothing. Returns the keys."""
+        carry, ahead, cfg = self.sampler.carry, self.sampler.config.steps_ahead, self.sampler.config
+        if not ahead or carry is None:
+            raise ValueError("report_ahead needs the streaming mode: SamplerConfig.steps_ahead >= 1")
+        version = v.positive_int("version", version, minimum=0)
+        if self._open is not None and version + ahead <= self.step:
+            raise ValueError(
+                f"version {version} is due at step {version + ahead} and step {self.step} has begun: report these "
+                f"groups to its builder (builder.report_arrays(..., version={version}))"
+            )
+        t = v.task_ids("tasks", tasks, self.num_tasks)
+        n = self.sampler.keys.next
+        key_arr = as_key_array("keys", np.arange(n, n + t.shape[0], dtype=np.int64) if keys is None else keys)
+        v.same_length("tasks", t, "keys", key_arr)
+        if np.unique(key_arr).shape[0] != key_arr.shape[0]:
+            raise ValueError(f"keys holds a key twice: {key_arr.tolist()[:8]}; expected one distinct key per group")
+        if self._open is not None:
+            self._open.unused_keys(key_arr)  # not reported (or carried) in the open step
+        r, info = reported_groups(t.shape[0], cfg.group_size, rewards, informative, cfg.filtering, cfg.correct_reward)
+        held = None if payloads is None else v.one_per_group("payloads", payloads, t.shape[0])
+        carry.hold(HeldGroups(version, t, key_arr, r, None if r is not None else info, held))
+        self.sampler.keys.next += t.shape[0] if keys is None else 0
+        return key_arr
+
+    def ahead_due(self) -> dict[int, NDArray[np.int64]]:
+        """Streaming mode: the ahead requests that step `step` takes in (the open step, else the one `begin_step()`
+        starts next): version -> groups per task not reported yet (all 0 when every group is held). A trainer
+        waits for them before `begin_step()` (`report_ahead`), or reports late ones to the builder. Empty
+        without the streaming mode."""
+        carry, ahead = self.sampler.carry, self.sampler.config.steps_ahead
+        return carry.awaiting(self.step - ahead) if ahead and carry is not None else {}
 
     def signals(self, facts: StepFacts) -> TaskSignals:
         """The step's per-task signals from its facts (the one signal path), with this method's I_k reduction and
@@ -226,20 +282,22 @@ class Controller:
         }
 
     def kept_payloads(self) -> dict[int, Any]:
-        """The payloads of the groups kept for the next step, by key (empty without carry-over or payloads): a
-        checkpoint saves them beside `state_dict()` and hands them back to `load_state_dict`."""
+        """The payloads of the groups kept for the next step and of the ahead groups held for their due step
+        (`report_ahead`), by key (empty without carry-over or payloads): a checkpoint saves them beside
+        `state_dict()` and hands them back to `load_state_dict`."""
         return self.sampler.carry.payloads() if self.sampler.carry is not None else {}
 
     def release_kept(self) -> dict[int, Any]:
-        """Forget the groups kept for the next step, for a trainer that has lost their data (verl after a restart:
-        TransferQueue does not survive it); the next batch is planned without them. Returns their payloads by key."""
+        """Forget the groups kept for the next step, the held ahead groups and the ahead requests in flight, for a
+        trainer that has lost their data (verl after a restart: TransferQueue does not survive it); the next batch
+        is planned without them. Returns the kept and held groups' payloads by key."""
         if self._open is not None:
             raise RuntimeError("release_kept() inside a step: call it between end_step() and begin_step()")
         return self.sampler.carry.release() if self.sampler.carry is not None else {}
 
     def load_state_dict(self, state: Mapping[str, Any], kept_payloads: Mapping[int, Any] | None = None) -> None:
-        """Restore a state of the same method and K (with `kept_payloads()` as saved, when the kept groups were
-        reported with payloads); a refused state leaves the controller unchanged."""
+        """Restore a state of the same method and K (with `kept_payloads()` as saved, when the kept or held groups
+        were reported with payloads); a refused state leaves the controller unchanged."""
         v.state_matches(state, "controller", self.num_tasks)
         if state.get("method") != self.method:
             raise ValueError(f"state['method'] is {state.get('method')!r}, expected {self.method!r}")

@@ -92,6 +92,10 @@ class Groups:
     def __len__(self) -> int:
         return int(self.task.shape[0])
 
+    def rollouts(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Task and reward of every rollout, group by group: (n N,) each."""
+        return np.repeat(self.task, self.correct.shape[1]), self.rewards.ravel()
+
     def take(self, index: ArrayLike) -> Groups:
         i = np.asarray(index, dtype=np.int64)
         return Groups(*(getattr(self, f)[i] for f in _GROUP_FIELDS))

@@ -22,7 +22,7 @@ from mtgrpo_backends.torch.state import TrainState
 from mtgrpo_backends.torch.tasks import Suite
 from mtgrpo_core.prompts.history import SelectionConfig
 
-CHECKPOINT_FORMAT = "mtgrpo-torch-train/3"  # 3: kept groups from the controller, keys in its state
+CHECKPOINT_FORMAT = "mtgrpo-torch-train/4"  # 4: groups generated ahead held by the controller (in 'kept')
 RESUMABLE_CHANGES = ("steps", "eval_every")  # settings a resumed run may change
 _GROUP_TENSORS = ("completions", "masks", "rewards", "old_logp")
 
@@ -43,8 +43,8 @@ def _group_from_dict(saved: dict[str, Any]) -> GeneratedGroup:
 
 
 def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, suite: Suite) -> None:
-    """Model, optimizer, controller, RNG states, groups kept for later steps and generated ahead (with the
-    generation worker's generator), step and logs, written atomically."""
+    """Model, optimizer, controller, RNG states, the controller's groups kept for later steps or generated ahead
+    (its payloads), the generation worker's generator, step and logs, written atomically."""
     kept: dict[int, GeneratedGroup] = state.controller.kept_payloads()
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -60,7 +60,6 @@ def save_checkpoint(path: Path | str, state: TrainState, config: TrainConfig, su
         "generator": state.generator.get_state(),
         "ref_model": None if state.ref_model is None else state.ref_model.state_dict(),
         "kept": [[int(key), _group_to_dict(group)] for key, group in kept.items()],
-        "ahead": [[version, [_group_to_dict(g) for g in groups]] for version, groups in sorted(state.ahead.items())],
         "ahead_generator": None if state.worker is None else state.worker.generator.get_state(),
         "prompt_pool": None if state.training_set is None else json.dumps(state.training_set.pool.state_dict()),
         "history": state.history,
@@ -225,13 +224,16 @@ def load_checkpoint(
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     kept = {int(key): _group_from_dict(group) for key, group in payload.get("kept", [])}
-    try:  # groups the controller keeps for a later step (carry-over) come back as their payloads
+    try:  # groups the controller keeps for a later step or holds until due come back as their payloads
         state.controller.load_state_dict(json_entry(payload, "controller", where), kept)
     except (TypeError, ValueError, KeyError) as err:
         if str(err).startswith(where):
             raise
         raise ValueError(f"{where}: entry 'controller' does not load ({err})") from None
-    _load_ahead(payload, state, where)
+    if state.worker is not None:
+        if payload.get("ahead_generator") is None:
+            raise ValueError(f"{where} holds no 'ahead_generator' entry, but this run generates ahead")
+        state.worker.generator.set_state(payload["ahead_generator"])
     state.prompt_rng.bit_generator.state = payload["prompt_rng"]
     state.generator.set_state(payload["generator"])
     if state.ref_model is not None and payload["ref_model"] is not None:
@@ -249,22 +251,3 @@ def load_checkpoint(
     state.step = int(payload["step"])
     state.history = list(payload["history"])
     state.evals = list(payload["evals"])
-
-
-def _load_ahead(payload: dict[str, Any], state: TrainState, where: str) -> None:
-    """The groups generated ahead and not reported yet, and the worker's generator; refused unless they answer
-    exactly the requests the (loaded) controller has in flight, which a resumed run reports at their step."""
-    state.ahead = {int(v): [_group_from_dict(g) for g in groups] for v, groups in payload.get("ahead", [])}
-    carry, k = state.controller.sampler.carry, state.controller.num_tasks
-    awaited = {} if carry is None else carry.state_dict()["in_flight"]
-    held = {str(v): np.bincount([g.task for g in gs], minlength=k).tolist() for v, gs in sorted(state.ahead.items())}
-    if held != awaited:
-        raise ValueError(
-            f"{where}: entry 'ahead' holds the groups generated ahead {held} (per task, by the step that generated "
-            f"them), but the controller awaits {awaited}; the checkpoint is inconsistent: a resumed run could not "
-            "report the requests in flight"
-        )
-    if state.worker is not None:
-        if payload.get("ahead_generator") is None:
-            raise ValueError(f"{where} holds no 'ahead_generator' entry, but this run generates ahead")
-        state.worker.generator.set_state(payload["ahead_generator"])

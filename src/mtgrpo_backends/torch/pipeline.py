@@ -4,10 +4,11 @@ After a step's batch is finished, the controller asks for the groups of the batc
 (`BatchBuilder.ahead`). The loop draws their prompts and hands them to the `GenerationWorker`, which samples and
 scores them on its own thread with its own copy of the policy, refreshed from the trainer's weights before the
 update starts, and computes their generating log-probabilities with that copy. The update runs meanwhile (torch ops
-release the GIL). The loop collects the groups before the step ends (`TrainState.ahead`, by the step that generated
-them) and reports them with `version=` at the step they are due, where a selected group is trained with the
-clipped ratio against its stored log-probabilities, as a carried group is. Between steps nothing runs, so a
-checkpoint holds the collected groups and the worker's generator, and a resumed run continues bit for bit.
+release the GIL). The loop collects the groups before the step ends and reports them to the controller at once
+(`Controller.report_ahead`), which holds them, as payloads, until the step they are due: there a selected group is
+trained with the clipped ratio against its stored log-probabilities, as a carried group is. Between steps nothing
+runs, so a checkpoint holds the controller's groups and the worker's generator, and a resumed run continues bit for
+bit.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import torch
 from mtgrpo_backends.torch.config import TrainConfig
 from mtgrpo_backends.torch.model import check_vocab
 from mtgrpo_backends.torch.pipeline import GenerationWorker
-from mtgrpo_backends.torch.rollout import GeneratedGroup
 from mtgrpo_backends.torch.tasks import CharTokenizer, Suite
 from mtgrpo_backends.torch.training_set import TrainingSet
 from mtgrpo_core import Controller
@@ -31,7 +30,6 @@ class TrainState:
     step: int = 0
     training_set: TrainingSet | None = None  # the finite training set (pool_size > 0) and its pool
     worker: GenerationWorker | None = None  # the pipelined loop's generation worker (sampler.steps_ahead >= 1)
-    ahead: dict[int, list[GeneratedGroup]] = field(default_factory=dict)  # generated ahead by step, not reported
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
 

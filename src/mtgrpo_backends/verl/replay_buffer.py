@@ -1,8 +1,9 @@
 """`MTGRPOReplayBuffer`: verl's v1 replay buffer whose training batch is the controller's batch conversation.
 
 verl's trainers call `sample()` after scoring. Here the first `sample()` of a step runs one controller step's
-RP-SAMPLER conversation: in streaming mode (verl's async trainers) the groups requested ahead at an earlier step
-are awaited and reported first, with their version; then each round's per-task request is drawn from the core's
+RP-SAMPLER conversation: in streaming mode (verl's async trainers) the groups requested ahead that the step takes
+in (`Controller.ahead_due`) are awaited and reported to the controller (`report_ahead`), which hands them to the
+step's conversation with their version; then each round's per-task request is drawn from the core's
 prompt pool, submitted for generation by the trainer (`attach`), awaited in TransferQueue, rewarded from
 `rm_scores` and reported with its uid as the payload; failed groups count as uninformative. The batch is the groups
 the core hands back (fresh, ahead and kept from earlier steps); in streaming mode the groups of `ahead()` are
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ from mtgrpo_core.prompts.pool import task_ids_of
 from mtgrpo_core.sampling.sampler import Batch, BatchBuilder
 
 Submit = Callable[[NDArray[np.int64]], list[str]]
+Report = Callable[..., Any]  # BatchBuilder.report_arrays, or Controller.report_ahead with its version bound
 STATE_FORMAT = 2
 
 
@@ -95,6 +98,7 @@ class MTGRPOReplayBuffer(ReplayBuffer):
         self.task_names: list[str] = []
         self.ahead = AheadQueue()
         self._submit: Submit | None = None
+        self._group_size = 0
         self._pending: StepRecord | None = None
         self._held: list[KVBatchMeta] = []  # the step's later mini-batches
         self._held_step = -1
@@ -121,7 +125,7 @@ class MTGRPOReplayBuffer(ReplayBuffer):
             )
         self.pool = PromptPool(ids, names, s.seed)
         self.controller = controller
-        self.task_names, self._submit = names, submit
+        self.task_names, self._submit, self._group_size = names, submit, group_size
 
     def _attached(self) -> tuple[Controller, PromptPool, Submit]:
         if self.controller is None or self.pool is None or self._submit is None:
@@ -152,15 +156,17 @@ class MTGRPOReplayBuffer(ReplayBuffer):
             if global_steps != self._held_step:
                 raise RuntimeError(f"step {global_steps} began with mini-batches of step {self._held_step} unused")
             return self._held.pop(0), {}
-        builder = ctrl.begin_step()
         reports = _Reports()
-        for due in self.ahead.due(ctrl.step, ctrl.sampler.config.steps_ahead):
-            what = f"step {global_steps}: the ahead request of controller step {due.version}"
-            self._report(builder, reports, list(due.uids), due.tasks, what, due.version)
+        for version in ctrl.ahead_due():  # the controller holds them and hands them to begin_step
+            due = self.ahead.pop(version)
+            what = f"step {global_steps}: the ahead request of controller step {version}"
+            self._report(partial(ctrl.report_ahead, version), reports, list(due.uids), due.tasks, what)
+        builder = ctrl.begin_step()
         while (request := builder.next_request()) is not None:
             rows, row_tasks = self._draw(pool, request.counts, ctrl.step, request.round)
             new = self._submitted(submit, rows, reports.uids)
-            self._report(builder, reports, new, row_tasks, f"step {global_steps} round {request.round}")
+            what = f"step {global_steps} round {request.round}"
+            self._report(builder.report_arrays, reports, new, row_tasks, what)
         batch = builder.finish()
         chosen = [str(uid) for uid in batch.payloads or ()]
         if len(chosen) < self.mini_batches:
@@ -169,7 +175,7 @@ class MTGRPOReplayBuffer(ReplayBuffer):
                 f"{batch.report.rounds} rounds, for {self.mini_batches} mini-batches (parameter_sync_step); raise "
                 "mtgrpo.sampler.max_rounds or check the reward function"
             )
-        requested = self._submit_ahead(builder, pool, submit, ctrl.step) if ctrl.sampler.config.steps_ahead else None
+        requested = self._submit_ahead(builder, pool, submit, ctrl.step) if self.trainer_mode != "sync" else None
         self._clear_groups(PARTITION, {str(uid) for uid in batch.released_payloads or ()})  # kept groups stay
         self._pending = _record(reports, batch)
         metrics = batch_metrics(self.task_names, batch.report, full - len(chosen), reports.failed())
@@ -197,25 +203,17 @@ class MTGRPOReplayBuffer(ReplayBuffer):
             raise RuntimeError(f"submit returned {len(new)} uids for {rows.shape[0]} rows, or repeated uids")
         return new
 
-    def _report(
-        self,
-        builder: BatchBuilder,
-        reports: _Reports,
-        uids: list[str],
-        tasks: NDArray[np.int64],
-        what: str,
-        version: int | None = None,
-    ) -> None:
-        """Await the groups' terminal status and report them (a failed group as uninformative)."""
-        group_size = builder.config.group_size
+    def _report(self, report: Report, reports: _Reports, uids: list[str], tasks: NDArray[np.int64], what: str) -> None:
+        """Await the groups' terminal status and report them (`builder.report_arrays` or `ctrl.report_ahead` of
+        their version; a failed group as uninformative)."""
         wait_terminal(uids, self._sync, self.settings.round_timeout_s, self.poll_interval, what)
-        result = read_rewards(uids, self.finished_keys[PARTITION], list(self.partitions[PARTITION]), group_size)
+        result = read_rewards(uids, self.finished_keys[PARTITION], list(self.partitions[PARTITION]), self._group_size)
         ok = result.finished
         if ok.any():
-            builder.report_arrays(tasks[ok], rewards=result.rewards[ok], payloads=_picked(uids, ok), version=version)
+            report(tasks[ok], rewards=result.rewards[ok], payloads=_picked(uids, ok))
         if not ok.all():  # a failed group gives no gradient signal: uninformative
             failed = np.zeros(int((~ok).sum()), np.bool_)
-            builder.report_arrays(tasks[~ok], informative=failed, payloads=_picked(uids, ~ok), version=version)
+            report(tasks[~ok], informative=failed, payloads=_picked(uids, ~ok))
         reports.uids += uids
         reports.tasks.append(tasks)
         reports.rewards.append(result.rewards)

@@ -1,6 +1,6 @@
-"""The verl backend's streaming mode (`mtgrpo.sampler.steps_ahead`, verl's async trainers): the requests generated
-ahead, in flight in TransferQueue until the step that reports them, and a step's batch dealt into the
-`parameter_sync_step` mini-batches that verl's `sample()` calls ask for one by one."""
+"""The verl backend's streaming mode (`mtgrpo.sampler.steps_ahead`, verl's async trainers): the uids of the requests
+submitted ahead, in flight in TransferQueue until their rows are awaited and reported, and a step's batch dealt into
+the `parameter_sync_step` mini-batches that verl's `sample()` calls ask for one by one."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ class AheadRequest:
 
 
 class AheadQueue:
-    """Ahead requests in flight, oldest first; each is reported whole at the step `steps_ahead` after its version."""
+    """The uids of ahead requests submitted and not reported yet, oldest first. The controller counts what is in
+    flight and says which versions a step takes in (`Controller.ahead_due`), but only verl knows the uids its rows
+    will arrive under in TransferQueue, and they arrive while verl trains: the replay buffer awaits them in the next
+    `sample()` and reports each version whole, in submission order (the batch then does not depend on arrival
+    timing)."""
 
     def __init__(self) -> None:
         self._requests: list[AheadRequest] = []
@@ -34,11 +38,16 @@ class AheadQueue:
     def add(self, request: AheadRequest) -> None:
         self._requests.append(request)
 
-    def due(self, step: int, steps_ahead: int) -> list[AheadRequest]:
-        """Remove and return the requests to report at controller step `step` (version <= step - steps_ahead)."""
-        due = [r for r in self._requests if r.version <= step - steps_ahead]
-        self._requests = self._requests[len(due) :]
-        return due
+    def pop(self, version: int) -> AheadRequest:
+        """Remove and return the request of `version` (the controller names it due: `Controller.ahead_due`)."""
+        found = [r for r in self._requests if r.version == version]
+        if not found:
+            raise RuntimeError(
+                f"the controller awaits the ahead request of step {version}, but no such request was submitted "
+                f"(submitted: {[r.version for r in self._requests]})"
+            )
+        self._requests = [r for r in self._requests if r.version != version]
+        return found[0]
 
     def uids(self) -> list[str]:
         return [uid for r in self._requests for uid in r.uids]

@@ -9,25 +9,27 @@ With carry-over on, keys must be unique across steps: the pool remembers the key
 or released) and refuses a later report of any of them (the trainer's data for them may be gone).
 
 In streaming mode (`SamplerConfig.steps_ahead`) the pool is also the buffer of ahead requests in flight: per
-version (the step whose policy generates them), the groups requested and not reported yet. A later step's report of
-that version is checked against it and booked with staleness = step - version.
+version (the step whose policy generates them), the groups requested and not yet booked by a batch. A later step's
+report of that version is checked against it and booked with staleness = step - version. Groups reported as soon as
+they are generated (`Controller.report_ahead`) are held here, as reported, until the step they are due at
+(`HeldGroups`); they count as reported, and their keys as used.
 
-The pool also holds each kept group's payload, the trainer's own handle on its data (rows, tensors, TransferQueue
-keys), so no trainer keeps a store of its own. Payloads are opaque and stay out of the JSON state: a trainer that
-checkpoints saves `payloads()` with its own tensors and hands them back to `load_state_dict`.
+The pool also holds each kept or held group's payload, the trainer's own handle on its data (rows, tensors,
+TransferQueue keys), so no trainer keeps a store of its own. Payloads are opaque and stay out of the JSON state: a
+trainer that checkpoints saves `payloads()` with its own tensors and hands them back to `load_state_dict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.advantages import zero_gradient_mask
+from mtgrpo_core.advantages import reported_groups, zero_gradient_mask
 from mtgrpo_core.sampling.batch import KeyArray, common_key_dtype, in_sorted
 
 
@@ -44,6 +46,19 @@ class CarriedGroups:
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])
+
+
+@dataclass(frozen=True)
+class HeldGroups:
+    """Groups of the ahead request of `version` reported before their due step (`Controller.report_ahead`), as
+    reported: task (n,), key (n,), rewards (n, N) or the caller's informative (n,) flags (exactly one), payloads."""
+
+    version: int
+    tasks: NDArray[np.int64]
+    keys: KeyArray
+    rewards: NDArray[np.float64] | None
+    informative: NDArray[np.bool_] | None
+    payloads: tuple[Any, ...] | None = None
 
 
 class CarryPool:
@@ -73,22 +88,23 @@ class CarryPool:
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
         self._retired: KeyArray = np.zeros(0, np.int64)
         self._retired_sorted: KeyArray = self._retired
-        self._in_flight: dict[int, NDArray[np.int64]] = {}  # version -> groups per task requested, not reported
+        self._in_flight: dict[int, NDArray[np.int64]] = {}  # version -> groups per task requested, not booked
+        self._held: list[HeldGroups] = []  # ahead groups reported before their due step, in report order
 
     def refuse_retired(self, keys: KeyArray) -> None:
-        """Refuse keys that the last step trained or released (a group reported again after it was retired)."""
-        if self._retired.size == 0 or keys.size == 0:
-            return
-        try:  # compare as integers of one dtype; a batch that mixes negative and >= 2**63 keys compares Python ints
-            dtype = common_key_dtype("keys", keys, self._retired)
-            again = keys[in_sorted(self._retired_sorted.astype(dtype), keys.astype(dtype))].tolist()
-        except ValueError:
-            retired = set(self._retired.tolist())
-            again = [k for k in keys.tolist() if k in retired]
+        """Refuse keys that the last step trained or released (a group reported again after it was retired), and
+        keys of held groups."""
+        again = _found(self._retired_sorted, keys)
         if again:
             raise ValueError(
                 f"keys {again[:5]} were trained or released at the last step and are reported again; with "
                 "carry-over every reported group needs a key never used before (e.g. a counter across steps)"
+            )
+        held = _found(np.sort(_joined([h.keys for h in self._held])), keys)
+        if held:
+            raise ValueError(
+                f"keys {held[:5]} belong to ahead groups already reported (Controller.report_ahead) and held for "
+                "their due step; expected each group reported once, with a key never used before"
             )
 
     def issue(self, version: int, counts: NDArray[np.int64]) -> None:
@@ -96,16 +112,50 @@ class CarryPool:
         self._in_flight[version] = counts.copy()  # one ahead request per step
 
     def in_flight(self) -> NDArray[np.int64]:
-        """Groups per task of ahead requests not reported yet, all versions."""
-        total = np.zeros(self._k, dtype=np.int64)
-        for counts in self._in_flight.values():
-            total += counts
-        return total
+        """Groups per task of ahead requests not reported yet (neither booked nor held), all versions."""
+        return sum(self.awaiting().values(), np.zeros(self._k, dtype=np.int64))
+
+    def awaiting(self, last_version: int | None = None) -> dict[int, NDArray[np.int64]]:
+        """Per version in flight (up to `last_version`), the groups per task its ahead request still awaits (neither
+        booked nor held); all zero once every group is held."""
+        out = {}
+        for version, counts in sorted(self._in_flight.items()):
+            if last_version is None or version <= last_version:
+                held = [h.tasks for h in self._held if h.version == version]
+                out[version] = counts - np.bincount(_joined(held), minlength=self._k) if held else counts.copy()
+        return out
 
     def take(self, version: int, tasks: NDArray[np.int64]) -> None:
         """Book the report of groups `tasks` answering the ahead request of `version`; a version with nothing in
         flight, or more groups of a task than it awaits, is refused and changes nothing."""
-        awaiting = self._in_flight.get(version)
+        self._check_awaited(version, tasks)
+        left = self._in_flight[version] - np.bincount(tasks, minlength=self._k)
+        if left.any():
+            self._in_flight[version] = left
+        else:
+            del self._in_flight[version]
+
+    def hold(self, groups: HeldGroups) -> None:
+        """Hold ahead groups reported before their due step, checked as `take` checks a report and their keys
+        against every retired, held and kept key; a refused report changes nothing. `due` hands them back."""
+        self._check_awaited(groups.version, groups.tasks)
+        self.refuse_retired(groups.keys)
+        kept = _found(np.sort(self._groups.keys), groups.keys)
+        if kept:
+            raise ValueError(
+                f"keys {kept[:5]} belong to groups kept from an earlier step; expected keys never used before"
+            )
+        if len(groups.tasks):
+            self._held.append(groups)
+
+    def due(self, last_version: int) -> list[HeldGroups]:
+        """Remove and return the held groups of versions up to `last_version`, by version, then in report order."""
+        due = sorted((h for h in self._held if h.version <= last_version), key=lambda h: h.version)
+        self._held = [h for h in self._held if h.version > last_version]
+        return due
+
+    def _check_awaited(self, version: int, tasks: NDArray[np.int64]) -> None:
+        awaiting = self.awaiting(version).get(version)
         if awaiting is None:
             raise ValueError(
                 f"version {version} has no ahead request awaiting reports (versions in flight: "
@@ -116,12 +166,8 @@ class CarryPool:
             k = int(np.argmin(left))
             raise ValueError(
                 f"tasks holds {int(awaiting[k] - left[k])} groups of task {k} for version {version}, whose ahead "
-                f"request awaits only {int(awaiting[k])}; expected each requested group reported once"
+                f"request awaits only {int(awaiting[k])} more; expected each requested group reported once"
             )
-        if left.any():
-            self._in_flight[version] = left
-        else:
-            del self._in_flight[version]
 
     def offer(self) -> CarriedGroups:
         """The groups kept for the coming step (each one step staler than when stored)."""
@@ -148,22 +194,22 @@ class CarryPool:
         return keep
 
     def release(self) -> dict[int, Any]:
-        """Forget every kept group and every ahead request in flight (a trainer that lost their data); the kept
-        keys stay retired. Returns the kept groups' payloads by key."""
-        self._in_flight = {}
+        """Forget every kept and held group and every ahead request in flight (a trainer that lost their data);
+        their keys stay retired. Returns the kept and held groups' payloads by key."""
         released = self.payloads()
-        g = self._groups
-        if len(g):
-            dtype = common_key_dtype("keys", self._retired, g.keys)
-            self._retire(np.concatenate([self._retired.astype(dtype), g.keys.astype(dtype)]))
+        self._retire(_joined([self._retired, self._groups.keys, *(h.keys for h in self._held)]))
         self._groups = CarriedGroups(np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros(0, np.int64))
+        self._in_flight, self._held = {}, []
         return released
 
     def payloads(self) -> dict[int, Any]:
-        """The kept groups' payloads by key (empty if they were reported without): what a checkpoint saves beside
-        the JSON state, to hand back to `load_state_dict`."""
+        """The kept and held groups' payloads by key (none for groups reported without): what a checkpoint saves
+        beside the JSON state, to hand back to `load_state_dict`."""
         g = self._groups
-        return {} if g.payloads is None else dict(zip(g.keys.tolist(), g.payloads, strict=True))
+        out = {} if g.payloads is None else dict(zip(g.keys.tolist(), g.payloads, strict=True))
+        for h in self._held:
+            out.update(zip(h.keys.tolist(), h.payloads or (), strict=h.payloads is not None))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         g = self._groups
@@ -180,20 +226,33 @@ class CarryPool:
             "retired": self._retired.tolist(),
             "retired_dtype": str(self._retired.dtype),
             "in_flight": {str(version): counts.tolist() for version, counts in sorted(self._in_flight.items())},
+            "held": [
+                {
+                    "version": h.version,
+                    "tasks": h.tasks.tolist(),
+                    "keys": h.keys.tolist(),
+                    "key_dtype": str(h.keys.dtype),
+                    "rewards": None if h.rewards is None else h.rewards.tolist(),
+                    "informative": None if h.informative is None else h.informative.tolist(),
+                    "payloads": "held by the trainer" if h.payloads is not None else None,
+                }
+                for h in self._held
+            ],
         }
 
     def load_state_dict(self, state: Mapping[str, Any], payloads: Mapping[int, Any] | None = None) -> None:
-        """Restore what `state_dict` returned, with the kept groups' `payloads()` when they had payloads. Every
-        entry is checked first (integer keys, distinct; staleness in [1, max_staleness]; rewards (groups, N), each
-        kept group informative under the filter; a payload for exactly the kept keys) and a refused state changes
-        nothing."""
+        """Restore what `state_dict` returned, with the kept and held groups' `payloads()` when they had payloads.
+        Every entry is checked first (integer keys, distinct across kept, held and retired; staleness in [1,
+        max_staleness]; rewards (groups, N), each kept group informative under the filter; held groups within
+        their version's request; a payload for exactly the kept and held keys reported with one) and a refused
+        state changes nothing."""
         v.state_matches(state, self.KIND, self._k)
         if state.get("max_staleness") != self.max_staleness:
             raise ValueError(f"state['max_staleness'] is {state.get('max_staleness')!r}, expected {self.max_staleness}")
         tasks = v.task_ids("state['tasks']", state.get("tasks", []), self._k)
         staleness = v.int_array("state['staleness']", state.get("staleness", []), ndim=1)
-        keys = _keys(state, "keys", "key_dtype")
-        retired = _keys(state, "retired", "retired_dtype")
+        keys = v.state_keys(state, "keys", "key_dtype")
+        retired = v.state_keys(state, "retired", "retired_dtype")
         rewards = None if state.get("rewards") is None else v.finite_array("state['rewards']", state["rewards"])
         n = tasks.shape[0]
         if n == 0 and rewards is not None and rewards.size == 0:
@@ -210,11 +269,58 @@ class CarryPool:
             raise ValueError(f"state['staleness'] must be in [1, {self.max_staleness}], got {staleness.tolist()}")
         if rewards is not None:
             self._check_rewards(rewards)
-        held = _held_payloads(state.get("payloads"), keys, payloads)
         in_flight = _in_flight(state.get("in_flight", {}), self._k)
-        self._groups = CarriedGroups(tasks, keys, rewards, staleness, held)
+        entries = state.get("held", [])
+        if not isinstance(entries, list):
+            raise TypeError(f"state['held'] must be a list of held ahead reports, got {v._show(entries)}")
+        held = [self._held_from_state(entry, f"state['held'][{i}]", in_flight) for i, entry in enumerate(entries)]
+        every = _joined([keys, *(h.keys for h in held)])
+        if np.unique(every).shape[0] != every.shape[0] or _found(np.sort(retired), every):
+            raise ValueError(
+                f"the state's kept keys {keys.tolist()[:5]} and held keys {every.tolist()[n : n + 5]} must be "
+                "distinct from each other and from state['retired']"
+            )
+        for version, counts in in_flight.items():
+            booked = [h.tasks for h in held if h.version == version]
+            if booked and (np.bincount(_joined(booked), minlength=self._k) > counts).any():
+                raise ValueError(
+                    f"state['held'] holds more groups of version {version} than state['in_flight'] awaits "
+                    f"({counts.tolist()} per task)"
+                )
+        given = dict(payloads or {})
+        kept_payloads = _held_payloads("state['payloads']", state.get("payloads"), keys, given)
+        held = [
+            replace(h, payloads=_held_payloads(f"state['held'][{i}]['payloads']", e.get("payloads"), h.keys, given))
+            for i, (h, e) in enumerate(zip(held, entries, strict=True))
+        ]
+        if given:
+            raise ValueError(
+                f"payloads given for unexpected keys {sorted(given)[:5]}: the state neither keeps nor holds groups "
+                "of these keys reported with payloads; pass Controller.kept_payloads() as saved"
+            )
+        self._groups = CarriedGroups(tasks, keys, rewards, staleness, kept_payloads)
         self._retire(retired)
-        self._in_flight = in_flight
+        self._in_flight, self._held = in_flight, held
+
+    def _held_from_state(self, entry: Any, where: str, in_flight: Mapping[int, Any]) -> HeldGroups:
+        """One entry of state['held'], checked as `Controller.report_ahead` checks a report (payloads apart)."""
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{where} must be a mapping (version, tasks, keys, rewards, ...), got {v._show(entry)}")
+        version = v.positive_int(f"{where}['version']", entry.get("version"), minimum=0)
+        if version not in in_flight:
+            raise ValueError(f"{where}['version'] is {version}, but state['in_flight'] has {sorted(in_flight)}")
+        tasks = v.task_ids(f"{where}['tasks']", entry.get("tasks", []), self._k)
+        keys = v.state_keys(entry, "keys", "key_dtype")
+        v.same_length(f"{where}['tasks']", tasks, f"{where}['keys']", keys)
+        rewards, flags = entry.get("rewards"), entry.get("informative")
+        n, width = tasks.shape[0], self.group_size
+        if width is None and rewards is not None:
+            width = v.finite_array(f"{where}['rewards']", rewards, ndim=2).shape[1]
+        try:
+            r, _ = reported_groups(n, width or 0, rewards, None if flags is None else np.asarray(flags), "lenient", 1.0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+        return HeldGroups(version, tasks, keys, r, None if r is not None else np.asarray(flags, dtype=np.bool_))
 
     def _check_rewards(self, rewards: NDArray[np.float64]) -> None:
         """Refuse kept rewards that are not (groups, N) or hold a group the sampler's filter would not keep."""
@@ -235,27 +341,44 @@ class CarryPool:
         self._retired, self._retired_sorted = keys, np.sort(keys)  # exact in any common dtype: it stays sorted
 
 
-def _held_payloads(marker: Any, keys: KeyArray, payloads: Mapping[int, Any] | None) -> tuple[Any, ...] | None:
-    """The payloads of the kept `keys` in their order: from `payloads` when the state says the groups had
-    payloads (state['payloads'] is "held by the trainer"), else None; a missing, extra or unexpected one is
-    refused."""
+def _held_payloads(name: str, marker: Any, keys: KeyArray, given: dict[int, Any]) -> tuple[Any, ...] | None:
+    """The payloads of `keys` in their order, taken out of `given` when the state says the groups had payloads
+    (the marker `name` is "held by the trainer"), else None; a missing one is refused."""
     if marker not in (None, "held by the trainer"):
-        raise ValueError(f"state['payloads'] is {marker!r}, expected None or 'held by the trainer'")
+        raise ValueError(f"{name} is {marker!r}, expected None or 'held by the trainer'")
     if marker is None:
-        if payloads:
-            raise ValueError(
-                f"payloads given for keys {sorted(payloads)[:5]}, but the state's kept groups were reported without"
-            )
         return None
     wanted = keys.tolist()
-    given = dict(payloads or {})
-    missing, extra = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
-    if missing or extra:
+    missing = [k for k in wanted if k not in given]
+    if missing:
         raise ValueError(
-            f"the state keeps {len(wanted)} groups with payloads held by the trainer: pass the payload of each kept "
-            f"key (Controller.kept_payloads() when saving); missing keys {missing[:5]}, unexpected keys {extra[:5]}"
+            f"{name}: the state holds {len(wanted)} groups with payloads held by the trainer: pass the payload of "
+            f"each kept key (Controller.kept_payloads() when saving); missing keys {missing[:5]}"
         )
-    return tuple(given[k] for k in wanted)
+    return tuple(given.pop(k) for k in wanted)
+
+
+def _found(seen: KeyArray, keys: KeyArray) -> list[int]:
+    """The `keys` that occur in `seen` (sorted), exactly for any integer dtypes (Python ints where no numpy dtype
+    holds both)."""
+    if seen.size == 0 or keys.size == 0:
+        return []
+    try:
+        dtype = common_key_dtype("keys", keys, seen)
+        return list(keys[in_sorted(seen.astype(dtype), keys.astype(dtype))].tolist())
+    except ValueError:
+        known = set(seen.tolist())
+        return [k for k in keys.tolist() if k in known]
+
+
+def _joined(arrays: Sequence[NDArray[np.integer[Any]]]) -> KeyArray:
+    """Integer arrays joined in a dtype that holds every value (the batch key rule)."""
+    out: KeyArray = np.zeros(0, np.int64)
+    for a in arrays:
+        if a.size:
+            dtype = common_key_dtype("keys", out, a)
+            out = np.concatenate([out.astype(dtype), a.astype(dtype)])
+    return out
 
 
 def _in_flight(value: Any, num_tasks: int) -> dict[int, NDArray[np.int64]]:
@@ -273,30 +396,3 @@ def _in_flight(value: Any, num_tasks: int) -> dict[int, NDArray[np.int64]]:
             )
         out[int(version)] = c
     return out
-
-
-def _keys(state: Mapping[str, Any], name: str, dtype_name: str) -> KeyArray:
-    """state[name] as an array of state[dtype_name], an integer dtype; every entry must be an int (a float such as
-    3.0 or 3.5, a bool or a string is refused, not truncated)."""
-    raw, dtype_value = state.get(name, []), state.get(dtype_name, "int64")
-    try:
-        dtype = np.dtype(dtype_value)
-    except TypeError as err:
-        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name") from err
-    if not np.issubdtype(dtype, np.integer):
-        raise ValueError(f"state[{dtype_name!r}] is {dtype_value!r}, expected a numpy integer dtype name")
-    items = raw.tolist() if isinstance(raw, np.ndarray) else raw
-    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
-        raise TypeError(f"state[{name!r}] must be a list of integers, got {v._show(raw)}")
-    for i, key in enumerate(items):
-        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
-            raise TypeError(
-                f"state[{name!r}] must hold integers, got {key!r} of type {type(key).__name__} at index {i}"
-            )
-    try:
-        keys = np.array(items, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"state[{name!r}] do not fit state[{dtype_name!r}] {dtype_value!r}: {err}") from err
-    if keys.ndim != 1:
-        raise ValueError(f"state[{name!r}] must be a list of integers, got shape {keys.shape}")
-    return keys

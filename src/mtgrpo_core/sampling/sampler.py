@@ -80,10 +80,8 @@ class BatchBuilder:
         self.report: BatchReport | None = None  # set by finish()
         self._ledger = BatchLedger(self._k, config.group_size)
         self._carry = carry
-        offered = carry.offer() if carry is not None else None
         self._ahead_asked = False
-        if offered is not None and len(offered):
-            g = offered
+        if carry is not None and len(g := carry.offer()):
             self._ledger.record_carried(g.tasks, g.keys, g.rewards, g.payloads, g.staleness)
 
     @property
@@ -94,6 +92,10 @@ class BatchBuilder:
     def outstanding(self) -> NDArray[np.int64]:
         """Requested groups not reported yet, per task."""
         return self._ledger.pending.copy()
+
+    def unused_keys(self, keys: ArrayLike) -> KeyArray:
+        """`keys` as an array, refused if one repeats or this step booked it already; books nothing."""
+        return self._ledger.check_keys(keys)
 
     def rollouts(self) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
         """Task and reward of every rollout reported so far this step (carried groups excluded), flattened in report
@@ -182,8 +184,7 @@ class BatchBuilder:
             self._carry.take(version, t)
             accepted = accepted & (stale <= self._carry.max_staleness)  # too old to train: freed at finish
         self._ledger.record(t, key_arr, r, info, accepted, held, stale)
-        if assigned:
-            self._counter.next += t.shape[0]
+        self._counter.next += t.shape[0] if assigned else 0
         return key_arr
 
     def _staleness_of(self, version: int | None) -> int:

@@ -27,7 +27,7 @@ from mtgrpo_core.methods import parse_method
 from mtgrpo_core.prompts.history import SelectionConfig
 from mtgrpo_core.sampling.sampler import Batch, BatchReport
 from mtgrpo_core.settings import SamplerSettings, Settings
-from mtgrpo_core.signals import StepFacts
+from mtgrpo_core.signals import StepFacts, with_stand_ins
 
 DEFAULT_METHODS = (
     "grpo",
@@ -55,19 +55,17 @@ def step_facts(
     (`Selection.stand_ins`), and the batch's rollouts with their advantages and clipped surrogate before and after
     the update (one update per step: one mini-batch, so a per-mini-batch method takes one weight update per step
     here)."""
-    task, reward = rollouts
-    if stand_ins is not None:
-        task, reward = np.concatenate([task, stand_ins[0]]), np.concatenate([reward, stand_ins[1]])
     n = batch.rewards.shape[1]
-    return StepFacts(
-        rollout_task=task,
-        rollout_reward=reward,
+    facts = StepFacts(
+        rollout_task=rollouts[0],
+        rollout_reward=rollouts[1],
         sample_task=np.repeat(batch.task, n),
         sample_advantage=advantage.ravel(),
         surrogate_before=before.ravel(),
         surrogate_after=after.ravel(),
         surrogate_minibatch=np.zeros(before.size, dtype=np.int64),
     )
+    return facts if stand_ins is None else with_stand_ins(facts, [stand_ins[0]], [stand_ins[1]])
 
 
 def _train_step(

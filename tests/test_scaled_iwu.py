@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -147,3 +148,65 @@ def test_a_lam_ramp_resumes_exactly_and_refuses_a_state_without_its_clock() -> N
 def test_bad_lam_ramps_are_refused_naming_the_setting(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
         build_rule("iwu-scaled", 3, **kwargs)
+
+
+def _with_acceptance(signals: TaskSignals, acceptance: np.ndarray) -> TaskSignals:
+    return dataclasses.replace(signals, acceptance=acceptance)
+
+
+def test_the_cost_tilt_weights_the_rules_own_weights_by_acceptance() -> None:
+    """z_k = u_k a_k^kappa / sum: the rule's own step (its logits) is the untilted rule's; an absent task keeps its
+    last a_k; kappa 1 makes the generation shares z_k / a_k follow u."""
+    rng = np.random.default_rng(5)
+    plain, tilted = ScaledIWURule(4), ScaledIWURule(4, cost_tilt=1.0)
+    assert tilted.needs == {"improvement", "acceptance"} and plain.needs == {"improvement"}
+    for _ in range(5):
+        s = _signals(rng, 4)
+        acceptance = rng.uniform(0.2, 1.0, 4)
+        plain.update(s)
+        tilted.update(_with_acceptance(s, acceptance))
+    last = np.array(tilted.state_dict()["acceptance"])
+    u = plain.weights
+    assert np.allclose(tilted.weights, u * last / (u * last).sum(), rtol=1e-12)
+    generation = tilted.weights / last
+    assert np.allclose(generation / generation.sum(), u, rtol=1e-12)
+    s = _signals(rng, 4)
+    s = dataclasses.replace(s, present=np.array([True, True, True, False]))
+    tilted.update(_with_acceptance(s, np.array([0.5, 0.5, 0.5, np.nan])))
+    assert tilted.state_dict()["acceptance"][3] == last[3]
+
+
+def test_the_controller_fills_in_acceptance_from_the_sampler_on_every_path() -> None:
+    from mtgrpo_core import Controller
+
+    ctrl = Controller.from_method("mt-grpo-scaled:2", 3, 6, 4, seed=0, rule_kwargs={"cost_tilt": 0.5})
+    builder = ctrl.begin_step()
+    req = builder.next_request()
+    assert req is not None
+    tasks = np.repeat(np.arange(3), req.counts)
+    rewards = np.tile([1.0, 0.0, 1.0, 0.0], (tasks.size, 1))
+    builder.report_arrays(tasks, rewards=rewards)
+    builder.finish()
+    signals = TaskSignals.build(reward=np.full(3, 0.5), improvement=np.zeros(3))
+    ctrl.end_step(signals)
+    assert np.array_equal(ctrl.last_signals.acceptance, 1.0 - ctrl.sampler.estimator.filter_rate)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, math.inf, "1"])
+def test_bad_cost_tilts_are_refused_naming_the_setting(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="cost_tilt"):
+        build_rule("iwu-scaled", 3, cost_tilt=value)
+
+
+def test_bad_acceptance_is_refused_and_changes_nothing() -> None:
+    rule = ScaledIWURule(3, cost_tilt=0.5)
+    before = rule.state_dict()
+    s = _signals(np.random.default_rng(1), 3)
+    for bad in (None, np.array([0.5, 1.2, 0.5]), np.array([0.5, -0.1, 0.5])):
+        with pytest.raises(ValueError, match="acceptance"):
+            rule.update(_with_acceptance(s, bad))  # type: ignore[arg-type]
+        assert rule.state_dict() == before
+    state = json.loads(json.dumps(before))
+    state["acceptance"] = [0.5, 2.0, 0.5]
+    with pytest.raises(ValueError, match=r"state\['acceptance'\]"):
+        ScaledIWURule(3, cost_tilt=0.5).load_state_dict(state)

@@ -202,6 +202,9 @@ class RuleOptions:
     --rule.lam-ramp updates"""
     lam_ramp: Annotated[int | None, unset("the rule's: 0, no ramp")] = None
     """scaled rule: weight updates over which lam moves from --rule.lam-start to the method's lam"""
+    cost_tilt: Annotated[float | None, unset("the rule's: 0, no tilt")] = None
+    """scaled rule: kappa in [0, 1], weights tilted by acceptance^kappa so that kappa 1 splits the generated groups
+    (docs/weighting.md)"""
     within: Annotated[float | None, unset("the rule's: 1.0")] = None
     """family rule (mt-grpo-family): how far a family's weight follows its own IWU over its tasks (1) rather than
     spreading evenly (0)"""

@@ -189,6 +189,8 @@ class Controller:
             raise TypeError(f"end_step takes the step's StepFacts (or TaskSignals), got {type(step).__name__}")
         if signals.num_tasks != self.num_tasks:
             raise ValueError(f"signals cover {signals.num_tasks} tasks, expected {self.num_tasks}")
+        if "acceptance" in self.needs and signals.acceptance is None:  # the sampler's estimate, this step's included
+            signals = replace(signals, acceptance=1.0 - self.sampler.estimator.filter_rate)
         missing = sorted(n for n in self.needs if getattr(signals, n) is None)
         if missing:
             raise ValueError(
@@ -237,7 +239,7 @@ class Controller:
             accuracy=accuracy,
             improvement_steps=signals.improvement_steps,
         )
-        return filled, measured
+        return replace(filled, acceptance=signals.acceptance), measured
 
     def _update_rule(self, signals: TaskSignals) -> NDArray[np.float64]:
         if not self.minibatch_updates:

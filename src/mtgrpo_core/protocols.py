@@ -27,6 +27,9 @@ class TaskSignals:
     accuracy: fraction of task k's rollouts that were correct (logged; no built-in rule reads it); None if absent.
     improvement_steps: (M, K) I_k of each of the step's M optimizer steps (PPO mini-batches), in order, for
         methods that update the weights once per mini-batch (the reference presets); None if not measured so.
+    acceptance: the sampler's estimate, after this step, of the probability that a group of task k is
+        informative (passes the filter): 1 - its filter rate. `Controller.end_step` fills it in for a rule that
+        needs it (every backend; no trainer measures it); None otherwise.
 
     Build it with `mtgrpo_core.step_signals` from a step's facts (the one signal path every backend uses), or
     with `TaskSignals.build` from per-task values.
@@ -43,13 +46,14 @@ class TaskSignals:
     accuracy: NDArray[np.float64] | None = None
     untrained: tuple[int, ...] = ()
     improvement_steps: NDArray[np.float64] | None = None
+    acceptance: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         """Refuse fields whose shapes do not match (a TaskSignals built directly, without `build`)."""
         present = np.asarray(self.present)
         if present.dtype != np.bool_ or present.ndim != 1:
             raise ValueError(f"present must be a 1-D bool array, got dtype {present.dtype} shape {present.shape}")
-        for name in ("reward", "improvement", "mean_abs_advantage", "accuracy"):
+        for name in ("reward", "improvement", "mean_abs_advantage", "accuracy", "acceptance"):
             value = getattr(self, name)
             if value is not None and np.shape(value) != present.shape:
                 raise ValueError(
@@ -122,7 +126,8 @@ class TaskSignals:
         return int(self.reward.shape[0])
 
 
-SIGNAL_NEEDS: tuple[str, ...] = ("improvement", "mean_abs_advantage")
+SIGNAL_NEEDS: tuple[str, ...] = ("improvement", "mean_abs_advantage", "acceptance")
+CORE_SIGNALS: frozenset[str] = frozenset({"acceptance"})  # filled in by the controller on every backend
 
 
 @runtime_checkable

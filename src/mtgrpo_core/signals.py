@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mtgrpo_core import checks as v
-from mtgrpo_core.protocols import SIGNAL_NEEDS, TaskSignals
+from mtgrpo_core.protocols import CORE_SIGNALS, SIGNAL_NEEDS, TaskSignals
 
 
 def _per_task(
@@ -354,7 +354,7 @@ def check_needs(needs: Iterable[str], provided: Iterable[str], rule: str, backen
     unknown = wanted - set(SIGNAL_NEEDS)
     if unknown:
         raise ValueError(f"rule {rule} declares needs {sorted(unknown)}; known signals are {list(SIGNAL_NEEDS)}")
-    missing = wanted - set(provided)
+    missing = wanted - set(provided) - CORE_SIGNALS
     if missing:
         raise ValueError(
             f"rule {rule} needs {sorted(missing)}, which backend {backend} does not measure (it provides "

@@ -21,6 +21,16 @@ measures no spread (the gradient is zero there anyway); before the first measure
 
 A lam ramp (lam_start, lam_ramp) moves lam linearly from lam_start to lam over the first lam_ramp weight updates,
 then holds it: average progress first, the worst task later (docs/weighting.md, measured in docs/benchmarks.md).
+
+Weights that count generation (cost_tilt kappa in [0, 1]): a task's informative group costs 1 / a_k generated
+groups, a_k the sampler's acceptance estimate (TaskSignals.acceptance). The rule's own weights u = softmax(xi) are
+tilted before the sampler sees them,
+
+    z_k = u_k a_k^kappa / sum_j u_j a_j^kappa,
+
+so that the generation spent on task k, proportional to z_k / a_k, goes as u_k a_k^(kappa - 1): kappa = 0 is the
+paper (u splits the trained groups), kappa = 1 lets u split the generated groups. a_k is floored at 0.01 (a task
+the filter has rejected every time keeps a share); a task not present keeps its last a_k, 1 before any.
 """
 
 from __future__ import annotations
@@ -38,12 +48,14 @@ from mtgrpo_core.protocols import TaskSignals
 from mtgrpo_core.weighting.rules import IWURule, _check_config, _checked_signals, _required
 
 SCALED_DEFAULT_LAM = 2.0
+ACCEPTANCE_FLOOR = 0.01  # the cost tilt's floor on a_k
 
 
 class ScaledIWURule(IWURule):
     """IWU with I_k and J_k on a common scale (module docstring); IWURule's options plus spread_decay, the moving
     average's decay of the cross-task variances, and an optional lam ramp: lam_start (None: lam throughout) moving
-    linearly to lam over lam_ramp weight updates. improvement_clip, when given, is in units of sigma_I."""
+    linearly to lam over lam_ramp weight updates, and cost_tilt (module docstring). improvement_clip, when given,
+    is in units of sigma_I."""
 
     kind = "iwu-scaled"
 
@@ -58,6 +70,7 @@ class ScaledIWURule(IWURule):
         spread_decay: float = 0.9,
         lam_start: float | None = None,
         lam_ramp: int = 0,
+        cost_tilt: float = 0.0,
     ) -> None:
         super().__init__(num_tasks, lam, lr, optimizer, weight_decay, improvement_clip)
         self.spread_decay = v.real_in_range("spread_decay", spread_decay, 0.0, 1.0, high_open=True)
@@ -68,15 +81,30 @@ class ScaledIWURule(IWURule):
                 f"lam_start and lam_ramp go together (lam moves from lam_start to lam over lam_ramp >= 1 weight "
                 f"updates), got lam_start={lam_start!r}, lam_ramp={lam_ramp!r}"
             )
+        self.cost_tilt = v.real_in_range("cost_tilt", cost_tilt, 0.0, 1.0)
+        self.needs = frozenset({"improvement", "acceptance"} if self.cost_tilt else {"improvement"})
         self._spread = (np.zeros(2), 0)  # (v_I, v_J), steps that measured them
         self._updates = 0  # weight updates made: the ramp's clock
-        self._pending: tuple[NDArray[np.float64], int, int] | None = None
+        self._acceptance = np.ones(self._k)  # a_k of the tilt, last measured
+        self._pending: tuple[NDArray[np.float64], int, int, NDArray[np.float64]] | None = None
+
+    @property
+    def weights(self) -> NDArray[np.float64]:
+        if not self.cost_tilt:
+            return self._z.copy()
+        tilted = self._z * np.power(np.maximum(self._acceptance, ACCEPTANCE_FLOOR), self.cost_tilt)
+        return np.asarray(tilted / tilted.sum(), dtype=np.float64)
 
     def update(self, signals: TaskSignals) -> NDArray[np.float64]:
         s = _checked_signals(signals, self._k)
         improvement = _required("improvement", s.improvement, "ScaledIWURule")
         v.finite_array("signals.improvement at present tasks", improvement[s.present])
-        self._pending = (*self._measured_spread(improvement, s), self._updates + 1)
+        acceptance = self._acceptance
+        if self.cost_tilt:
+            measured = _required("acceptance", s.acceptance, "ScaledIWURule with cost_tilt")
+            acceptance = np.where(s.present, measured, self._acceptance)
+            _check_rates("signals.acceptance at present tasks", acceptance, self._k)
+        self._pending = (*self._measured_spread(improvement, s), self._updates + 1, acceptance)
         sigma_i, sigma_j = self._sigma(*self._pending[:2])
         scaled = replace(s, reward=s.reward / sigma_j)
         return self._steps(scaled, (improvement / sigma_i)[None, :], rows_checked=True)
@@ -102,8 +130,8 @@ class ScaledIWURule(IWURule):
 
     def _commit(self, reward_state: Any) -> None:
         if reward_state is not None:
-            *spread, self._updates = reward_state
-            self._spread = (spread[0], spread[1])
+            variance, steps, self._updates, self._acceptance = reward_state
+            self._spread = (variance, steps)
 
     def _lam(self) -> float:
         """lam, or on the ramp lam_start + (lam - lam_start) min(t / lam_ramp, 1) at weight update t."""
@@ -113,12 +141,14 @@ class ScaledIWURule(IWURule):
 
     def _config(self) -> dict[str, Any]:
         ramp = {} if self.lam_start is None else {"lam_start": self.lam_start, "lam_ramp": self.lam_ramp}
-        return {**super()._config(), "spread_decay": self.spread_decay, **ramp}
+        tilt = {"cost_tilt": self.cost_tilt} if self.cost_tilt else {}
+        return {**super()._config(), "spread_decay": self.spread_decay, **ramp, **tilt}
 
     def _extra_state(self) -> dict[str, Any]:
         variance, steps = self._spread
         ramp = {} if self.lam_start is None else {"lam_updates": self._updates}
-        return {"spread_variance": variance.tolist(), "spread_steps": steps, **ramp}
+        tilt = {"acceptance": self._acceptance.tolist()} if self.cost_tilt else {}
+        return {"spread_variance": variance.tolist(), "spread_steps": steps, **ramp, **tilt}
 
     def _load_extra(self, state: Mapping[str, Any]) -> Any:
         if "spread_variance" not in state or "spread_steps" not in state:
@@ -127,11 +157,24 @@ class ScaledIWURule(IWURule):
         if variance.shape != (2,) or (variance < 0).any():
             raise ValueError(f"state['spread_variance'] must be 2 values >= 0, got {variance.tolist()}")
         steps = v.positive_int("state['spread_steps']", state["spread_steps"], minimum=0)
-        if self.lam_start is None:
-            return variance.copy(), steps, 0
-        if "lam_updates" not in state:
-            raise ValueError("state lacks 'lam_updates' (ScaledIWURule's lam ramp: weight updates made)")
-        return variance.copy(), steps, v.positive_int("state['lam_updates']", state["lam_updates"], minimum=0)
+        updates, acceptance = 0, np.ones(self._k)
+        if self.lam_start is not None:
+            if "lam_updates" not in state:
+                raise ValueError("state lacks 'lam_updates' (ScaledIWURule's lam ramp: weight updates made)")
+            updates = v.positive_int("state['lam_updates']", state["lam_updates"], minimum=0)
+        if self.cost_tilt:
+            if "acceptance" not in state:
+                raise ValueError("state lacks 'acceptance' (ScaledIWURule's cost tilt: the last a_k per task)")
+            acceptance = _check_rates("state['acceptance']", state["acceptance"], self._k)
+        return variance.copy(), steps, updates, acceptance.copy()
+
+
+def _check_rates(name: str, value: Any, num_tasks: int) -> NDArray[np.float64]:
+    """num_tasks finite values in [0, 1], refused naming `name`."""
+    rates = v.finite_array(name, value, ndim=1)
+    if rates.shape != (num_tasks,) or (rates < 0).any() or (rates > 1).any():
+        raise ValueError(f"{name} must be {num_tasks} values in [0, 1], got {rates.tolist()}")
+    return rates
 
 
 class FamilyIWURule:

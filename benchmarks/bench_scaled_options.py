@@ -1,11 +1,12 @@
-"""A lam ramp for IWU on a common scale (issue 20 item 5, what was tried): lam rising over the run against fixed lam.
+"""Options of IWU on a common scale against fixed lam (issue 20): a lam ramp (item 5) and the cost tilt (item 2).
 
-`--rule.lam-start S --rule.lam-ramp R` moves mt-grpo-scaled's lam from S to the method's lam over R weight updates
-(weighting/scaled.py). Runs `mtgrpo bench` on paper3 and paper9 for seeds 0-4 (where the ramps were chosen) and
-5-9 (held out), one bench run per rule setting (rule options go to every scaled method of a run), and prints
-worst and average accuracy at equal steps and at GRPO's generation budget.
+`--rule.lam-start S --rule.lam-ramp R` moves mt-grpo-scaled's lam from S to the method's lam over R weight updates;
+`--rule.cost-tilt K` tilts the weights by the sampler's acceptance estimate to the power K (weighting/scaled.py).
+Runs `mtgrpo bench` on paper3 and paper9 for seeds 0-4 (where the ramps were chosen) and 5-9 (held out), one bench
+run per rule setting (rule options go to every scaled method of a run), and prints worst and average accuracy at
+equal steps and at GRPO's generation budget, with the groups generated per step.
 
-    .venv/bin/python benchmarks/bench_lambda_ramp.py --out runs/lambda_ramp
+    .venv/bin/python benchmarks/bench_scaled_options.py --out runs/scaled_options
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fixed": ("grpo,mt-grpo-scaled:1.5,mt-grpo-scaled:2,mt-grpo-scaled:3", []),
     "ramp 1->2": ("grpo,mt-grpo-scaled:2", ["--rule.lam-start", "1", "--rule.lam-ramp", str(STEPS)]),
     "ramp 0.5->3": ("grpo,mt-grpo-scaled:3", ["--rule.lam-start", "0.5", "--rule.lam-ramp", str(STEPS)]),
+    "cost tilt 0.5": ("grpo,mt-grpo-scaled:2", ["--rule.cost-tilt", "0.5"]),
+    "cost tilt 1": ("grpo,mt-grpo-scaled:2", ["--rule.cost-tilt", "1"]),
 }
 
 
 def run(suite: str, seeds: str, methods: str, flags: list[str], out: Path) -> dict[str, list[float]]:
-    """{method: [worst, average, worst@budget, average@budget]} (% means over the seeds) of one bench run."""
+    """{method: [worst, average, worst@budget, average@budget, groups generated per step]} (means over the seeds;
+    accuracies in %) of one bench run."""
     argv = ["bench", "--suite", suite, "--seeds", seeds, "--methods", methods, "--steps", str(STEPS), *flags]
     with contextlib.redirect_stdout(io.StringIO()):
         code = mtgrpo([*argv, "--quiet", "--out", str(out)])
@@ -39,19 +43,21 @@ def run(suite: str, seeds: str, methods: str, flags: list[str], out: Path) -> di
     return {
         m: [100 * s[a]["mean"] for a in ("worst", "average")]
         + [100 * s["budget"][a]["mean"] for a in ("worst", "average")]
+        + [s["generated_per_step"]["mean"]]
         for m, s in ((m, r["summary"]) for m, r in results.items())
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/lambda_ramp"))
+    parser.add_argument("--out", type=Path, default=Path("runs/scaled_options"))
     parser.add_argument("--suites", default="paper3,paper9")
     args = parser.parse_args()
     for suite in args.suites.split(","):
         for label, seeds in SEED_SETS.items():
             print(f"\n{suite}, seeds {label}: worst / average % at equal steps, then at GRPO's generation budget")
-            print("| method | worst | average | worst @budget | average @budget |\n|---|---|---|---|---|")
+            print("| method | worst | average | worst @budget | average @budget | generated / step |")
+            print("|---|---|---|---|---|---|")
             for name, (methods, flags) in RUNS.items():
                 rows = run(suite, seeds, methods, flags, args.out / f"{suite}-{label}-{name.replace(' ', '')}")
                 for method, values in rows.items():

@@ -98,8 +98,9 @@ class Engine:
         return self.time + np.cumsum(np.diff(h, prepend=self.progress) / speed)
 
     def _advance(self, to: float) -> None:
-        """Run the engine until `to`: the rollouts done by then leave, the others progress."""
-        if to <= self.time:
+        """Run the engine until `to`: the rollouts done by then leave, the others progress (a rollout ending at the
+        engine's own time leaves too: its finish time can equal it to the last bit)."""
+        if to < self.time:
             return
         h, times = self._thresholds, self._finish_times()
         k = int(np.searchsorted(times, to, side="right"))  # rollouts done by `to`

@@ -152,11 +152,12 @@ def test_earlier_versions_need_the_streaming_mode() -> None:
         builder.ahead()
 
 
-def test_ahead_comes_once_after_finish() -> None:
+def test_ahead_comes_once_per_step() -> None:
+    early = _sampler().begin(WEIGHTS, 0)
+    early.ahead()  # before finish(): the early request
+    with pytest.raises(ValueError, match="once per step"):
+        early.ahead()
     sampler = _sampler()
-    builder = sampler.begin(WEIGHTS, 0)
-    with pytest.raises(ValueError, match="once per step, after finish"):
-        builder.ahead()
     _first_step(_sampler())
     sampler2 = _sampler()
     _first_step(sampler2)
@@ -211,15 +212,17 @@ def test_settings_take_steps_ahead_and_name_it_when_refused() -> None:
         Settings("mt-grpo", SamplerSettings(steps_ahead=2)).check(3, 32, 8)
 
 
-def test_the_cap_covers_a_steps_own_rounds_and_ahead_request_not_the_ahead_groups_it_receives() -> None:
-    """Per step, the prompts it asks for (rounds and ahead request) stay within the generation cap; the ahead
-    groups reported to it were charged to the step that asked (they count in its report's `generated`, not in its
-    cap)."""
+@pytest.mark.parametrize("early", [False, True])
+def test_the_cap_covers_a_steps_own_rounds_and_ahead_request_not_the_ahead_groups_it_receives(early: bool) -> None:
+    """Per step, the prompts it asks for (rounds and ahead request, asked after finish() or as the step begins)
+    stay within the generation cap; the ahead groups reported to it were charged to the step that asked (they
+    count in its report's `generated`, not in its cap)."""
     sampler, rng = _sampler(ahead=1, carry=2, generation_cap=1.5), np.random.default_rng(5)  # 48 prompts (B = 32)
     due: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     key = 0
     for t in range(40):
         builder = sampler.begin(WEIGHTS, t)
+        ahead = builder.ahead() if early else None
         for tasks, keys, info in due:
             builder.report_arrays(tasks, keys, informative=info, version=t - 1)
         received = sum(d[0].shape[0] for d in due)
@@ -231,7 +234,7 @@ def test_the_cap_covers_a_steps_own_rounds_and_ahead_request_not_the_ahead_group
             builder.report_arrays(tasks, keys, informative=info)
         batch = builder.finish()
         assert int(batch.report.generated.sum()) == received + own
-        ahead = builder.ahead()
+        ahead = ahead if early else builder.ahead()
         asked = own + (0 if ahead is None else ahead.total)
         assert asked <= 48
         due = [] if ahead is None else [_groups(rng, ahead.counts, key)]

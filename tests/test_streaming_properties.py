@@ -1,6 +1,7 @@
 """Property tests of the streaming mode (issue 21, item 1): hypothesis drives `RatioPreservingSampler` with
 `steps_ahead` >= 1 through many steps of the real conversation: begin, the reports of earlier ahead requests (with
-their version, after a drawn delay, sometimes past the age bound), shortfall rounds, finish, ahead. The test keeps
+their version, after a drawn delay, sometimes past the age bound), shortfall rounds, finish, ahead (or ahead as the
+step begins, before its reports). The test keeps
 its own books of every key (`_Books`) and checks each step: exactly B groups in the target ratio when the supply
 allowed it, no group trained twice, no group older than carry_over, every group trained, kept or freed exactly once,
 and the same decisions from a sampler restored from JSON with ahead requests in flight. The held path (groups
@@ -41,6 +42,7 @@ class Case:
     seed: int
     steps: int
     snapshot: int
+    early: bool  # ahead() as the step begins, before its reports (else after finish())
 
 
 @st.composite
@@ -59,6 +61,7 @@ def cases(draw: st.DrawFn) -> Case:
         seed=draw(st.integers(0, 2**16)),
         steps=draw(st.integers(3, 9)),
         snapshot=draw(st.integers(1, 8)),
+        early=draw(st.booleans()),
     )
 
 
@@ -96,6 +99,7 @@ class Driver:
 
     def step(self, sampler: RatioPreservingSampler, weights: NDArray[np.float64], t: int) -> Batch:
         builder = sampler.begin(weights, t)
+        ahead = builder.ahead() if self.case.early else None
         now = [d for d in self.due if d[0] <= t]
         self.due = [d for d in self.due if d[0] > t]
         for _, version, tasks, keys, info in now:
@@ -107,7 +111,7 @@ class Driver:
             builder.report_arrays(tasks, keys, informative=info)
             self.books.alive |= set(keys.tolist())
         batch = builder.finish()
-        ahead = builder.ahead()
+        ahead = ahead if self.case.early else builder.ahead()
         if ahead is not None:
             assert ahead.version == t
             delay = self.case.delays[self.n_ahead % len(self.case.delays)]
@@ -211,7 +215,8 @@ class HeldDriver(Driver):
 @given(cases())
 @SETTINGS
 def test_groups_held_by_the_core_decide_as_groups_reported_in_the_step(case: Case) -> None:
-    case = replace(case, delays=tuple(max(d, case.steps_ahead) for d in case.delays))  # none before its due step
+    delays = tuple(max(d, case.steps_ahead) for d in case.delays)  # none before its due step
+    case = replace(case, delays=delays, early=False)  # the held driver asks ahead() after finish()
     ctrl = Controller(FixedRule(case.k, np.full(case.k, 1.0 / case.k)), _sampler(case))
     sampler, in_step, held = _sampler(case), Driver(case), HeldDriver(case)
     for t in range(case.steps):

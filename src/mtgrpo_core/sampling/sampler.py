@@ -29,7 +29,7 @@ from mtgrpo_core.sampling.batch import Batch, BatchLedger, BatchReport, KeyArray
 from mtgrpo_core.sampling.carry_pool import CarryPool
 from mtgrpo_core.sampling.config import SamplerConfig
 from mtgrpo_core.sampling.planners import Planner, PlanView, default_estimator, planner_for, read_only
-from mtgrpo_core.sampling.targets import NoSignalGuard, draw_counts, fair_share, within_cap
+from mtgrpo_core.sampling.targets import NoSignalGuard, ahead_credit, draw_counts, fair_share, within_cap
 
 __all__ = ["Batch", "BatchBuilder", "BatchReport", "RatioPreservingSampler", "Request"]
 
@@ -202,27 +202,27 @@ class BatchBuilder:
         return self.step - version
 
     def ahead(self) -> Request | None:
-        """Streaming mode, after finish(): the groups to generate now, with this step's policy while it trains, for
-        the batch `steps_ahead` steps from now (the batches before it have theirs in flight): the planner's request
-        for one batch's targets (ceil(B z) where the batch keeps exact per-task counts) less the kept groups beyond
-        what those batches may take, within what the step's cap leaves. Report them at a later step with
-        `version=request.version`. None when nothing is needed."""
-        if not self.config.steps_ahead or self._carry is None:
-            raise ValueError("ahead() needs the streaming mode: SamplerConfig.steps_ahead >= 1")
-        if not self._finished or self._ahead_asked:
-            raise ValueError("ahead() is called once per step, after finish()")
+        """Streaming mode, once per step, after finish() (to generate while the step trains) or before it (beside
+        its own generation): the groups to generate with this step's policy for the batch `steps_ahead` steps on:
+        the planner's request for ceil(B z) (exact per-task counts; else drawn targets) less `ahead_credit`, within
+        the step's cap. Report them later with `version=request.version`. None when nothing is needed."""
+        if not self.config.steps_ahead or self._carry is None or self._ahead_asked:
+            raise ValueError("ahead() needs the streaming mode (SamplerConfig.steps_ahead >= 1), once per step")
         self._ahead_asked, cfg, carry = True, self.config, self._carry
         need = draw_counts(cfg.targets, self.weights, cfg.batch_size, self._rng)  # the batch steps_ahead from now
         if cfg.ratio_constraint and cfg.filtering != "none":  # exact per-task counts: cover either rounding of B z
             need = np.ceil(cfg.batch_size * self.weights).astype(np.int64)
-        kept = np.bincount(carry.offer().tasks, minlength=self._k)  # credit: beyond what the batches before it take
-        credit = np.maximum(kept - (cfg.steps_ahead - 1) * need, 0)
+        kept = carry.offer().tasks if self._finished else None  # after finish(); before it, the expected surplus:
+        pending = sum(carry.awaiting(self.step - cfg.steps_ahead).values(), np.zeros(self._k, dtype=np.int64))
+        expected = (self._ledger.accepted, pending, 1.0 - self._estimator.filter_rate)
+        credit = ahead_credit(need, cfg.steps_ahead, kept, expected, self.targets)
         weights, _, inflated = self._views
         counts = self._planner.plan(PlanView(0, weights, read_only(need), inflated, credit, self._estimator), self._rng)
         if counts is not None and self._cap is not None:  # the step's cap covers its own rounds and ahead request
             counts = fair_share(counts, self._cap - self._asked, self.weights)
         if counts is None or not counts.any():
             return None
+        self._asked += 0 if self._finished else int(counts.sum())
         carry.issue(self.step, counts)
         return Request(counts=counts, round=0, version=self.step)
 

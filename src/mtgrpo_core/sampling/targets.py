@@ -225,3 +225,23 @@ class NoSignalGuard:
         if dry.shape != (self._k,) or (dry < 0).any():
             raise ValueError(f"state['dry'] must be {self._k} non-negative ints, got {dry.tolist()}")
         self._dry = dry.copy()
+
+
+def ahead_credit(
+    need: NDArray[np.int64],
+    steps_ahead: int,
+    kept: NDArray[np.int64] | None,
+    expected: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]] | None,
+    targets: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Groups per task an ahead request may count on for its batch, beyond what the batches before it take (each
+    `need`). After finish(): the kept groups' tasks (`kept`). Before it: this step's expected surplus, from
+    `expected` = (accepted so far, groups still awaited from due ahead requests, acceptance estimate), less this
+    step's `targets` (the expectation rounded down: a shortfall is resampled at the due step)."""
+    if kept is not None:
+        supply = np.bincount(kept, minlength=need.shape[0])
+    else:
+        assert expected is not None
+        accepted, pending, acceptance = expected
+        supply = np.maximum(accepted + np.floor(pending * acceptance).astype(np.int64) - targets, 0)
+    return np.asarray(np.maximum(supply - (steps_ahead - 1) * need, 0), dtype=np.int64)

@@ -2,7 +2,8 @@
 
 For each suite and seed set, runs GRPO, DAPO and MT-GRPO synchronously and with steps_ahead 1 and 2, each with
 carry-over (the age bound) steps_ahead or steps_ahead + 1 (room to keep an ahead group's surplus one more step),
-through the real controller, and prints per configuration: worst and average accuracy at equal steps, at the equal
+through the real controller (steps_ahead 1 also with each request issued as its step begins, "begin"), and prints
+per configuration: worst and average accuracy at equal steps, at the equal
 generation budget and at the equal wall-clock (the fewest rollouts / the shortest simulated time of any run of the
 suite), throughput (steps per simulated hour, and its ratio to the same method run synchronously), the realized
 shares' distance to the weights and the mean age of trained groups.
@@ -26,7 +27,8 @@ from mtgrpo_backends.simulated.suites import load_suite
 
 METHODS = ("grpo", "dapo", "mt-grpo:0.2")
 SEED_SETS = {"0-4": range(5), "5-9": range(5, 10)}
-MODES = ((1, 1), (1, 2), (2, 2), (2, 3))  # (steps_ahead, carry_over)
+MODES = ((1, 1), (1, 2), (2, 2), (2, 3))  # (steps_ahead, carry_over), each request issued after finish()
+EARLY = ((1, 1), (1, 2))  # the same, each request issued as its step begins (SimulatedRunner.ahead_at "begin")
 
 
 def _run(job: tuple[SimulatedRunner, str, str, int]) -> RunRecord:
@@ -36,13 +38,17 @@ def _run(job: tuple[SimulatedRunner, str, str, int]) -> RunRecord:
 
 def runners(suite: str) -> dict[str, SimulatedRunner]:
     """{label: the runner of one mode} at the suite's defaults: synchronous, and steps_ahead s with carry-over
-    (the age bound) s or s + 1 (room to keep an ahead group's surplus for one more step)."""
+    (the age bound) s or s + 1 (room to keep an ahead group's surplus for one more step), the ahead request issued
+    after finish() or ("begin") as its step begins."""
     s = load_suite(suite)
     d = s.defaults
     base = SimulatedRunner(s, d.steps, d.batch_size, d.group_size, d.max_rounds, d.record_every)
     out = {"sync": base}
     for ahead, age in MODES:
         out[f"ahead {ahead}/age {age}"] = replace(base, sampler={"steps_ahead": ahead, "carry_over": age})
+    for ahead, age in EARLY:
+        early = replace(base, sampler={"steps_ahead": ahead, "carry_over": age}, ahead_at="begin")
+        out[f"ahead {ahead}/age {age} begin"] = early
     return out
 
 

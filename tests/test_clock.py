@@ -134,3 +134,35 @@ def test_the_engine_matches_an_event_by_event_reference(seed: int) -> None:
     want = _reference_finish_times(model, arrivals)
     assert [engine2.finished(i) for i in order] == pytest.approx([want[i] for i in order], rel=1e-9)
     assert sorted(got) == pytest.approx(sorted(want), rel=1e-9)
+
+
+def test_a_request_ending_at_the_engines_own_time_is_done_then() -> None:
+    """Float ties: a run with requests issued as steps begin (bench_streaming's "begin" modes) left a request whose
+    last rollout's threshold equalled the engine's progress to the last bit (17851.015594426142); asking when it
+    finished raised KeyError instead of answering the engine's time."""
+    engine = Engine(ClockModel())
+    engine.submit(1, np.array([300.0, 500.0]), at=0.0)
+    engine.submit(2, np.array([400.0]), at=0.0)
+    done = engine.finished(2)
+    engine._thresholds = np.concatenate([[engine.progress], engine._thresholds])  # a rollout of 3 ending now
+    engine._last[3] = engine.progress
+    assert engine.finished(3) == engine.time >= done
+    assert engine.finished(1) > done
+
+
+def test_the_simulator_refuses_an_unknown_ahead_schedule() -> None:
+    suite = load_suite("paper3")
+    with pytest.raises(ValueError, match="ahead_at"):
+        SimulatedRunner(suite, 4, 8, 4, 2, ahead_at="later")  # type: ignore[arg-type]
+
+
+def test_asking_ahead_as_the_step_begins_overlaps_requests_on_paper3() -> None:
+    """steps_ahead 1 with each request issued as its step begins: two requests share the engine, so more steps fit
+    in an hour than when each is issued after finish() (docs/benchmarks.md, "Streaming")."""
+    suite = load_suite("paper3")
+    base = SimulatedRunner(suite, 30, 32, 8, 10, sampler={"steps_ahead": 1, "carry_over": 2})
+    after = base("mt-grpo:0.2", 0)
+    early = SimulatedRunner(suite, 30, 32, 8, 10, sampler={"steps_ahead": 1, "carry_over": 2}, ahead_at="begin")
+    begun = early("mt-grpo:0.2", 0)
+    assert after.seconds is not None and begun.seconds is not None
+    assert begun.seconds[-1] < 0.8 * after.seconds[-1]

@@ -213,8 +213,8 @@ class BatchBuilder:
         if cfg.ratio_constraint and cfg.filtering != "none":  # exact per-task counts: cover either rounding of B z
             need = np.ceil(cfg.batch_size * self.weights).astype(np.int64)
         kept = carry.offer().tasks if self._finished else None  # after finish(); before it, the expected surplus:
-        pending = sum(carry.awaiting(self.step - cfg.steps_ahead).values(), np.zeros(self._k, dtype=np.int64))
-        expected = (self._ledger.accepted, pending, 1.0 - self._estimator.filter_rate)
+        awaited = () if self._finished else carry.awaiting(self.step - cfg.steps_ahead).values()
+        expected = (self._ledger.accepted, sum(awaited, np.zeros(self._k, np.int64)), 1 - self._estimator.filter_rate)
         credit = ahead_credit(need, cfg.steps_ahead, kept, expected, self.targets)
         weights, _, inflated = self._views
         counts = self._planner.plan(PlanView(0, weights, read_only(need), inflated, credit, self._estimator), self._rng)
